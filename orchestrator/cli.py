@@ -1,0 +1,51 @@
+"""The ``trustorch`` root: it mounts each folder's sub-app and maps known errors to one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from agents.errors import TrustorchError
+from eval.cli import app as eval_app
+
+app = typer.Typer(
+    name="trustorch",
+    help="Trust-aware multi-model image classification.\n\n"
+    "Add --debug (anywhere) or TRUSTORCH_DEBUG=1 to see tracebacks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(eval_app, name="eval")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("TRUSTORCH_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="trustorch", standalone_mode=False)
+    except TrustorchError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except click.exceptions.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.errors import InputError
+from agents.records import read_records
+from agents.tasks import load_task, preset_names
+from agents.types import ImageRef, Prediction
+
+
+def test_apple_leaf_preset(apple_task):
+    assert apple_task.labels == ("black-rot", "healthy", "rust", "scab")
+    assert "apple-leaf" in preset_names()
+    assert apple_task.normalise_label("Black Rot") == "black-rot"
+    assert apple_task.normalise_label("BLACK_ROT") == "black-rot"
+    assert apple_task.normalise_label("apple scab.") == "scab"
+    assert apple_task.normalise_label("mildew") is None
+
+
+def test_unknown_task_and_bad_task_file(tmp_path):
+    with pytest.raises(InputError, match="unknown task 'nope'"):
+        load_task("nope")
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({"name": "x", "labels": ["a", "b"], "descriptions": {"a": "A"}}))
+    with pytest.raises(InputError, match="descriptions missing"):
+        load_task(bad)
+
+
+def test_prediction_is_plain_and_validated():
+    p = Prediction(
+        agent="a", label="rust", confidence=np.float32(0.5), scores={"rust": np.float64(1.0)}
+    )
+    assert type(p.confidence) is float and type(p.scores["rust"]) is float
+    assert Prediction.from_dict(p.to_dict()) == p
+    with pytest.raises(ValueError):
+        Prediction(agent="a", label="rust", confidence=1.5)
+
+
+def test_image_ref_identity(tmp_path):
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    ref = ImageRef.from_path(f)
+    assert ref.sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    with pytest.raises(InputError, match="no such image"):
+        ImageRef.from_path(tmp_path / "missing.png")
+
+
+def test_read_wide_case3_discovers_agents(paper_dir: Path, apple_task):
+    rs = read_records(paper_dir / "case3_trust_rag.csv", task=apple_task)
+    assert rs.agents == ["qwen_initial", "gpt_initial", "qwen", "gpt", "orchestrator", "rag"]
+    rag = rs.for_agent("rag")
+    assert len(rag) == 160
+    assert all(abs(sum(r.scores.values()) - 1) < 1e-9 for r in rag)
+    acc = np.mean([r.pred == r.truth for r in rag])
+    assert acc == pytest.approx(154 / 160)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "file is empty"),
+        ("id,label,a_pred,a_conf\n1,rust,rust,0.5\n", "missing truth column 'category'"),
+        (
+            "id,category,a_pred,a_conf\n1,rust,rust,high\n",
+            ":2: column 'a_conf': cannot parse confidence 'high'",
+        ),
+        (
+            "id,category,a_pred,a_conf\n1,rust,rust,1.2\n",
+            ":2: column 'a_conf': confidence 1.2 outside",
+        ),
+        (
+            "id,category,a_pred,a_conf\n1,mildew,rust,0.5\n",
+            ":2: column 'category': true label 'mildew'",
+        ),
+        ("id,category\n1,rust\n", "no agent columns"),
+    ],
+)
+def test_bad_wide_input_names_file_line_column(tmp_path, apple_task, content, message):
+    f = tmp_path / "bad.csv"
+    f.write_text(content)
+    with pytest.raises(InputError) as e:
+        read_records(f, task=apple_task)
+    assert message in str(e.value)
+    assert str(f) in str(e.value)
+
+
+def test_pred_outside_labels_is_counted_not_fatal(tmp_path, apple_task):
+    f = tmp_path / "w.csv"
+    f.write_text("id,category,a_pred,a_conf\n1,rust,rust,0.9\n2,scab,mildew,0.8\n3,scab,,\n")
+    rs = read_records(f, task=apple_task)
+    assert rs.invalid_predictions == {"a": 2}
+    assert [r.pred for r in rs.records] == ["rust", None, None]
+
+
+def test_read_long_jsonl(tmp_path, apple_task):
+    f = tmp_path / "l.jsonl"
+    rows = [
+        {
+            "id": "1",
+            "agent": "clip",
+            "truth": "rust",
+            "pred": "rust",
+            "confidence": 0.7,
+            "scores": {"rust": 0.7, "scab": 0.3},
+        },
+        {"id": "1", "agent": "gpt", "truth": "rust", "pred": "Scab", "confidence": 0.9},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rs = read_records(f, task=apple_task)
+    assert rs.agents == ["clip", "gpt"]
+    assert rs.for_agent("gpt")[0].pred == "scab"
+    assert rs.for_agent("clip")[0].scores == {
+        "black-rot": 0.0,
+        "healthy": 0.0,
+        "rust": 0.7,
+        "scab": 0.3,
+    }
+    f.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
+    with pytest.raises(InputError, match=r":2: duplicate row"):
+        read_records(f, task=apple_task)
