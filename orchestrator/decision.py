@@ -1,0 +1,81 @@
+"""What a fusion policy says after each round (Assessment) and the final Decision with its trace."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agents.types import Prediction
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One policy verdict on the answers so far.
+
+    ``scores`` is the fused distribution over the task's labels; ``trusted`` says whether the
+    graph may finalize now; ``reevaluate`` names the agents to ask again when not trusted;
+    ``weights`` are the per-source weights used; ``reason`` explains the routing choice.
+    """
+
+    policy: str
+    round: int
+    scores: dict[str, float]
+    label: str | None
+    confidence: float
+    trusted: bool
+    weights: dict[str, float] = field(default_factory=dict)
+    reevaluate: list[str] = field(default_factory=list)
+    prediction_set: list[str] = field(default_factory=list)
+    reason: str = ""
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The final answer for one image, with everything that led to it.
+
+    ``label`` is None when the policy abstains; ``prediction_set`` then lists the labels it
+    could not tell apart.
+    """
+
+    image: str
+    sha256: str
+    task: str
+    policy: str
+    label: str | None
+    confidence: float
+    prediction_set: list[str]
+    rounds_used: int
+    predictions: list[Prediction]
+    assessments: list[Assessment]
+    evidence: dict[str, Any] | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    truth: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def abstained(self) -> bool:
+        return self.label is None
+
+    @property
+    def reevaluated(self) -> bool:
+        return self.rounds_used > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["predictions"] = [p.to_dict() for p in self.predictions]
+        out["assessments"] = [a.to_dict() for a in self.assessments]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        fields = dict(data)
+        fields["predictions"] = [Prediction.from_dict(p) for p in data["predictions"]]
+        fields["assessments"] = [Assessment(**a) for a in data["assessments"]]
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
