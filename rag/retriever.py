@@ -1,0 +1,15 @@
+"""The retriever interface the graph's ``retrieve`` node calls."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from agents.types import ImageRef, Task
+from rag.evidence import Evidence
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Finds labelled neighbours of an image (a Chroma index, or a recorded vote in replay)."""
+
+    async def retrieve(self, image: ImageRef, task: Task) -> Evidence: ...
