@@ -30,3 +30,11 @@ def paper_dir() -> Path:
 @pytest.fixture(scope="session")
 def apple_task() -> Task:
     return load_task("apple-leaf")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny seeded CLIP (random weights, real architecture) saved to a folder."""
+    from tiny_models import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")
