@@ -2,8 +2,323 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from agents.cli_utils import JsonOption, emit_json, print_table, progress_bar, stdout_console
+from agents.errors import InputError
+from agents.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
 
 app = typer.Typer(
     help="Offline evaluation: calibration, trust profiles, retrieval, replay.", no_args_is_help=True
 )
+
+FileArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Recorded labelled predictions: wide CSV (<agent>_pred, <agent>_conf) or long "
+        "CSV/JSONL (id, agent, truth, pred, confidence[, scores]).",
+        show_default=False,
+    ),
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task", help="Task preset (apple-leaf) or task JSON; default: labels from the truth."
+    ),
+]
+TruthOpt = Annotated[str, typer.Option("--truth-column", help="Column holding the true label.")]
+AgentsOpt = Annotated[
+    str | None, typer.Option("--agents", help="Comma-separated agents to keep (default: all).")
+]
+BinsOpt = Annotated[int, typer.Option("--bins", help="Equal-width bins for ECE/MCE.")]
+OcrOpt = Annotated[
+    float, typer.Option("--ocr-threshold", help="OCR: wrong fraction among confidence > T.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and the CV folds.")]
+BootstrapOpt = Annotated[
+    int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none).")
+]
+MethodOpt = Annotated[
+    str, typer.Option("--method", help="Recalibration: auto, temperature, isotonic, histogram.")
+]
+FoldsOpt = Annotated[
+    int, typer.Option("--folds", help="Cross-validation folds for held-out recalibration.")
+]
+
+
+def _load(
+    file: Path, task: str | None, truth_column: str, agents: str | None
+) -> tuple[RecordSet, list[str] | None]:
+    task_obj = None
+    if task is not None:
+        from agents.tasks import load_task
+
+        task_obj = load_task(task)
+    wanted = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
+    if agents is not None and not wanted:
+        raise InputError("--agents is empty")
+    records = read_records(file, task=task_obj, truth_column=truth_column, agents=wanted)
+    if not records.records:
+        raise InputError(f"no records for agents {wanted}", path=str(file))
+    if len(records.labels) < 2:
+        raise InputError(
+            f"only one label {list(records.labels)} in the truth column; pass --task to name "
+            "the task's labels",
+            path=str(file),
+        )
+    return records, wanted
+
+
+def _check_settings(
+    bins: int, ocr_threshold: float, bootstrap: int, folds: int, method: str
+) -> None:
+    from eval.recalibration import METHODS
+
+    if method not in METHODS:
+        raise InputError(f"unknown recalibration method {method!r} (choose from {list(METHODS)})")
+    if bins < 1:
+        raise InputError(f"--bins must be >= 1, got {bins}")
+    if not 0.0 <= ocr_threshold <= 1.0:
+        raise InputError(f"--ocr-threshold must be in [0, 1], got {ocr_threshold}")
+    if bootstrap < 0:
+        raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if folds < 0 or folds == 1:
+        raise InputError(f"--folds must be 0 (none) or >= 2, got {folds}")
+
+
+def _fit(records: RecordSet, *, quiet: bool, **kwargs: Any) -> dict[str, Any]:
+    from eval.profile import fit_trust_profile
+
+    profiles = {}
+    with progress_bar(disable=quiet or not sys.stderr.isatty()) as bar:
+        job = bar.add_task("fitting", total=len(records.agents))
+        for agent in records.agents:
+            bar.update(job, description=f"fitting {agent}")
+            profiles[agent] = fit_trust_profile(
+                agent, records.for_agent(agent), records.labels, **kwargs
+            )
+            bar.advance(job)
+    return profiles
+
+
+def _ci(profile: Any, key: str) -> str:
+    lo_hi = profile.intervals.get(key)
+    return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "-"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pvalue(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def _summary_rows(profiles: dict[str, Any], labels: tuple[str, ...]) -> list[list[str]]:
+    ps = list(profiles.values())
+    any_p = ps[0]
+    rows: list[list[str]] = [
+        ["n (invalid)", *[f"{p.n} ({p.n_invalid})" for p in ps]],
+        ["accuracy", *[_num(p.accuracy) for p in ps]],
+        ["  95% CI", *[_ci(p, "accuracy") for p in ps]],
+        ["macro precision", *[_num(p.macro_precision) for p in ps]],
+        ["macro recall", *[_num(p.macro_recall) for p in ps]],
+        ["macro F1", *[_num(p.macro_f1) for p in ps]],
+        *[[f"recall {lb}", *[_num(p.per_class_recall[lb]) for p in ps]] for lb in labels],
+        [f"ECE ({any_p.ece_bins} bins)", *[_num(p.ece) for p in ps]],
+        ["  95% CI", *[_ci(p, "ece") for p in ps]],
+        ["MCE", *[_num(p.mce) for p in ps]],
+        [f"OCR (conf > {any_p.ocr_threshold:g})", *[_num(p.ocr) for p in ps]],
+        ["CCC", *[_num(p.ccc) for p in ps]],
+        ["  p-value", *[_pvalue(p.ccc_pvalue) for p in ps]],
+        ["  95% CI", *[_ci(p, "ccc") for p in ps]],
+        ["Brier (top label)", *[_num(p.brier) for p in ps]],
+        ["mean confidence", *[_num(p.mean_confidence) for p in ps]],
+        ["  when correct", *[_num(p.mean_confidence_correct) for p in ps]],
+        ["  when wrong", *[_num(p.mean_confidence_wrong) for p in ps]],
+        ["recalibration", *[p.recalibration.get("method", "-") for p in ps]],
+        ["  held-out ECE", *[_num(p.recalibrated.get("ece")) for p in ps]],
+        ["  held-out Brier", *[_num(p.recalibrated.get("brier")) for p in ps]],
+    ]
+    return rows
+
+
+def _agent_json(p: Any) -> dict[str, Any]:
+    body = p.model_dump(mode="json", exclude={"agent", "labels", "recalibration", "default"})
+    body["intervals"] = {k: list(v) for k, v in p.intervals.items()}
+    body["recalibration_method"] = p.recalibration.get("method")
+    return body
+
+
+@app.command("calibration")
+def calibration(
+    file: FileArg,
+    task: TaskOpt = None,
+    truth_column: TruthOpt = DEFAULT_TRUTH_COLUMN,
+    agents: AgentsOpt = None,
+    bins: BinsOpt = 10,
+    ocr_threshold: OcrOpt = 0.5,
+    json_out: JsonOption = False,
+    plots: Annotated[
+        Path | None,
+        typer.Option("--plots", help="Write <agent>_reliability.png and _confidence.png here."),
+    ] = None,
+    seed: SeedOpt = 0,
+    bootstrap: BootstrapOpt = 1000,
+    method: MethodOpt = "auto",
+    folds: FoldsOpt = 5,
+) -> None:
+    """Calibration of each agent's recorded predictions: accuracy, ECE, MCE, OCR, CCC, Brier.
+
+    Examples:
+
+      trustorch eval calibration case1_zero_shot.csv
+
+      trustorch eval calibration case3_trust_rag.csv --task apple-leaf --agents qwen,gpt,rag
+
+      trustorch eval calibration preds.jsonl --bins 15 --ocr-threshold 0.9 --json --plots out/
+    """
+    _check_settings(bins, ocr_threshold, bootstrap, folds, method)
+    records, _ = _load(file, task, truth_column, agents)
+    profiles = _fit(
+        records,
+        quiet=json_out,
+        bins=bins,
+        ocr_threshold=ocr_threshold,
+        method=method,
+        seed=seed,
+        bootstrap=bootstrap,
+        cv_folds=folds,
+        data_sha256=records.sha256,
+    )
+    written: list[str] = []
+    if plots is not None:
+        from eval.plots import agent_plots
+        from eval.profile import agent_arrays
+
+        for agent, p in profiles.items():
+            _, _, data = agent_arrays(agent, records.for_agent(agent), records.labels)
+            if data.n:
+                paths = agent_plots(
+                    agent, data.confidence, data.correct, plots, bins=bins, ece=p.ece
+                )
+                written += [str(x) for x in paths]
+    if json_out:
+        emit_json(
+            {
+                "file": records.path,
+                "sha256": records.sha256,
+                "labels": list(records.labels),
+                "bins": bins,
+                "ocr_threshold": ocr_threshold,
+                "seed": seed,
+                "bootstrap": bootstrap,
+                "interval_level": 0.95,
+                "invalid_predictions": records.invalid_predictions,
+                "notes": records.notes,
+                "agents": {name: _agent_json(p) for name, p in profiles.items()},
+                "plots": written,
+            }
+        )
+        return
+    console = stdout_console()
+    console.print(
+        f"{Path(records.path).name}: {len(records.ids())} images, labels {list(records.labels)}; "
+        f"ECE/MCE with {bins} equal-width bins, OCR threshold {ocr_threshold:g}, "
+        f"95% bootstrap CI ({bootstrap} resamples, seed {seed}), held-out = {folds}-fold CV"
+    )
+    print_table(
+        "Calibration per agent",
+        ["metric", *profiles],
+        _summary_rows(profiles, records.labels),
+        console=console,
+    )
+    for agent, p in profiles.items():
+        cols = [*records.labels, *(["invalid"] if p.confusion_has_invalid else [])]
+        print_table(
+            f"{agent}: confusion (rows = truth, columns = prediction)",
+            ["truth \\ pred", *cols],
+            [[lb, *row] for lb, row in zip(records.labels, p.confusion, strict=True)],
+            console=console,
+        )
+    for note in records.notes:
+        console.print(f"note: {note}")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+@app.command("trust")
+def trust(
+    file: FileArg,
+    out: Annotated[Path, typer.Option("--out", help="Trust profile JSON file to write.")],
+    task: TaskOpt = None,
+    truth_column: TruthOpt = DEFAULT_TRUTH_COLUMN,
+    agents: AgentsOpt = None,
+    bins: BinsOpt = 10,
+    ocr_threshold: OcrOpt = 0.5,
+    method: MethodOpt = "auto",
+    folds: FoldsOpt = 5,
+    seed: SeedOpt = 0,
+    bootstrap: BootstrapOpt = 1000,
+    json_out: JsonOption = False,
+) -> None:
+    """Fit each agent's trust profile (metrics + recalibration map) and write them as JSON.
+
+    Examples:
+
+      trustorch eval trust case1_zero_shot.csv --out profiles.json
+
+      trustorch eval trust case3_trust_rag.csv --task apple-leaf --method isotonic --out p.json
+    """
+    from eval.profile import save_trust_profiles
+
+    _check_settings(bins, ocr_threshold, bootstrap, folds, method)
+    records, _ = _load(file, task, truth_column, agents)
+    profiles = _fit(
+        records,
+        quiet=json_out,
+        bins=bins,
+        ocr_threshold=ocr_threshold,
+        method=method,
+        seed=seed,
+        bootstrap=bootstrap,
+        cv_folds=folds,
+        data_sha256=records.sha256,
+    )
+    save_trust_profiles(out, profiles)
+    summary = {
+        name: {
+            "n": p.n,
+            "accuracy": p.accuracy,
+            "ece": p.ece,
+            "method": p.recalibration.get("method"),
+            "recalibrated": p.recalibrated,
+        }
+        for name, p in profiles.items()
+    }
+    if json_out:
+        emit_json({"out": str(out), "sha256": records.sha256, "agents": summary})
+        return
+    print_table(
+        f"Trust profiles of {Path(records.path).name} -> {out}",
+        ["agent", "n", "accuracy", "ECE", "map", "CV ECE", "CV Brier"],
+        [
+            [
+                name,
+                s["n"],
+                s["accuracy"],
+                s["ece"],
+                s["method"],
+                s["recalibrated"].get("ece"),
+                s["recalibrated"].get("brier"),
+            ]
+            for name, s in summary.items()
+        ],
+    )
+    stdout_console().print(f"wrote {len(profiles)} profile(s) to {out}")

@@ -10,6 +10,9 @@ import typer
 
 from agents.errors import TrustorchError
 from eval.cli import app as eval_app
+from orchestrator.demo.cli import app as demo_app
+from orchestrator.run_cli import run
+from rag.cli import app as index_app
 
 app = typer.Typer(
     name="trustorch",
@@ -20,6 +23,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(eval_app, name="eval")
+app.add_typer(demo_app, name="demo")
+app.add_typer(index_app, name="index")
+app.command("run")(run)
 
 
 def main(argv: list[str] | None = None) -> int:

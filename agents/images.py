@@ -1,0 +1,165 @@
+"""Reading images safely: a byte cap, a pixel cap (decompression bombs), http(s)-only URLs.
+
+Every failure is an ``InputError`` that names the file or URL; nothing here returns a
+half-decoded image.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from agents.errors import InputError
+from agents.types import ImageRef
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_TIMEOUT_S = 10.0
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_DATA_URL_MIME = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+}
+
+
+def url_scheme(source: str) -> str | None:
+    """The scheme of ``source`` when it looks like a URL (``ftp``, ``https``), else None."""
+    match = _SCHEME.match(source)
+    return match.group(1).lower() if match else None
+
+
+def read_image_bytes(
+    ref: ImageRef,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> bytes:
+    """The raw bytes of a local file or an http(s) URL, at most ``max_bytes``."""
+    scheme = url_scheme(ref.source)
+    if scheme is not None:
+        if scheme not in ("http", "https"):
+            raise InputError(
+                f"unsupported URL scheme '{scheme}' (only http and https)", path=ref.source
+            )
+        return fetch_url(ref.source, max_bytes=max_bytes, timeout_s=timeout_s)
+    path = Path(ref.source)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError("no such image file", path=ref.source) from None
+    if path.is_dir():
+        raise InputError("is a folder, not an image file", path=ref.source)
+    if size > max_bytes:
+        raise InputError(
+            f"image file is {size} bytes, over the cap of {max_bytes} bytes", path=ref.source
+        )
+    return path.read_bytes()
+
+
+def fetch_url(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = 10.0) -> bytes:
+    """GET an http(s) URL with a timeout, stopping as soon as the body passes ``max_bytes``."""
+    import httpx
+
+    if url_scheme(url) not in ("http", "https"):
+        raise InputError("only http and https URLs can be fetched", path=url)
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with (
+            httpx.Client(timeout=timeout_s, follow_redirects=True, max_redirects=5) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code >= 400:
+                raise InputError(f"HTTP {response.status_code} fetching the image", path=url)
+            if url_scheme(str(response.url)) not in ("http", "https"):
+                raise InputError("redirected to a non-http(s) URL", path=url)
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise InputError(
+                    f"image is {declared} bytes, over the cap of {max_bytes} bytes", path=url
+                )
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise InputError(
+                        f"image is over the cap of {max_bytes} bytes (download stopped)", path=url
+                    )
+                chunks.append(chunk)
+    except httpx.TimeoutException:
+        raise InputError(f"timed out after {timeout_s:g} s fetching the image", path=url) from None
+    except httpx.HTTPError as e:
+        raise InputError(f"could not fetch the image ({type(e).__name__})", path=url) from None
+    return b"".join(chunks)
+
+
+def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """Decode bytes to an RGB ``PIL.Image``; the pixel count is checked before decoding."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"image is {width}x{height} = {width * height} pixels, over the cap of "
+                    f"{max_pixels} (possible decompression bomb)",
+                    path=source,
+                )
+            image.load()
+    except Image.DecompressionBombError as e:
+        raise InputError(f"refused a decompression bomb ({e})", path=source) from None
+    except UnidentifiedImageError:
+        raise InputError("not an image file (unknown format)", path=source) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"truncated or corrupt image ({e})", path=source) from None
+    image = ImageOps.exif_transpose(image) or image
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def open_image(
+    ref: ImageRef,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Any:
+    """Read and decode ``ref`` to an RGB ``PIL.Image`` under both caps."""
+    data = read_image_bytes(ref, max_bytes=max_bytes, timeout_s=timeout_s)
+    return decode_image(data, source=ref.source, max_pixels=max_pixels)
+
+
+def image_to_data_url(
+    ref: ImageRef,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+) -> str:
+    """A base64 ``data:`` URL of a local image, validated by decoding it first.
+
+    JPEG, PNG, WebP and GIF are sent as they are; other formats, and images larger than
+    ``max_side`` on their longer side, are re-encoded as PNG.
+    """
+    from PIL import Image
+
+    data = read_image_bytes(ref, max_bytes=max_bytes)
+    image = decode_image(data, source=ref.source, max_pixels=max_pixels)
+    fmt = Image.open(io.BytesIO(data)).format or ""
+    mime = _DATA_URL_MIME.get(fmt)
+    if mime is None or (max_side is not None and max(image.size) > max_side):
+        if max_side is not None and max(image.size) > max_side:
+            image = image.copy()
+            image.thumbnail((max_side, max_side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data, mime = buffer.getvalue(), "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -1,0 +1,163 @@
+"""A VLM behind an OpenAI-compatible chat API (GPT-4o, vLLM, Ollama, llama.cpp server).
+
+The image goes as a base64 data URL (local files) or as its http(s) URL; the answer is a JSON
+object (structured output when the server has it, parsed from prose otherwise). When the server
+returns token log-probabilities, ``scores`` is the label distribution they give and the model's
+own number is kept in ``reported_confidence`` (set whenever the model gave one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agents.answers import answer_schema, label_distribution, parse_answer
+from agents.errors import AgentError, TrustorchError
+from agents.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, image_to_data_url, url_scheme
+from agents.openai_client import ChatResult, OpenAIChatClient
+from agents.pricing import ModelPrice, call_cost_usd, load_price_table
+from agents.prompting import reevaluation_values, render, task_values
+from agents.types import EvidenceView, ImageRef, Neighbour, Prediction, Task
+
+
+class OpenAIAgent:
+    """One VLM through an ``OpenAIChatClient``; ``predict`` never raises for a model failure."""
+
+    can_reevaluate = True
+
+    def __init__(
+        self,
+        client: OpenAIChatClient,
+        *,
+        name: str | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        neighbour_images: int = 0,
+        image_detail: str = "auto",
+        max_side: int | None = 1024,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.client = client
+        self.name = name or client.model
+        self.prices = dict(prices) if prices is not None else load_price_table()
+        self.neighbour_images = neighbour_images
+        self.image_detail = image_detail
+        self.max_side = max_side
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+
+    def __repr__(self) -> str:
+        return f"OpenAIAgent(name={self.name!r}, client={self.client!r})"
+
+    def _image_part(self, ref: ImageRef) -> dict[str, Any]:
+        if url_scheme(ref.source) in ("http", "https"):
+            url = ref.source
+        else:
+            url = image_to_data_url(
+                ref, max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_side=self.max_side
+            )
+        return {"type": "image_url", "image_url": {"url": url, "detail": self.image_detail}}
+
+    def _neighbour_parts(self, neighbours: list[Neighbour]) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        for i, n in enumerate(neighbours, 1):
+            if len(parts) // 2 >= self.neighbour_images:
+                break
+            source = n.source or ""
+            usable = url_scheme(source) in ("http", "https") or Path(source).is_file()
+            if not source or not usable:
+                continue
+            try:
+                part = self._image_part(ImageRef(source=source, sha256=n.id))
+            except TrustorchError:
+                continue
+            text = f"Retrieved image {i}: labelled {n.label}, similarity {n.similarity:.3f}."
+            parts += [{"type": "text", "text": text}, part]
+        return parts
+
+    def messages(
+        self,
+        image: ImageRef,
+        task: Task,
+        *,
+        round: int = 0,
+        previous: Prediction | None = None,
+        evidence: EvidenceView | None = None,
+    ) -> list[dict[str, Any]]:
+        """The chat messages of one call: the rendered template, the image, neighbour images."""
+        content: list[dict[str, Any]]
+        if round > 0 and (previous is not None or evidence is not None):
+            template = task.prompts.get("reevaluate", "reevaluate")
+            text = render(template, **reevaluation_values(task, previous, evidence))
+            content = [{"type": "text", "text": text}, self._image_part(image)]
+            if evidence is not None and self.neighbour_images > 0:
+                content += self._neighbour_parts(list(evidence.neighbours))
+        else:
+            text = render(task.prompts.get("agent", "agent"), **task_values(task))
+            content = [{"type": "text", "text": text}, self._image_part(image)]
+        return [{"role": "user", "content": content}]
+
+    async def predict(
+        self,
+        image: ImageRef,
+        task: Task,
+        *,
+        round: int = 0,
+        previous: Prediction | None = None,
+        evidence: EvidenceView | None = None,
+    ) -> Prediction:
+        start = time.perf_counter()
+        cost = 0.0
+        try:
+            messages = await asyncio.to_thread(
+                self.messages, image, task, round=round, previous=previous, evidence=evidence
+            )
+            result = await self.client.complete(messages, schema=answer_schema(task))
+            cost = call_cost_usd(
+                self.client.model, result.prompt_tokens, result.completion_tokens, self.prices
+            )
+            return self._prediction(result, task, round, time.perf_counter() - start, cost)
+        except TrustorchError as e:
+            return Prediction(
+                agent=self.name,
+                label=None,
+                error=self.client.redact(str(e)),
+                round=round,
+                latency_s=time.perf_counter() - start,
+                cost_usd=cost,
+            )
+
+    def _prediction(
+        self, result: ChatResult, task: Task, round: int, latency_s: float, cost_usd: float
+    ) -> Prediction:
+        if result.refusal:
+            raise AgentError(f"the model refused: {' '.join(result.refusal.split())[:200]}")
+        try:
+            answer = parse_answer(result.content, task)
+        except AgentError as e:
+            if result.finish_reason == "length":
+                raise AgentError(f"{e} (the answer was cut off at max_tokens)") from None
+            raise
+        scores = None
+        if result.tokens is not None:
+            scores = label_distribution(result.tokens, task, answer.label, answer.raw_label)
+        if scores is not None:
+            confidence = scores[answer.label]
+        elif answer.confidence is not None:
+            confidence = answer.confidence
+        else:
+            confidence = 0.0
+        return Prediction(
+            agent=self.name,
+            label=answer.label,
+            confidence=confidence,
+            scores=scores,
+            reason=self.client.redact(answer.reason),
+            round=round,
+            latency_s=latency_s,
+            cost_usd=cost_usd,
+            reported_confidence=answer.confidence,
+        )

@@ -1,0 +1,141 @@
+"""Agents from spec strings, the same on the CLI and in Python.
+
+    clip                      CLIP zero-shot with the shared CLIP model (--clip-model)
+    clip:<hub id or folder>   CLIP zero-shot with that CLIP model
+    openai:<model>            a VLM behind an OpenAI-compatible API (OPENAI_BASE_URL, _API_KEY)
+    hf-vlm:<hub id or folder> a local transformers VLM scored by label log-probabilities
+
+Any spec may start with ``<name>=`` to name the agent (``gpt=openai:gpt-4o``). Callers with more
+kinds (the orchestrator's ``replay:`` and ``retrieval``) handle those and pass the rest here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agents.clip_model import ClipModel
+from agents.errors import InputError
+from agents.types import Agent, Task
+
+KINDS: dict[str, str] = {
+    "clip": "clip or clip:<hub id or folder>",
+    "openai": "openai:<model>",
+    "hf-vlm": "hf-vlm:<hub id or folder>",
+}
+_NAME_PREFIX = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
+_CLIENT_OPTIONS = {
+    "base_url",
+    "api_key",
+    "timeout_s",
+    "max_retries",
+    "backoff_s",
+    "max_backoff_s",
+    "max_concurrency",
+    "structured_output",
+    "logprobs",
+    "top_logprobs",
+    "temperature",
+    "max_tokens",
+}
+
+ClipSource = ClipModel | Callable[[], ClipModel] | None
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """A parsed spec: ``kind`` (clip, openai, hf-vlm, or a caller's own), ``target`` (model or
+    folder, "" when none) and an optional agent ``name``."""
+
+    kind: str
+    target: str
+    name: str | None = None
+    text: str = ""
+
+
+def parse_agent_spec(spec: str) -> AgentSpec:
+    """Split ``[name=]kind[:target]``; the kind is not checked here (see ``build_agent``)."""
+    text = spec.strip()
+    if not text:
+        raise InputError("empty agent spec (e.g. clip, openai:gpt-4o, hf-vlm:<folder>)")
+    name = None
+    named = _NAME_PREFIX.match(text)
+    if named and ":" not in named.group(1):
+        name, text = named.group(1), named.group(2).strip()
+    kind, _, target = text.partition(":")
+    return AgentSpec(kind=kind.strip().lower(), target=target.strip(), name=name, text=spec)
+
+
+def known_kinds() -> str:
+    return ", ".join(KINDS.values())
+
+
+def _options(options: dict[str, Any], allowed: set[str], spec: str) -> dict[str, Any]:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError(f"agent spec {spec!r}: unknown option(s) {unknown}")
+    return options
+
+
+def _clip_model(parsed: AgentSpec, clip: ClipSource, clip_model: str | None, device: Any) -> Any:
+    from agents.clip_model import load_clip
+
+    shared = clip() if callable(clip) and not isinstance(clip, ClipModel) else clip
+    wanted = parsed.target or clip_model
+    if shared is not None and (not wanted or wanted == shared.name):
+        return shared
+    return load_clip(wanted, device=device)
+
+
+def build_agent(
+    spec: str,
+    *,
+    task: Task,
+    clip: ClipSource = None,
+    clip_model: str | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> Agent:
+    """Build one agent. ``clip`` is the shared loaded CLIP (or a function that loads it on
+    first need); ``options`` go to the agent (and, for ``openai``, to its client)."""
+    parsed = parse_agent_spec(spec)
+    if parsed.kind == "clip":
+        from agents.clip_agent import ClipAgent
+
+        allowed = {"templates", "batch_size", "max_bytes", "max_pixels"}
+        return ClipAgent(
+            _clip_model(parsed, clip, clip_model, device),
+            name=parsed.name or ("clip" if not parsed.target else f"clip:{parsed.target}"),
+            **_options(options, allowed, spec),
+        )
+    if parsed.kind == "openai":
+        from agents.openai_agent import OpenAIAgent
+        from agents.openai_client import OpenAIChatClient
+        from agents.pricing import load_price_table
+
+        if not parsed.target:
+            raise InputError(f"agent spec {spec!r}: give a model, e.g. openai:gpt-4o")
+        agent_keys = {"neighbour_images", "image_detail", "max_side", "max_bytes", "max_pixels"}
+        _options(options, _CLIENT_OPTIONS | agent_keys | {"prices", "price_file"}, spec)
+        client = OpenAIChatClient(
+            model=parsed.target, **{k: v for k, v in options.items() if k in _CLIENT_OPTIONS}
+        )
+        prices = options.get("prices") or load_price_table(options.get("price_file"))
+        return OpenAIAgent(
+            client,
+            name=parsed.name,
+            prices=prices,
+            **{k: v for k, v in options.items() if k in agent_keys},
+        )
+    if parsed.kind == "hf-vlm":
+        from agents.hf_vlm import HFVLMAgent, load_vlm
+
+        if not parsed.target:
+            raise InputError(f"agent spec {spec!r}: give a hub id or folder, e.g. hf-vlm:DIR")
+        allowed = {"reason_tokens", "length_normalise", "max_bytes", "max_pixels", "dtype"}
+        _options(options, allowed, spec)
+        vlm = load_vlm(parsed.target, device=device, dtype=options.pop("dtype", None))
+        return HFVLMAgent(vlm, name=parsed.name, **options)
+    raise InputError(f"unknown agent kind {parsed.kind!r} in {spec!r} (valid: {known_kinds()})")

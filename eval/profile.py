@@ -1,0 +1,406 @@
+"""TrustProfile: what labelled data says about one agent, and its fitted recalibration map.
+
+Failed or out-of-label predictions (``Record.pred is None``) count as wrong in accuracy, the
+macro scores and the confusion matrix (its extra last column), and are left out of the
+confidence metrics (ECE, MCE, Brier, OCR, CCC, mean confidences, recalibration): a failed answer
+states no confidence in any label. ``n`` counts every row, ``n_invalid`` the failed ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+
+from agents.errors import InputError
+from agents.records import Record, RecordSet
+from agents.types import Prediction
+from eval.bootstrap import bootstrap_intervals
+from eval.metrics import (
+    DEFAULT_BINS,
+    DEFAULT_OCR_THRESHOLD,
+    calibration_metrics,
+    classification_metrics,
+    reliability_bins,
+)
+from eval.recalibration import (
+    CalibrationData,
+    Recalibrator,
+    ShrinkCalibrator,
+    TemperatureScaler,
+    cross_validated_metrics,
+    make_recalibrator,
+    pseudo_scores,
+    recalibrator_from_dict,
+)
+
+FILE_FORMAT = "trustorch-trust-profiles"
+FILE_VERSION = 1
+DEFAULT_SHRINK_WEIGHT = 0.2
+
+
+class ReliabilityTable(BaseModel):
+    """Per equal-width bin: count, mean confidence and accuracy (0.0 where the count is 0)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    edges: list[float]
+    counts: list[int]
+    mean_confidence: list[float]
+    accuracy: list[float]
+
+
+class TrustProfile(BaseModel):
+    """Measured trustworthiness of one agent on one task's labels (see the module docstring).
+
+    ``confusion``: rows = true label, columns = predicted label, in ``labels`` order, plus a
+    final column of failed / out-of-label predictions when ``confusion_has_invalid``.
+    ``intervals``: seeded percentile-bootstrap 95% intervals of accuracy, ece and ccc.
+    ``recalibration``: the fitted map (``eval.recalibration.recalibrator_from_dict``).
+    ``recalibrated``: held-out (cross-validated) metrics after recalibration.
+    ``default``: True for the conservative profile of an agent without labelled data.
+    ``reliability``: what the reliability diagram draws (None without valid predictions).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    labels: tuple[str, ...]
+    n: int
+    accuracy: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    per_class_recall: dict[str, float]
+    confusion: list[list[int]]
+    ece: float
+    ece_bins: int
+    mce: float
+    ocr: float | None
+    ocr_threshold: float
+    ccc: float | None
+    ccc_pvalue: float | None
+    brier: float
+    mean_confidence: float
+    mean_confidence_correct: float | None
+    mean_confidence_wrong: float | None
+    intervals: dict[str, tuple[float, float]]
+    recalibration: dict[str, Any]
+    recalibrated: dict[str, float]
+    data_sha256: str
+    default: bool = False
+    n_invalid: int = 0
+    confusion_has_invalid: bool = False
+    seed: int = 0
+    bootstrap: int = 0
+    reliability: ReliabilityTable | None = None
+
+    _map: Recalibrator | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal fields (the cached map does not count)."""
+        if not isinstance(other, TrustProfile):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    @property
+    def recalibrator(self) -> Recalibrator:
+        """The fitted map, rebuilt once from ``recalibration``."""
+        if self._map is None:
+            self._map = recalibrator_from_dict(self.recalibration)
+        return self._map
+
+    def _label_index(self, prediction: Prediction) -> int | None:
+        if prediction.label is None:
+            return None
+        try:
+            return self.labels.index(prediction.label)
+        except ValueError:
+            raise InputError(
+                f"prediction label {prediction.label!r} of agent {prediction.agent!r} is not one "
+                f"of the profile's labels {list(self.labels)}"
+            ) from None
+
+    def _scores_vector(self, prediction: Prediction, index: int) -> np.ndarray:
+        if prediction.scores:
+            vec = np.array([prediction.scores.get(lb, 0.0) for lb in self.labels], dtype=float)
+            if vec.sum() > 0:
+                return vec / vec.sum()
+        return pseudo_scores(
+            np.array([prediction.confidence]), np.array([index]), len(self.labels)
+        )[0]
+
+    def calibrated_confidence(self, prediction: Prediction) -> float:
+        """Recalibrated probability that ``prediction.label`` is right (0.0 for a failure)."""
+        index = self._label_index(prediction)
+        if index is None:
+            return 0.0
+        mapping = self.recalibrator
+        if isinstance(mapping, TemperatureScaler):
+            return float(mapping.transform(self._scores_vector(prediction, index))[index])
+        return float(mapping.transform(np.array([prediction.confidence]))[0])
+
+    def class_prior(self) -> dict[str, float]:
+        """P(truth = label) from the confusion rows, Laplace-smoothed (uniform without data)."""
+        rows = np.asarray(self.confusion, dtype=float).reshape(len(self.labels), -1).sum(axis=1)
+        prior = (rows + 1.0) / (rows.sum() + len(self.labels))
+        return {lb: float(p) for lb, p in zip(self.labels, prior, strict=True)}
+
+    def calibrated_scores(self, prediction: Prediction) -> dict[str, float]:
+        """Calibrated distribution over ``labels`` (sums to 1); see the contract in DESIGN."""
+        index = self._label_index(prediction)
+        if index is None:
+            return self.class_prior()
+        mapping = self.recalibrator
+        if isinstance(mapping, TemperatureScaler):
+            dist = mapping.transform(self._scores_vector(prediction, index))
+            return {lb: float(p) for lb, p in zip(self.labels, dist, strict=True)}
+        top = self.calibrated_confidence(prediction)
+        k = len(self.labels)
+        matrix = np.asarray(self.confusion, dtype=float).reshape(k, -1)
+        column = matrix[:, index] + 1.0
+        column[index] = 0.0
+        rest = (1.0 - top) * column / column.sum()
+        rest[index] = top
+        rest /= rest.sum()
+        return {lb: float(p) for lb, p in zip(self.labels, rest, strict=True)}
+
+
+def records_sha256(records: Sequence[Record]) -> str:
+    """Hash of the records' content (id, truth, pred, confidence, scores), order-independent."""
+    lines = sorted(
+        json.dumps(
+            [r.id, r.agent, r.round, r.truth, r.pred, r.confidence, r.scores], sort_keys=True
+        )
+        for r in records
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def agent_arrays(
+    agent: str, records: Sequence[Record], labels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, CalibrationData]:
+    """(truth indices, predicted indices with -1 for failures, the valid rows' data)."""
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.empty(len(records), dtype=np.int64)
+    pred = np.empty(len(records), dtype=np.int64)
+    for row, r in enumerate(records):
+        if r.truth not in index:
+            raise InputError(
+                f"true label {r.truth!r} of agent {agent!r} is not one of {list(labels)}",
+                line=r.line or None,
+            )
+        truth[row] = index[r.truth]
+        pred[row] = index.get(r.pred, -1) if r.pred is not None else -1
+    valid = np.flatnonzero(pred >= 0)
+    conf = np.array([records[i].confidence for i in valid], dtype=np.float64)
+    scores = None
+    if valid.size and all(records[i].scores for i in valid):
+        scores = np.array(
+            [[records[i].scores.get(lb, 0.0) for lb in labels] for i in valid], dtype=np.float64
+        )
+        scores /= np.maximum(scores.sum(axis=1, keepdims=True), 1e-300)
+    data = CalibrationData(confidence=conf, pred=pred[valid], truth=truth[valid], scores=scores)
+    return truth, pred, data
+
+
+def fit_trust_profile(
+    agent: str,
+    records: Sequence[Record],
+    labels: Sequence[str],
+    *,
+    bins: int = DEFAULT_BINS,
+    ocr_threshold: float = DEFAULT_OCR_THRESHOLD,
+    method: str = "auto",
+    data_sha256: str = "",
+    seed: int = 0,
+    bootstrap: int = 1000,
+    cv_folds: int = 5,
+) -> TrustProfile:
+    """Measure one agent on its labelled records and fit its recalibration map.
+
+    ``bootstrap=0`` skips the intervals; ``cv_folds=0`` skips the held-out metrics.
+    ``data_sha256`` defaults to a hash of the records' content.
+    """
+    labels = tuple(labels)
+    if len(labels) < 2:
+        raise InputError(f"need at least two labels, got {list(labels)}")
+    if not records:
+        raise InputError(f"no records for agent {agent!r}")
+    truth, pred, data = agent_arrays(agent, records, labels)
+    cls = classification_metrics(truth, pred, len(labels))
+    base = default_trust_profile(agent, labels)
+    fields: dict[str, Any] = {}
+    if data.n:
+        cal = calibration_metrics(
+            data.confidence, data.correct, bins=bins, ocr_threshold=ocr_threshold
+        )
+        fields = {
+            k: getattr(cal, k)
+            for k in (
+                "ece",
+                "mce",
+                "ocr",
+                "ccc",
+                "ccc_pvalue",
+                "brier",
+                "mean_confidence",
+                "mean_confidence_correct",
+                "mean_confidence_wrong",
+            )
+        }
+        rel = reliability_bins(data.confidence, data.correct, bins=bins)
+        fields["reliability"] = ReliabilityTable(
+            edges=list(rel.edges),
+            counts=list(rel.counts),
+            mean_confidence=np.nan_to_num(rel.mean_confidence, nan=0.0).tolist(),
+            accuracy=np.nan_to_num(rel.accuracy, nan=0.0).tolist(),
+        )
+        mapping = make_recalibrator(method, data, n_labels=len(labels), bins=bins).fit(data)
+        fields["recalibration"] = mapping.to_dict()
+        fields["recalibrated"] = cross_validated_metrics(
+            data,
+            method=method,
+            n_labels=len(labels),
+            folds=cv_folds,
+            seed=seed,
+            bins=bins,
+            ocr_threshold=ocr_threshold,
+        )
+    intervals: dict[str, tuple[float, float]] = {}
+    if bootstrap > 0:
+        intervals = bootstrap_intervals(
+            (pred == truth).astype(float),
+            data.confidence,
+            data.correct,
+            bins=bins,
+            resamples=bootstrap,
+            seed=seed,
+        )
+    return base.model_copy(
+        update={
+            **fields,
+            "n": cls.n,
+            "n_invalid": cls.n_invalid,
+            "accuracy": cls.accuracy,
+            "macro_precision": cls.macro_precision,
+            "macro_recall": cls.macro_recall,
+            "macro_f1": cls.macro_f1,
+            "per_class_recall": dict(zip(labels, cls.per_class_recall, strict=True)),
+            "confusion": [list(row) for row in cls.confusion],
+            "confusion_has_invalid": cls.has_invalid_column,
+            "ece_bins": int(bins),
+            "ocr_threshold": float(ocr_threshold),
+            "intervals": intervals,
+            "data_sha256": data_sha256 or records_sha256(records),
+            "default": False,
+            "seed": seed,
+            "bootstrap": bootstrap,
+        }
+    )
+
+
+def fit_trust_profiles(
+    records: RecordSet, *, agents: Sequence[str] | None = None, **kwargs: Any
+) -> dict[str, TrustProfile]:
+    """One profile per agent of a record set (all agents by default), hashed with the file."""
+    kwargs.setdefault("data_sha256", records.sha256)
+    return {
+        agent: fit_trust_profile(agent, records.for_agent(agent), records.labels, **kwargs)
+        for agent in (agents if agents is not None else records.agents)
+    }
+
+
+def default_trust_profile(agent: str, labels: Sequence[str]) -> TrustProfile:
+    """A conservative profile without data: the agent is assumed right at chance (1/k) while
+    claiming certainty, and its confidence is shrunk strongly toward 1/k."""
+    labels = tuple(labels)
+    k = len(labels)
+    if k < 2:
+        raise InputError(f"need at least two labels, got {list(labels)}")
+    chance = 1.0 / k
+    return TrustProfile(
+        agent=agent,
+        labels=labels,
+        n=0,
+        accuracy=chance,
+        macro_precision=chance,
+        macro_recall=chance,
+        macro_f1=chance,
+        per_class_recall={label: chance for label in labels},
+        confusion=[[0] * k for _ in labels],
+        ece=1.0 - chance,
+        ece_bins=DEFAULT_BINS,
+        mce=1.0 - chance,
+        ocr=None,
+        ocr_threshold=DEFAULT_OCR_THRESHOLD,
+        ccc=None,
+        ccc_pvalue=None,
+        brier=1.0 - chance,
+        mean_confidence=1.0,
+        mean_confidence_correct=None,
+        mean_confidence_wrong=None,
+        intervals={},
+        recalibration=ShrinkCalibrator(prior=chance, weight=DEFAULT_SHRINK_WEIGHT).to_dict(),
+        recalibrated={},
+        data_sha256="",
+        default=True,
+    )
+
+
+def save_trust_profiles(path: str | Path, profiles: Mapping[str, TrustProfile]) -> None:
+    """Write profiles as one JSON file, atomically (temporary file in the folder + rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "profiles": {name: p.model_dump(mode="json") for name, p in profiles.items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_trust_profiles(path: str | Path) -> dict[str, TrustProfile]:
+    """Read a file written by ``save_trust_profiles`` (InputError naming the file if bad)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such trust profile file", path=str(p))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON ({e.msg})", path=str(p), line=e.lineno) from None
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file", path=str(p)) from None
+    if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+        raise InputError(f"not a trust profile file (expected format {FILE_FORMAT!r})", path=str(p))
+    raw = data.get("profiles")
+    if not isinstance(raw, dict):
+        raise InputError("'profiles' must be an object agent -> profile", path=str(p))
+    out: dict[str, TrustProfile] = {}
+    for name, body in raw.items():
+        try:
+            profile = TrustProfile.model_validate(body)
+            profile.recalibrator  # noqa: B018 - validates the stored map
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in ("profiles", name, *first["loc"]))
+            raise InputError(first["msg"], path=str(p), field=where) from None
+        except ValueError as e:
+            raise InputError(str(e), path=str(p), field=f"profiles.{name}.recalibration") from None
+        out[str(name)] = profile
+    return out

@@ -1,0 +1,188 @@
+"""Leave-one-out evaluation of the retrieval vote over an index.
+
+Every indexed item is queried with its own stored vector; it is removed from its own neighbour
+list (by id), leaving its k nearest other items. Each vote rule turns those lists into class
+scores: accuracy, macro-F1, ECE (equal-width bins) and CCC (Pearson correlation of confidence
+and 0/1 correctness) per rule.
+
+The fitted ``softmax`` rule is cross-fitted: the items are split into ``folds`` folds (seeded);
+the scores of a fold come from a vote fitted on the leave-one-out neighbour lists of the other
+folds only, so no item's own query enters its fit (an item may still appear as a neighbour in
+other items' lists). The reported parameters are those of a fit on all items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agents.cli_utils import progress_bar
+from agents.types import Task
+from eval.metrics import calibration_metrics, classification_metrics
+from rag.store import ImageIndex
+from rag.vote import SimilarityShareVote, SoftmaxVote, neighbour_arrays, share_scores
+
+
+@dataclass(frozen=True)
+class LooNeighbours:
+    """Each item's k nearest other items: ``similarities`` / ``label_idx`` [n, k]."""
+
+    ids: list[str]
+    truth_idx: np.ndarray
+    similarities: np.ndarray
+    label_idx: np.ndarray
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VoteMetrics:
+    rule: str
+    accuracy: float
+    macro_f1: float
+    ece: float
+    ccc: float | None
+    brier: float
+    log_loss: float
+    mean_confidence: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrievalEvaluation:
+    task: str
+    model: str
+    location: str
+    n: int
+    k: int
+    bins: int
+    folds: int
+    variants: list[VoteMetrics]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model": self.model,
+            "location": self.location,
+            "n": self.n,
+            "k": self.k,
+            "ece_bins": self.bins,
+            "softmax_folds": self.folds,
+            "variants": {
+                v.rule: {
+                    "accuracy": v.accuracy,
+                    "macro_f1": v.macro_f1,
+                    "ece": v.ece,
+                    "ccc": v.ccc,
+                    "brier": v.brier,
+                    "log_loss": v.log_loss,
+                    "mean_confidence": v.mean_confidence,
+                    "params": v.params,
+                }
+                for v in self.variants
+            },
+        }
+
+
+def loo_neighbours(
+    index: ImageIndex, task: Task, k: int, *, batch_size: int = 256, show_progress: bool = False
+) -> LooNeighbours:
+    """Query every stored item (in batches) and drop itself from its neighbour list."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    stored = index.all_vectors()
+    position = {label: i for i, label in enumerate(task.labels)}
+    truth = np.array([position.get(label, -1) for label in stored.labels], dtype=np.int64)
+    if (truth < 0).any():
+        bad = stored.labels[int(np.flatnonzero(truth < 0)[0])]
+        raise ValueError(f"index holds label '{bad}' outside task {task.name}")
+    rows: list[list[Any]] = []
+    with progress_bar(disable=not show_progress) as bar:
+        job = bar.add_task("leave-one-out queries", total=len(stored.ids))
+        for start in range(0, len(stored.ids), batch_size):
+            found = index.query(
+                stored.vectors[start : start + batch_size], k + 1, model=index.model
+            )
+            for offset, neighbours in enumerate(found):
+                own = stored.ids[start + offset]
+                others = [n for n in neighbours if n.id != own]
+                rows.append(others[:k])
+            bar.advance(job, len(found))
+    sims, idx = neighbour_arrays(rows, task.labels, k)
+    return LooNeighbours(stored.ids, truth, sims, idx, tuple(task.labels))
+
+
+def vote_metrics(
+    rule: str, scores: np.ndarray, truth: np.ndarray, *, bins: int = 10, params: dict | None = None
+) -> VoteMetrics:
+    """Metrics of class scores [n, C] against true class indices [n]. ``brier`` is the top-label
+    Brier score; ``log_loss`` the mean negative log score of the true class (floored at 1e-12)."""
+    pred = scores.argmax(axis=1)
+    confidence = np.clip(scores[np.arange(len(pred)), pred], 0.0, 1.0)
+    classes = classification_metrics(truth, pred, scores.shape[1])
+    calibration = calibration_metrics(confidence, pred == truth, bins=bins)
+    return VoteMetrics(
+        rule=rule,
+        accuracy=classes.accuracy,
+        macro_f1=classes.macro_f1,
+        ece=calibration.ece,
+        ccc=calibration.ccc,
+        brier=calibration.brier,
+        log_loss=float(-np.mean(np.log(np.maximum(scores[np.arange(len(truth)), truth], 1e-12)))),
+        mean_confidence=calibration.mean_confidence,
+        params=params or {},
+    )
+
+
+def cross_fitted_softmax(
+    loo: LooNeighbours, *, folds: int = 10, seed: int = 0
+) -> tuple[np.ndarray, SoftmaxVote]:
+    """Softmax-vote scores of each fold from a vote fitted on the other folds; and a full fit."""
+    n, n_classes = len(loo.truth_idx), len(loo.labels)
+    folds = max(2, min(folds, n))
+    assignment = np.random.default_rng(seed).permutation(n) % folds
+    scores = np.zeros((n, n_classes))
+    for f in range(folds):
+        test, train = assignment == f, assignment != f
+        vote = SoftmaxVote().fit(
+            loo.similarities[train], loo.label_idx[train], loo.truth_idx[train], n_classes
+        )
+        scores[test] = vote.transform(loo.similarities[test], loo.label_idx[test], n_classes)
+    full = SoftmaxVote().fit(loo.similarities, loo.label_idx, loo.truth_idx, n_classes)
+    return scores, full
+
+
+def evaluate_loo(
+    index: ImageIndex,
+    task: Task,
+    *,
+    k: int = 10,
+    folds: int = 10,
+    bins: int = 10,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> RetrievalEvaluation:
+    """Leave-one-out metrics of every vote rule over ``index``."""
+    loo = loo_neighbours(index, task, k, show_progress=show_progress)
+    if len(loo.ids) < 3:
+        raise ValueError(f"index '{index.name}' holds {len(loo.ids)} items; LOO needs >= 3")
+    n_classes = len(task.labels)
+    share = share_scores(loo.similarities, loo.label_idx, n_classes)
+    softmax, full = cross_fitted_softmax(loo, folds=folds, seed=seed)
+    variants = [
+        vote_metrics(
+            SimilarityShareVote.name, share, loo.truth_idx, bins=bins, params={"rule": "study"}
+        ),
+        vote_metrics(SoftmaxVote.name, softmax, loo.truth_idx, bins=bins, params=full.to_dict()),
+    ]
+    return RetrievalEvaluation(
+        task=task.name,
+        model=index.model,
+        location=index.location,
+        n=len(loo.ids),
+        k=k,
+        bins=bins,
+        folds=max(2, min(folds, len(loo.ids))),
+        variants=variants,
+    )

@@ -1,0 +1,193 @@
+"""The demo's pipeline: the agents this machine can run, one graph, one report per image.
+
+Built once (CLIP loaded once, shared by the CLIP agent and the retrieval agent) and used by both
+the command line and the web page.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.errors import TrustorchError
+from agents.types import Agent, ImageRef, Task
+from orchestrator.decision import Decision
+from orchestrator.demo.availability import Availability, discover_agents
+from orchestrator.demo.report import TrustCard, render_report
+
+RETRIEVAL_SOURCE = "retrieval"  # the retrieval agent's name, as in `trustorch run` profiles
+
+
+class NoAgentError(TrustorchError):
+    """No agent can run on this machine (the message says what is missing)."""
+
+
+@dataclass
+class DemoPipeline:
+    """A compiled graph over the available agents, and what the report shows beside it."""
+
+    task: Task
+    graph: Any
+    agents: list[Agent]
+    availability: Availability
+    trust: dict[str, TrustCard] = field(default_factory=dict)
+
+    @property
+    def skipped_lines(self) -> list[str]:
+        return [s.line() for s in self.availability.skipped]
+
+    async def diagnose(self, image: ImageRef, *, truth: str | None = None) -> Decision:
+        from orchestrator.graph import classify
+
+        return await classify(self.graph, image, truth=truth)
+
+    def report(self, decision: Decision, image_bytes: bytes | None) -> str:
+        return render_report(
+            decision,
+            task=self.task,
+            image_bytes=image_bytes,
+            trust=self.trust,
+            skipped=self.skipped_lines,
+        )
+
+
+def build_pipeline(
+    *,
+    task: Task,
+    clip_model: str | None = None,
+    index_dir: Path | None = None,
+    trust_file: Path | None = None,
+    max_rounds: int = 2,
+    environ: Mapping[str, str] | None = None,
+    device: str | None = None,
+) -> DemoPipeline:
+    """Discover the agents, build them (NoAgentError when none can run) and compile the graph."""
+    from orchestrator.graph import build_graph
+
+    availability, index = discover_agents(
+        task=task, clip_model=clip_model, index_dir=index_dir, environ=environ, device=device
+    )
+    if not availability.available:
+        raise NoAgentError(availability.missing_line())
+    agents, retriever = build_agents(availability, index, task)
+    profiles = _load_profiles(trust_file)
+    policy = _trust_policy(profiles)
+    graph = build_graph(
+        task=task, agents=agents, policy=policy, retriever=retriever, max_rounds=max_rounds
+    )
+    names = [a.name for a in agents]
+    if retriever is not None:
+        names.append(RETRIEVAL_SOURCE)
+    return DemoPipeline(
+        task=task,
+        graph=graph,
+        agents=agents,
+        availability=availability,
+        trust=trust_cards(names, profiles),
+    )
+
+
+def build_agents(
+    availability: Availability, index: Any | None, task: Task
+) -> tuple[list[Agent], Any | None]:
+    """The runnable agents and the retriever, built around the one loaded CLIP."""
+    agents: list[Agent] = []
+    retriever = None
+    clip = availability.clip
+    for status in availability.available:
+        if status.name == "clip" and clip is not None:
+            from agents.clip_agent import ClipAgent
+
+            agents.append(ClipAgent(clip))
+        elif status.name == "retrieval" and clip is not None and index is not None:
+            from rag.agent import RetrievalAgent
+
+            retriever = RetrievalAgent(clip, index, name=RETRIEVAL_SOURCE)
+        elif status.spec is not None:
+            from agents.spec import build_agent
+
+            agents.append(build_agent(status.spec, task=task, clip=lambda: clip))
+    return agents, retriever
+
+
+def _load_profiles(trust_file: Path | None) -> dict[str, Any]:
+    if trust_file is None:
+        return {}
+    from eval.profile import load_trust_profiles
+
+    return dict(load_trust_profiles(trust_file))
+
+
+def _trust_policy(profiles: Mapping[str, Any]) -> Any:
+    from orchestrator.policies.trust import TrustPolicy
+
+    return TrustPolicy(profiles=profiles, retrieval_source=RETRIEVAL_SOURCE)
+
+
+def trust_cards(names: Sequence[str], profiles: Mapping[str, Any]) -> dict[str, TrustCard]:
+    """One card per agent: its profile's numbers and reliability diagram, or the default note."""
+    cards: dict[str, TrustCard] = {}
+    for name in names:
+        profile = profiles.get(name)
+        if profile is None or getattr(profile, "default", False):
+            cards[name] = TrustCard(
+                agent=name,
+                note="no trust profile: a conservative default is used (fit one with "
+                "`trustorch eval trust`)",
+            )
+            continue
+        cards[name] = TrustCard(
+            agent=name,
+            n=int(profile.n),
+            accuracy=float(profile.accuracy),
+            ece=float(profile.ece),
+            ocr=None if profile.ocr is None else float(profile.ocr),
+            note=f"ECE over {profile.ece_bins} bins; OCR at confidence > {profile.ocr_threshold:g}",
+            diagram_png=reliability_png(profile),
+        )
+    return cards
+
+
+def _bins_of(profile: Any) -> tuple[list[int], list[float], list[float]] | None:
+    """(counts, mean confidence, accuracy) per bin when the profile carries them."""
+    raw = getattr(profile, "reliability", None)
+    if raw is None:
+        return None
+    get = raw.get if isinstance(raw, Mapping) else lambda key: getattr(raw, key, None)
+    counts, conf, acc = get("counts"), get("mean_confidence"), get("accuracy")
+    if not counts or conf is None or acc is None:
+        return None
+    return [int(c) for c in counts], [float(x) for x in conf], [float(x) for x in acc]
+
+
+def reliability_png(profile: Any) -> bytes | None:
+    """The agent's reliability diagram (``eval.plots``) as PNG bytes, or None when the profile
+    holds no per-bin data. Each bin's items are rebuilt at the bin's mean confidence with the
+    bin's number of right answers, which redraws the same bars."""
+    bins = _bins_of(profile)
+    if bins is None:
+        return None
+    from eval.plots import reliability_diagram
+
+    counts, mean_conf, accuracy = bins
+    confidence: list[float] = []
+    correct: list[float] = []
+    for count, conf, acc in zip(counts, mean_conf, accuracy, strict=True):
+        right = round(acc * count) if count else 0
+        confidence += [conf] * count
+        correct += [1.0] * right + [0.0] * (count - right)
+    if not confidence:
+        return None
+    with tempfile.TemporaryDirectory(prefix="trustorch-plot-") as folder:
+        path = reliability_diagram(
+            confidence,
+            correct,
+            Path(folder) / "reliability.png",
+            bins=len(counts),
+            title=str(profile.agent),
+            ece=float(profile.ece),
+        )
+        return path.read_bytes()

@@ -1,0 +1,114 @@
+"""``trustorch demo leaf --serve``: a small Gradio page around the demo pipeline.
+
+Upload a leaf photo; the page shows the diagnosis and the same self-contained HTML report the
+command line writes (in a sandboxed iframe, so its styles stay its own). Gradio is an optional
+extra (``pip install 'trust-orchestrator[demo]'``) imported only here, only when serving.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from agents.errors import TrustorchError
+from agents.types import ImageRef
+from orchestrator.decision import Decision
+from orchestrator.demo.pipeline import DemoPipeline
+
+EXTRA_HINT = "pip install 'trust-orchestrator[demo]' (or: pip install gradio)"
+REPORT_HEIGHT_PX = 1400
+
+
+def import_gradio() -> Any:
+    """The gradio module, or a one-line error naming the extra that provides it."""
+    try:
+        import gradio
+    except ImportError as e:
+        raise TrustorchError(
+            f"the web page needs the optional extra 'demo' (gradio is not installed): {EXTRA_HINT}"
+        ) from e
+    return gradio
+
+
+def summary_text(decision: Decision) -> str:
+    """One line for the page: the diagnosis, its confidence and prediction set."""
+    pset = ", ".join(decision.prediction_set) or "-"
+    rounds = f"{decision.rounds_used} round(s)"
+    if decision.abstained:
+        return f"No diagnosis (abstained). Could be: {pset}. {rounds}."
+    return (
+        f"Diagnosis: {decision.label} ({100 * decision.confidence:.1f}% confidence). "
+        f"Prediction set: {pset}. {rounds}."
+    )
+
+
+def report_frame(report_html: str) -> str:
+    """The report in a sandboxed iframe (no scripts, its own origin, its own CSS)."""
+    return (
+        f'<iframe id="report-frame" title="diagnosis report" sandbox="" '
+        f'style="width:100%;height:{REPORT_HEIGHT_PX}px;border:0" '
+        f'srcdoc="{html.escape(report_html, quote=True)}"></iframe>'
+    )
+
+
+async def diagnose_upload(pipeline: DemoPipeline, path: str | None) -> tuple[str, str]:
+    """Diagnose one uploaded file: (summary line, report iframe)."""
+    if not path:
+        return "Upload a leaf photo to diagnose it.", ""
+    try:
+        image = ImageRef.from_path(path)
+        decision = await pipeline.diagnose(image)
+    except TrustorchError as e:
+        return f"Error: {e}", ""
+    return summary_text(decision), report_frame(pipeline.report(decision, Path(path).read_bytes()))
+
+
+def build_app(pipeline: DemoPipeline) -> Any:
+    """The Gradio Blocks app (not launched)."""
+    gr = import_gradio()
+
+    async def on_upload(path: str | None) -> tuple[str, str]:
+        return await diagnose_upload(pipeline, path)
+
+    agents = "\n".join(f"- {s.line()}" for s in pipeline.availability.statuses)
+    with gr.Blocks(title="trustorch: apple leaf diagnosis", analytics_enabled=False) as app:
+        gr.Markdown(
+            "## Apple leaf diagnosis\n"
+            "Upload a photo of one apple leaf. Every agent this machine can run looks at it; "
+            "their answers are weighted by their measured trust, and similar labelled leaves "
+            "are retrieved when the answers cannot be trusted yet."
+        )
+        with gr.Accordion("Agents on this machine", open=False):
+            gr.Markdown(agents)
+        with gr.Row():
+            image = gr.Image(
+                type="filepath",
+                image_mode=None,
+                sources=["upload"],
+                label="Leaf photo",
+                elem_id="leaf-input",
+                height=320,
+            )
+            summary = gr.Textbox(
+                label="Diagnosis", elem_id="diagnosis-summary", interactive=False, lines=3
+            )
+        report = gr.HTML(elem_id="report")
+        image.upload(on_upload, inputs=image, outputs=[summary, report])
+    return app
+
+
+def serve(pipeline: DemoPipeline, *, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Serve the page until interrupted (no share link, no telemetry)."""
+    app = build_app(pipeline)
+    app.queue(default_concurrency_limit=1)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        show_error=True,
+        ssr_mode=False,
+        mcp_server=False,
+        pwa=False,
+    )

@@ -1,0 +1,234 @@
+"""Build what a run needs from command-line strings: agents, trust profiles, the policy.
+
+Agent specs:
+- ``replay:<file>#<agent>``: recorded answers played back (``agents.replay``);
+- ``retrieval``: the CLIP-neighbour vote over the image index (``rag.agent``); it is also the
+  graph's retriever;
+- ``py:<module or file.py>:<callable>[?key=value&...]``: your own ``Agent``, made by calling
+  ``callable(**params)`` (params are strings);
+- anything else (``clip``, ``clip:<id>``, ``openai:<model>``, ``hf-vlm:<id>``) goes to
+  ``agents.spec.build_agent``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from agents.errors import InputError
+from agents.types import Agent, Task
+
+PY_PREFIX = "py:"
+REPLAY_PREFIX = "replay:"
+RETRIEVAL_SPEC = "retrieval"
+LLM_POLICY = "llm"
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """Where the image index lives and which CLIP embeds the query images."""
+
+    index_dir: str | None = None
+    chroma_url: str | None = None
+    clip_model: str | None = None
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """The orchestrator LLM of the ``llm`` policy (any OpenAI-compatible server)."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 120.0
+    usd_per_1m_input: float = 0.0
+    usd_per_1m_output: float = 0.0
+
+
+@dataclass
+class BuiltAgents:
+    agents: list[Agent]
+    retriever: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_callable(target: str, attr: str, spec: str) -> Any:
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise InputError(f"agent spec {spec!r}: no such Python file", path=str(path))
+        module_name = f"trustorch_plugin_{abs(hash(path.resolve()))}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise InputError(f"agent spec {spec!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise InputError(f"agent spec {spec!r}: cannot import module {target!r} ({e})") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"agent spec {spec!r}: {target} has no callable {attr!r}")
+    return factory
+
+
+def plugin_agent(spec: str) -> Agent:
+    """``py:<module or file.py>:<callable>[?key=value&...]`` -> ``callable(**params)``."""
+    body = spec[len(PY_PREFIX) :]
+    body, _, query = body.partition("?")
+    target, sep, attr = body.rpartition(":")
+    if not sep or not target or not attr:
+        raise InputError(
+            f"agent spec must be 'py:<module or file.py>:<callable>[?key=value]', got {spec!r}"
+        )
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    agent = _load_callable(target, attr, spec)(**params)
+    if not isinstance(agent, Agent):
+        raise InputError(f"agent spec {spec!r} did not return an Agent ({type(agent).__name__})")
+    return agent
+
+
+class AgentBuilder:
+    """Turns specs into agents, sharing one CLIP model between the agents that need it."""
+
+    def __init__(self, *, task: Task, retrieval: RetrievalSettings | None = None) -> None:
+        self.task = task
+        self.retrieval = retrieval or RetrievalSettings()
+        self._clip: Any = None
+
+    def clip(self) -> Any:
+        if self._clip is None:
+            from agents.clip_model import load_clip
+
+            self._clip = load_clip(self.retrieval.clip_model)
+        return self._clip
+
+    def retrieval_agent(self) -> Any:
+        from rag.agent import RetrievalAgent
+        from rag.store import ChromaStore
+
+        clip = self.clip()
+        store = ChromaStore.open(
+            index_dir=self.retrieval.index_dir, chroma_url=self.retrieval.chroma_url
+        )
+        index = store.existing(self.task.name, clip.name)
+        return RetrievalAgent(clip, index, k=self.retrieval.k)
+
+    def build(self, spec: str) -> Agent:
+        spec = spec.strip()
+        if spec.startswith(REPLAY_PREFIX):
+            from agents.replay import replay_agent_from_spec
+
+            return replay_agent_from_spec(spec, task=self.task)
+        if spec == RETRIEVAL_SPEC:
+            return self.retrieval_agent()
+        if spec.startswith(PY_PREFIX):
+            return plugin_agent(spec)
+        try:
+            from agents.spec import build_agent
+        except ImportError:
+            raise InputError(
+                f"unknown agent spec {spec!r} (this install knows replay:<file>#<agent>, "
+                "retrieval and py:<module>:<callable>)"
+            ) from None
+        return build_agent(spec, task=self.task, clip=self.clip)
+
+
+def build_agents(
+    specs: Sequence[str],
+    *,
+    task: Task,
+    retrieval: RetrievalSettings | None = None,
+    want_retriever: bool = False,
+) -> BuiltAgents:
+    """Agents in spec order; the retrieval agent (or, with ``want_retriever``, a new one over the
+    index) doubles as the graph's retriever."""
+    if not specs:
+        raise InputError("give at least one --agent (e.g. --agent clip)")
+    builder = AgentBuilder(task=task, retrieval=retrieval)
+    agents = [builder.build(spec) for spec in specs]
+    retriever = next((a for a in agents if hasattr(a, "retrieve")), None)
+    if retriever is None and want_retriever:
+        retriever = builder.retrieval_agent()
+    return BuiltAgents(agents=agents, retriever=retriever)
+
+
+def load_profiles(
+    path: str | Path | None, agents: Sequence[str], *, task: Task
+) -> tuple[dict[str, Any], list[str]]:
+    """Trust profiles of ``agents`` from ``path``; an agent without one gets the conservative
+    default, and a note says so."""
+    from eval.profile import default_trust_profile, load_trust_profiles
+
+    loaded = load_trust_profiles(path) if path is not None else {}
+    profiles: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in agents:
+        if name in loaded:
+            profiles[name] = loaded[name]
+            continue
+        profiles[name] = default_trust_profile(name, task.labels)
+        where = f"in {path}" if path is not None else "(no --trust file)"
+        notes.append(
+            f"agent '{name}' has no trust profile {where}: using the conservative default "
+            "(chance accuracy, confidence shrunk toward 1/k)"
+        )
+    return profiles, notes
+
+
+def llm_client(settings: LlmSettings) -> Any:
+    """The orchestrator LLM's ``openai.AsyncOpenAI``; an InputError says what is missing."""
+    import openai
+
+    if not settings.model:
+        raise InputError(
+            "the llm policy needs --llm-model (the orchestrator model, e.g. o3-mini, or the "
+            "model name your OpenAI-compatible server serves)"
+        )
+    key = os.environ.get(settings.api_key_env)
+    if not key and settings.base_url is None:
+        raise InputError(
+            f"the llm policy needs an API key: set {settings.api_key_env}, or pass "
+            "--llm-base-url for a local OpenAI-compatible server (llama.cpp, vLLM, Ollama)"
+        )
+    return openai.AsyncOpenAI(
+        base_url=settings.base_url,
+        api_key=key or "not-needed",
+        timeout=settings.timeout_s,
+        max_retries=2,
+    )
+
+
+def build_policy(
+    name: str,
+    *,
+    task: Task,
+    profiles: Mapping[str, Any],
+    llm: LlmSettings | None = None,
+) -> Any:
+    """The fusion policy ``name``: ``llm`` here, the others from ``orchestrator.policies``."""
+    if name == LLM_POLICY:
+        from orchestrator.policies.llm import JsonChat, LlmPolicy
+
+        settings = llm or LlmSettings()
+        chat = JsonChat(client=llm_client(settings), model=str(settings.model))
+        return LlmPolicy(
+            chat=chat,
+            profiles=profiles,
+            usd_per_1m_input=settings.usd_per_1m_input,
+            usd_per_1m_output=settings.usd_per_1m_output,
+        )
+    from orchestrator.policies import make_policy
+
+    return make_policy(name, profiles)

@@ -1,0 +1,145 @@
+"""Collect the images of a run from files, folders and CSV manifests.
+
+- a file: one image (no true label);
+- a folder: every image below it, sorted; in the ImageFolder layout ``DIR/<label>/*`` the
+  first sub-folder names the true label (when it is one of the task's labels);
+- a ``.csv`` file: a manifest with a ``path`` column (or ``image``/``file``) and an optional
+  ``label`` column (or ``truth``/``category``); relative paths are read from the CSV's folder.
+
+Unreadable images (missing, not decodable) are reported and skipped; a duplicate image (same
+bytes) is kept once. A path that does not exist, or a manifest label outside the task, is bad
+input and raises ``InputError``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.errors import InputError
+from agents.types import ImageRef, LabelledImage, Task
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+PATH_COLUMNS = ("path", "image", "file")
+LABEL_COLUMNS = ("label", "truth", "category")
+
+
+@dataclass(frozen=True)
+class SkippedInput:
+    """An input that was not classified, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class CollectedImages:
+    """The images to classify, in input order, and what was skipped."""
+
+    images: list[LabelledImage] = field(default_factory=list)
+    skipped: list[SkippedInput] = field(default_factory=list)
+    duplicates: list[SkippedInput] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> int:
+        return sum(1 for item in self.images if item.truth is not None)
+
+
+def _readable_image(path: Path) -> str | None:
+    """None when PIL can parse and verify the file, else the reason it cannot."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except FileNotFoundError:
+        return "no such file"
+    except UnidentifiedImageError:
+        return "not a readable image"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"not a readable image ({e})"
+    return None
+
+
+class _Collector:
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.out = CollectedImages()
+        self._seen: dict[str, str] = {}
+
+    def add(self, path: Path, truth: str | None) -> None:
+        problem = _readable_image(path)
+        if problem is not None:
+            self.out.skipped.append(SkippedInput(source=str(path), reason=problem))
+            return
+        ref = ImageRef.from_path(path)
+        first = self._seen.get(ref.sha256)
+        if first is not None:
+            reason = f"same bytes as {first}"
+            self.out.duplicates.append(SkippedInput(source=str(path), reason=reason))
+            return
+        self._seen[ref.sha256] = ref.source
+        self.out.images.append(LabelledImage(image=ref, truth=truth))
+
+    def add_folder(self, folder: Path) -> None:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        for path in files:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            parts = path.relative_to(folder).parts
+            truth = self.task.normalise_label(parts[0]) if len(parts) > 1 else None
+            self.add(path, truth)
+
+    def add_manifest(self, manifest: Path) -> None:
+        text = manifest.read_text(encoding="utf-8-sig")
+        reader = csv.DictReader(text.splitlines())
+        header = [h.strip() for h in reader.fieldnames or []]
+        path_col = next((c for c in PATH_COLUMNS if c in header), None)
+        if path_col is None:
+            raise InputError(
+                f"manifest needs a '{PATH_COLUMNS[0]}' column (columns: {', '.join(header)})",
+                path=str(manifest),
+                line=1,
+            )
+        label_col = next((c for c in LABEL_COLUMNS if c in header), None)
+        for row in reader:
+            line = reader.line_num
+            row = {(k or "").strip(): v for k, v in row.items()}
+            raw_path = (row.get(path_col) or "").strip()
+            if not raw_path:
+                raise InputError("empty image path", path=str(manifest), line=line, field=path_col)
+            image_path = Path(raw_path)
+            if not image_path.is_absolute():
+                image_path = manifest.parent / image_path
+            truth = None
+            raw_label = (row.get(label_col) or "").strip() if label_col else ""
+            if raw_label:
+                truth = self.task.normalise_label(raw_label)
+                if truth is None:
+                    raise InputError(
+                        f"label {raw_label!r} is not one of {list(self.task.labels)}",
+                        path=str(manifest),
+                        line=line,
+                        field=label_col,
+                    )
+            self.add(image_path, truth)
+
+
+def collect_images(paths: Sequence[str | Path], *, task: Task) -> CollectedImages:
+    """Every image named by ``paths`` (files, folders, CSV manifests), de-duplicated by sha256."""
+    if not paths:
+        raise InputError("no input paths given")
+    collector = _Collector(task)
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            collector.add_folder(path)
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            collector.add_manifest(path)
+        elif path.is_file():
+            collector.add(path, None)
+        else:
+            raise InputError("no such file or folder", path=str(path))
+    return collector.out

@@ -1,0 +1,167 @@
+"""Baseline policies: ``majority``, ``max-confidence`` and ``single:<source>``.
+
+They use the latest answer of each agent and no trust profile, and never ask for
+re-evaluation; the retrieval vote, when present, is
+one more source (``rag``). ``single:rag`` asks for the evidence first (it has nothing else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agents.types import Prediction, Task
+from orchestrator.decision import Assessment
+from orchestrator.policies.trust import evidence_prediction, prediction_set
+from rag.evidence import Evidence
+
+
+def answer_distribution(prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
+    """The answer's own scores, else its confidence on its label and the rest spread evenly."""
+    if prediction.scores and sum(prediction.scores.values()) > 0:
+        total = sum(prediction.scores.get(y, 0.0) for y in labels)
+        return {y: prediction.scores.get(y, 0.0) / total for y in labels}
+    rest = (1.0 - prediction.confidence) / (len(labels) - 1)
+    return {y: (prediction.confidence if y == prediction.label else rest) for y in labels}
+
+
+def latest_answers(predictions: Sequence[Prediction]) -> list[Prediction]:
+    """The latest answer of every agent, in the order the agents first answered."""
+    latest: dict[str, Prediction] = {}
+    for p in predictions:
+        if p.agent not in latest or p.round >= latest[p.agent].round:
+            latest[p.agent] = p
+    return list(latest.values())
+
+
+def _sources(
+    predictions: Sequence[Prediction], evidence: Evidence | None, retrieval_source: str
+) -> list[Prediction]:
+    out = [p for p in latest_answers(predictions) if p.ok]
+    if evidence is not None and evidence.vote:
+        out.append(evidence_prediction(evidence, retrieval_source))
+    return out
+
+
+def _assessment(
+    name: str,
+    task: Task,
+    round_: int,
+    scores: dict[str, float] | None,
+    reason: str,
+    *,
+    trusted: bool = True,
+) -> Assessment:
+    if scores is None:
+        return Assessment(
+            policy=name,
+            round=round_,
+            scores={y: 1.0 / len(task.labels) for y in task.labels},
+            label=None,
+            confidence=0.0,
+            trusted=trusted,
+            prediction_set=list(task.labels),
+            reason=reason,
+        )
+    label = max(task.labels, key=scores.__getitem__)
+    return Assessment(
+        policy=name,
+        round=round_,
+        scores=scores,
+        label=label,
+        confidence=scores[label],
+        trusted=trusted,
+        prediction_set=prediction_set(scores, 0.95),
+        reason=reason,
+    )
+
+
+class MajorityPolicy:
+    """Most frequent label among the sources; ties go to the larger summed confidence."""
+
+    name = "majority"
+    assess_after_retrieval = False
+
+    def __init__(self, *, retrieval_source: str = "rag") -> None:
+        self.retrieval_source = retrieval_source
+
+    async def assess(
+        self,
+        *,
+        task: Task,
+        predictions: Sequence[Prediction],
+        evidence: Evidence | None,
+        round: int,
+        max_rounds: int,
+    ) -> Assessment:
+        sources = _sources(predictions, evidence, self.retrieval_source)
+        if not sources:
+            return _assessment(self.name, task, round, None, "no usable answer")
+        votes = {y: 0.0 for y in task.labels}
+        for p in sources:
+            votes[str(p.label)] += 1.0 + 1e-6 * p.confidence
+        total = sum(votes.values())
+        scores = {y: v / total for y, v in votes.items()}
+        return _assessment(self.name, task, round, scores, f"majority of {len(sources)} source(s)")
+
+
+class MaxConfidencePolicy:
+    """The single most confident answer."""
+
+    name = "max-confidence"
+    assess_after_retrieval = False
+
+    def __init__(self, *, retrieval_source: str = "rag") -> None:
+        self.retrieval_source = retrieval_source
+
+    async def assess(
+        self,
+        *,
+        task: Task,
+        predictions: Sequence[Prediction],
+        evidence: Evidence | None,
+        round: int,
+        max_rounds: int,
+    ) -> Assessment:
+        sources = _sources(predictions, evidence, self.retrieval_source)
+        if not sources:
+            return _assessment(self.name, task, round, None, "no usable answer")
+        best = max(sources, key=lambda p: p.confidence)
+        scores = answer_distribution(best, task.labels)
+        return _assessment(
+            self.name, task, round, scores, f"most confident: {best.agent} {best.confidence:.3f}"
+        )
+
+
+class SinglePolicy:
+    """One source's answer as it is (``single:rag`` waits for the retrieval vote)."""
+
+    assess_after_retrieval = True
+
+    def __init__(self, *, source: str, retrieval_source: str = "rag") -> None:
+        self.source = source
+        self.retrieval_source = retrieval_source
+        self.name = f"single:{source}"
+
+    async def assess(
+        self,
+        *,
+        task: Task,
+        predictions: Sequence[Prediction],
+        evidence: Evidence | None,
+        round: int,
+        max_rounds: int,
+    ) -> Assessment:
+        if self.source == self.retrieval_source:
+            if evidence is None or not evidence.vote:
+                return _assessment(
+                    self.name, task, round, None, "waiting for the retrieval vote", trusted=False
+                )
+            pred = evidence_prediction(evidence, self.source)
+        else:
+            found = [p for p in latest_answers(predictions) if p.agent == self.source]
+            if not found or not found[-1].ok:
+                error = found[-1].error if found else "no answer"
+                return _assessment(self.name, task, round, None, f"{self.source}: {error}")
+            pred = found[-1]
+        scores = answer_distribution(pred, task.labels)
+        return _assessment(self.name, task, round, scores, f"answer of {self.source}")

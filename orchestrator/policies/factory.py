@@ -1,0 +1,71 @@
+"""``make_policy``: a policy from its name (``trust``, ``majority``, ``single:gpt``, ...).
+
+Each entry of ``POLICY_FACTORIES`` builds one policy from the part of the name after ``:``
+(or None), the trust profiles and the caller's keyword options. To add a policy, add one entry
+(import heavy modules inside the factory function so listing policies stays cheap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agents.errors import InputError
+from eval.profile import TrustProfile
+from orchestrator.policy import FusionPolicy
+
+PolicyFactory = Callable[[str | None, Mapping[str, TrustProfile], dict[str, Any]], FusionPolicy]
+
+
+def _trust(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict) -> FusionPolicy:
+    from orchestrator.policies.trust import TrustPolicy
+
+    return TrustPolicy(profiles=profiles, **options)
+
+
+def _majority(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict) -> FusionPolicy:
+    from orchestrator.policies.baselines import MajorityPolicy
+
+    return MajorityPolicy(**options)
+
+
+def _max_confidence(
+    arg: str | None, profiles: Mapping[str, TrustProfile], options: dict
+) -> FusionPolicy:
+    from orchestrator.policies.baselines import MaxConfidencePolicy
+
+    return MaxConfidencePolicy(**options)
+
+
+def _single(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict) -> FusionPolicy:
+    from orchestrator.policies.baselines import SinglePolicy
+
+    if not arg:
+        raise InputError("policy 'single' needs a source: single:<agent> (e.g. single:gpt)")
+    return SinglePolicy(source=arg, **options)
+
+
+POLICY_FACTORIES: dict[str, PolicyFactory] = {
+    "trust": _trust,
+    "majority": _majority,
+    "max-confidence": _max_confidence,
+    "single": _single,
+}
+
+
+def policy_names() -> list[str]:
+    return [f"{n}:<agent>" if n == "single" else n for n in POLICY_FACTORIES]
+
+
+def make_policy(
+    name: str, profiles: Mapping[str, TrustProfile] | None = None, **options: Any
+) -> FusionPolicy:
+    """Build the policy ``name`` (``kind`` or ``kind:arg``) with the given profiles/options."""
+    kind, _, arg = name.partition(":")
+    factory = POLICY_FACTORIES.get(kind.strip())
+    if factory is None:
+        raise InputError(f"unknown policy {name!r} (choose from {', '.join(policy_names())})")
+    try:
+        return factory(arg.strip() or None, dict(profiles or {}), options)
+    except TypeError as e:
+        raise InputError(f"policy {name!r}: {e}") from None

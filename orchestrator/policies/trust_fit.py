@@ -1,0 +1,262 @@
+"""Fit the ``trust`` policy on labelled records: profiles, stage weights, trust threshold.
+
+Everything is fitted on the records given (the training rows) and nothing else:
+1. one TrustProfile per source: each agent's first look (``qwen``), its re-evaluated answer
+   (``qwen@reeval``) and the retrieval vote (``rag``);
+2. stage weights by stacking: inner k-fold cross-fitting gives each training row calibrated
+   log-likelihood ratios from profiles that did not see it; per stage the weights minimise the
+   log-loss of the fused distribution (L2-regularised, in [0, MAX_WEIGHT]);
+3. the trust threshold of the ``evidence`` stage: among the out-of-fold fused confidences, the
+   cut that maximises the cascade's accuracy (first looks + vote, re-evaluated below the cut)
+   minus ``reeval_cost`` per re-evaluated row, within ``reeval_budget``; ties go to log-loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agents.errors import InputError
+from agents.records import Record, RecordSet
+from agents.types import Prediction
+from eval.profile import TrustProfile, fit_trust_profile
+from orchestrator.policies.trust import REEVAL_SUFFIX, TrustPolicy, evidence_prediction, log_ratio
+from rag.evidence import Evidence
+
+MAX_WEIGHT = 5.0
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """Which recorded agent plays an agent's first look and its re-evaluation."""
+
+    agent: str
+    first: str
+    reeval: str | None = None
+
+
+def record_prediction(record: Record, *, retrieval: bool = False) -> Prediction:
+    """The Prediction a recorded answer stands for (the retrieval vote as the policy sees it)."""
+    if retrieval and record.scores:
+        return evidence_prediction(Evidence(neighbours=(), vote=record.scores), record.agent)
+    if record.pred is None:
+        return Prediction.failure(record.agent, "recorded answer outside the labels")
+    return Prediction(
+        agent=record.agent, label=record.pred, confidence=record.confidence, scores=record.scores
+    )
+
+
+def profile_sources(
+    columns: Sequence[SourceColumns], retrieval: str | None
+) -> dict[str, tuple[str, bool]]:
+    """Profile key -> (recorded agent, is the retrieval vote)."""
+    out: dict[str, tuple[str, bool]] = {}
+    for c in columns:
+        out[c.agent] = (c.first, False)
+        if c.reeval:
+            out[f"{c.agent}{REEVAL_SUFFIX}"] = (c.reeval, False)
+    if retrieval:
+        out[retrieval] = (retrieval, True)
+    return out
+
+
+def _by_agent(records: RecordSet, ids: set[str]) -> dict[str, dict[str, Record]]:
+    out: dict[str, dict[str, Record]] = {}
+    for r in records.records:
+        if r.id in ids and r.round == 0:
+            out.setdefault(r.agent, {})[r.id] = r
+    return out
+
+
+def fit_profiles(
+    records: RecordSet,
+    columns: Sequence[SourceColumns],
+    ids: Sequence[str],
+    *,
+    retrieval: str | None = "rag",
+    seed: int = 0,
+) -> dict[str, TrustProfile]:
+    """One profile per source key, fitted on the rows ``ids`` only."""
+    rows = _by_agent(records, set(ids))
+    out: dict[str, TrustProfile] = {}
+    for key, (agent, _) in profile_sources(columns, retrieval).items():
+        recs = [rows.get(agent, {}).get(i) for i in ids]
+        present = [r for r in recs if r is not None]
+        if not present:
+            raise InputError(f"no records of '{agent}' among the training rows", path=records.path)
+        out[key] = fit_trust_profile(
+            key, present, records.labels, bootstrap=0, cv_folds=0, seed=seed
+        )
+    return out
+
+
+def _ratios(
+    profiles: Mapping[str, TrustProfile],
+    sources: Mapping[str, tuple[str, bool]],
+    rows: Mapping[str, Mapping[str, Record]],
+    ids: Sequence[str],
+    labels: Sequence[str],
+    agent_model: str,
+) -> dict[str, np.ndarray]:
+    """Per source key, [len(ids), K] log-likelihood ratios (0 where the answer failed)."""
+    out: dict[str, np.ndarray] = {}
+    for key, (agent, is_vote) in sources.items():
+        mat = np.zeros((len(ids), len(labels)))
+        for i, rid in enumerate(ids):
+            rec = rows.get(agent, {}).get(rid)
+            if rec is None:
+                continue
+            pred = record_prediction(rec, retrieval=is_vote)
+            if pred.ok:
+                ratio = log_ratio(profiles[key], pred, agent_model=agent_model)
+                mat[i] = [ratio[y] for y in labels]
+        out[key] = mat
+    return out
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def fit_weights(ratios: Sequence[np.ndarray], truth: np.ndarray, *, l2: float = 1e-3) -> np.ndarray:
+    """Weights minimising the log-loss of softmax(sum_s w_s * ratio_s), in [0, MAX_WEIGHT]."""
+    from scipy.optimize import minimize
+
+    stack = np.stack(ratios)
+    rows = np.arange(truth.size)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = np.tensordot(w, stack, axes=1)
+        logp = _log_softmax(z)
+        p = np.exp(logp)
+        value = -logp[rows, truth].mean() + l2 * float(w @ w)
+        onehot = np.zeros_like(p)
+        onehot[rows, truth] = 1.0
+        grad = np.einsum("snk,nk->s", stack, p - onehot) / truth.size + 2 * l2 * w
+        return float(value), grad
+
+    result = minimize(
+        loss, np.ones(len(ratios)), jac=True, bounds=[(0.0, MAX_WEIGHT)] * len(ratios)
+    )
+    return np.asarray(result.x, dtype=float)
+
+
+def fuse_matrix(ratios: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    return np.exp(_log_softmax(np.tensordot(weights, np.stack(ratios), axes=1)))
+
+
+def choose_threshold(
+    first: np.ndarray,
+    second: np.ndarray,
+    truth: np.ndarray,
+    *,
+    budget: float,
+    cost: float,
+    criterion: str = "accuracy",
+) -> tuple[float, dict[str, float]]:
+    """The trust threshold on ``first``'s confidence for the cascade first -> second."""
+    conf = first.max(axis=1)
+    candidates = np.unique(np.concatenate([conf, [0.0]]))
+    rows = np.arange(truth.size)
+    best: tuple[tuple[float, float], float, dict[str, float]] | None = None
+    for cut in candidates:
+        again = conf < cut
+        rate = float(again.mean())
+        if rate > budget:
+            break
+        probs = np.where(again[:, None], second, first)
+        acc = float((probs.argmax(axis=1) == truth).mean())
+        ll = float(np.log(np.clip(probs[rows, truth], 1e-12, 1.0)).mean())
+        if criterion == "accuracy":
+            key = (round(acc - cost * rate, 12), ll)
+        elif criterion == "log_loss":
+            key = (round(ll - cost * rate, 12), acc)
+        else:
+            key = (rate, 0.0)
+        if best is None or key > best[0]:
+            below = conf[conf < cut]
+            threshold = float((cut + below.max()) / 2) if below.size else float(cut)
+            best = (key, threshold, {"accuracy": acc, "reeval_rate": rate, "log_lik": ll})
+    assert best is not None
+    return best[1], best[2]
+
+
+def fit_trust_policy(
+    records: RecordSet,
+    columns: Sequence[SourceColumns],
+    *,
+    ids: Sequence[str] | None = None,
+    retrieval: str | None = "rag",
+    inner_folds: int = 5,
+    seed: int = 0,
+    reeval_budget: float = 0.25,
+    reeval_cost: float = 0.02,
+    agent_model: str = "calibrated",
+    criterion: str = "accuracy",
+    **options: Any,
+) -> TrustPolicy:
+    """A TrustPolicy fitted on the rows ``ids`` (all rows by default) of ``records``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    ids = list(ids) if ids is not None else records.ids()
+    labels = list(records.labels)
+    sources = profile_sources(columns, retrieval)
+    rows = _by_agent(records, set(ids))
+    truth_of = {r.id: r.truth for r in records.records}
+    truth = np.array([labels.index(truth_of[i]) for i in ids])
+    profiles = fit_profiles(records, columns, ids, retrieval=retrieval, seed=seed)
+
+    oof = {key: np.zeros((len(ids), len(labels))) for key in sources}
+    counts = np.bincount(truth, minlength=len(labels))
+    folds = max(2, min(inner_folds, int(counts[counts > 0].min())))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, held in splitter.split(np.zeros(len(ids)), truth):
+        inner = fit_profiles(
+            records, columns, [ids[i] for i in train], retrieval=retrieval, seed=seed
+        )
+        part = _ratios(inner, sources, rows, [ids[i] for i in held], labels, agent_model)
+        for key in sources:
+            oof[key][held] = part[key]
+
+    first_keys = [c.agent for c in columns]
+    stage_keys = {"first": first_keys}
+    if retrieval:
+        stage_keys["evidence"] = [*first_keys, retrieval]
+    reeval_keys = [f"{c.agent}{REEVAL_SUFFIX}" for c in columns if c.reeval]
+    stage_keys["reeval"] = [*first_keys, *reeval_keys, *([retrieval] if retrieval else [])]
+    weights: dict[str, dict[str, float]] = {}
+    fused: dict[str, np.ndarray] = {}
+    for stage, keys in stage_keys.items():
+        w = fit_weights([oof[k] for k in keys], truth)
+        weights[stage] = {k: float(v) for k, v in zip(keys, w, strict=True)}
+        fused[stage] = fuse_matrix([oof[k] for k in keys], w)
+    base = "evidence" if retrieval else "first"
+    threshold, summary = choose_threshold(
+        fused[base],
+        fused["reeval"],
+        truth,
+        budget=reeval_budget,
+        cost=reeval_cost,
+        criterion=criterion,
+    )
+    thresholds: dict[str, float | None] = {"evidence": threshold, "reeval": threshold}
+    thresholds["first"] = None if retrieval else threshold
+    policy = TrustPolicy(
+        profiles=profiles,
+        weights=weights,
+        thresholds=thresholds,
+        retrieval_source=retrieval or "rag",
+        agent_model=agent_model,
+        **options,
+    )
+    policy.fit_summary_ = {
+        "n": len(ids),
+        "inner_folds": folds,
+        "oof_cascade": summary,
+        "ids": list(ids),
+    }
+    return policy

@@ -1,0 +1,273 @@
+"""The offline replay benchmark: the real graph over recorded answers, k-fold.
+
+Rows are split into stratified folds. For each fold, the policy (its trust profiles and every
+other fitted parameter) is fitted on the other folds only, then the compiled graph runs over the
+held-out rows with ``ReplayAgent``s (first look = ``<agent>_initial_*``, re-evaluation =
+``<agent>_*``, played only when the policy asks) and a ``RecordedRetriever`` (``rag_*``).
+
+Metrics over all held-out decisions: ``accuracy``, ``macro_f1``, ``ece`` (``bins`` equal-width
+bins; an abstention counts as wrong with its confidence), ``reeval_rate`` (fraction of images
+sent to re-evaluation), ``vlm_calls_per_image`` (agent calls; retrieval is not one). The same
+keys for every recorded source alone and for the study's recorded orchestrator are under
+``baselines`` (fixed answers: no fitting involved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.errors import InputError
+from agents.records import RecordSet, read_records
+from agents.replay import INITIAL_SUFFIX, ReplayAgent, recorded_images
+from agents.types import LabelledImage, Task
+from eval.metrics import DEFAULT_BINS, classification_metrics, expected_calibration_error
+from orchestrator.decision import Decision
+from orchestrator.graph import build_graph, classify
+from orchestrator.policies.factory import make_policy
+from orchestrator.policies.trust_fit import SourceColumns, fit_profiles, fit_trust_policy
+from orchestrator.policy import FusionPolicy
+from rag.recorded import RecordedRetriever
+
+ORCHESTRATOR_SOURCE = "orchestrator"
+REEVAL_FLAG_COLUMN = "orchestrator_requested_reeval"
+
+FitPolicy = Callable[[RecordSet, Sequence[SourceColumns], Sequence[str], "str | None", int], Any]
+
+
+def replay_columns(
+    records: RecordSet, *, retrieval: str = "rag"
+) -> tuple[list[SourceColumns], str | None]:
+    """The agents to replay and the retrieval source of a record set.
+
+    ``X`` with ``X_initial`` columns is an agent that can re-evaluate; another source (not the
+    retrieval vote, not the study's orchestrator, not an ``_initial`` column) is a first look
+    only.
+    """
+    found = records.agents
+    columns: list[SourceColumns] = []
+    for agent in found:
+        if agent in (retrieval, ORCHESTRATOR_SOURCE) or agent.endswith(INITIAL_SUFFIX):
+            continue
+        initial = f"{agent}{INITIAL_SUFFIX}"
+        if initial in found:
+            columns.append(SourceColumns(agent=agent, first=initial, reeval=agent))
+        else:
+            columns.append(SourceColumns(agent=agent, first=agent))
+    if not columns:
+        raise InputError("no agent to replay in the file", path=records.path)
+    return columns, (retrieval if retrieval in found else None)
+
+
+def stratified_folds(images: Sequence[LabelledImage], folds: int, seed: int) -> list[list[int]]:
+    """Held-out row indices of each fold (stratified by true label, shuffled with ``seed``)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    truth = [li.truth for li in images]
+    counts = {t: truth.count(t) for t in set(truth)}
+    if folds < 2 or folds > min(counts.values()):
+        raise InputError(
+            f"--folds must be in [2, {min(counts.values())}] (the smallest class size), got {folds}"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [list(map(int, held)) for _, held in splitter.split(np.zeros(len(truth)), truth)]
+
+
+def policy_fitter(name: str, **options: Any) -> FitPolicy:
+    """How the benchmark fits policy ``name`` on training rows (trust: fully fitted policy;
+    others: their profiles only)."""
+
+    def fit(
+        records: RecordSet,
+        columns: Sequence[SourceColumns],
+        train_ids: Sequence[str],
+        retrieval: str | None,
+        seed: int,
+    ) -> FusionPolicy:
+        if name == "trust":
+            return fit_trust_policy(
+                records, columns, ids=train_ids, retrieval=retrieval, seed=seed, **options
+            )
+        profiles = fit_profiles(records, columns, train_ids, retrieval=retrieval, seed=seed)
+        return make_policy(name, profiles, **options)
+
+    return fit
+
+
+def decision_metrics(
+    decisions: Sequence[Decision], labels: Sequence[str], *, agents: int, bins: int
+) -> dict[str, Any]:
+    truth = [labels.index(str(d.truth)) for d in decisions]
+    pred = [labels.index(d.label) if d.label is not None else -1 for d in decisions]
+    conf = [d.confidence for d in decisions]
+    calls = sum(1 for d in decisions for p in d.predictions)
+    out = _scores(truth, pred, conf, len(labels), bins)
+    out["reeval_rate"] = sum(d.reevaluated for d in decisions) / len(decisions)
+    out["vlm_calls_per_image"] = calls / len(decisions)
+    out["abstained"] = sum(d.abstained for d in decisions)
+    out["agents"] = agents
+    return out
+
+
+def _scores(
+    truth: Sequence[int], pred: Sequence[int], conf: Sequence[float], k: int, bins: int
+) -> dict[str, Any]:
+    m = classification_metrics(np.array(truth), np.array(pred), k)
+    correct = (np.array(truth) == np.array(pred)).astype(float)
+    return {
+        "n": len(truth),
+        "accuracy": m.accuracy,
+        "macro_f1": m.macro_f1,
+        "ece": expected_calibration_error(np.array(conf, dtype=float), correct, bins=bins),
+        "ece_bins": bins,
+    }
+
+
+def _reeval_flags(path: str) -> dict[str, bool] | None:
+    p = Path(path)
+    if p.suffix.lower() != ".csv":
+        return None
+    with p.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        if REEVAL_FLAG_COLUMN not in (reader.fieldnames or []):
+            return None
+        id_col = "id" if "id" in (reader.fieldnames or []) else "image"
+        return {
+            str(row[id_col]).strip(): str(row[REEVAL_FLAG_COLUMN]).strip().lower()
+            in ("true", "1", "yes")
+            for row in reader
+        }
+
+
+def recorded_baselines(
+    records: RecordSet, columns: Sequence[SourceColumns], retrieval: str | None, *, bins: int
+) -> dict[str, dict[str, Any]]:
+    """Each recorded source alone, and the study's orchestrator, on every row."""
+    labels = list(records.labels)
+    reeval_sources = {c.reeval for c in columns if c.reeval}
+    out: dict[str, dict[str, Any]] = {}
+    for agent in records.agents:
+        recs = [r for r in records.records if r.agent == agent and r.round == 0]
+        truth = [labels.index(r.truth) for r in recs]
+        pred = [labels.index(r.pred) if r.pred is not None else -1 for r in recs]
+        entry = _scores(truth, pred, [r.confidence for r in recs], len(labels), bins)
+        if agent == retrieval:
+            entry.update(reeval_rate=0.0, vlm_calls_per_image=0.0)
+        elif agent == ORCHESTRATOR_SOURCE:
+            flags = _reeval_flags(records.path)
+            rate = sum(flags.get(r.id, False) for r in recs) / len(recs) if flags else None
+            n_agents = len(columns)
+            entry.update(
+                reeval_rate=rate,
+                vlm_calls_per_image=n_agents + (rate or 0.0) * sum(1 for c in columns if c.reeval),
+            )
+        elif agent in reeval_sources:
+            entry.update(reeval_rate=1.0, vlm_calls_per_image=2.0)
+        else:
+            entry.update(reeval_rate=0.0, vlm_calls_per_image=1.0)
+        out[agent] = entry
+    return out
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+async def _run_fold(
+    graph: Any, images: Sequence[LabelledImage], concurrency: int, tick: Callable[[], None]
+) -> list[Decision]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(li: LabelledImage) -> Decision:
+        async with gate:
+            decision = await classify(graph, li.image, truth=li.truth)
+        tick()
+        return decision
+
+    return list(await asyncio.gather(*(one(li) for li in images)))
+
+
+def task_for(records: RecordSet, task: Task | None) -> Task:
+    if task is not None:
+        return task
+    labels = tuple(records.labels)
+    return Task(name=Path(records.path).stem, labels=labels, descriptions={y: y for y in labels})
+
+
+def run_replay(
+    path: str | Path,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    policy: str = "trust",
+    max_rounds: int = 2,
+    task: Task | None = None,
+    bins: int = DEFAULT_BINS,
+    concurrency: int = 64,
+    fit_policy: FitPolicy | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run the replay benchmark on one recorded file (see the module docstring)."""
+    records = read_records(path, task=task)
+    task = task_for(records, task)
+    columns, retrieval = replay_columns(records)
+    images = recorded_images(path, records=records)
+    fit = fit_policy or policy_fitter(policy)
+    agents = [ReplayAgent.from_records(records, c.agent) for c in columns]
+    for agent, c in zip(agents, columns, strict=True):
+        agent.can_reevaluate = c.reeval is not None
+    retriever = RecordedRetriever.from_records(records, source=retrieval) if retrieval else None
+    decisions: list[Decision] = []
+    details: list[dict[str, Any]] = []
+    for k, held in enumerate(stratified_folds(images, folds, seed)):
+        held_set = set(held)
+        train_ids = [li.extra["id"] for i, li in enumerate(images) if i not in held_set]
+        held_images = [images[i] for i in held]
+        fitted = fit(records, columns, train_ids, retrieval, seed)
+        graph = build_graph(
+            task=task, agents=agents, policy=fitted, retriever=retriever, max_rounds=max_rounds
+        )
+        fold_decisions = asyncio.run(_run_fold(graph, held_images, concurrency, on_image or _nop))
+        decisions.extend(fold_decisions)
+        detail: dict[str, Any] = {
+            "fold": k,
+            "n_train": len(train_ids),
+            "n_held_out": len(held_images),
+            "train_ids_sha256": _ids_digest(train_ids),
+            "held_out_ids_sha256": _ids_digest([li.extra["id"] for li in held_images]),
+            "reevaluated": sum(d.reevaluated for d in fold_decisions),
+        }
+        if hasattr(fitted, "thresholds"):
+            detail["thresholds"] = dict(fitted.thresholds)
+            detail["weights"] = fitted.weights
+        details.append(detail)
+    labels = list(records.labels)
+    report = decision_metrics(decisions, labels, agents=len(agents), bins=bins)
+    return {
+        "file": str(path),
+        "sha256": records.sha256,
+        "policy": policy,
+        "folds": folds,
+        "seed": seed,
+        "max_rounds": max_rounds,
+        **report,
+        "agents_replayed": {c.agent: {"first": c.first, "reeval": c.reeval} for c in columns},
+        "retrieval": retrieval,
+        "baselines": recorded_baselines(records, columns, retrieval, bins=bins),
+        "fold_details": details,
+        "errors": [
+            {"id": d.image, "truth": d.truth, "label": d.label, "confidence": d.confidence}
+            for d in decisions
+            if d.label != d.truth
+        ],
+    }
+
+
+def _nop() -> None:
+    return None

@@ -1,0 +1,206 @@
+"""``trustorch run``: classify many images with the orchestration graph, resumably."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agents.cli_utils import JsonOption, TaskOption, emit_json, print_table, stderr_console
+
+
+def run(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders or CSV manifests.")],
+    agent: Annotated[
+        list[str], typer.Option("--agent", "-a", help="Agent spec (repeat for several).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file.")],
+    task: TaskOption = "apple-leaf",
+    trust: Annotated[
+        Path | None, typer.Option("--trust", help="Trust profiles JSON (trustorch eval trust).")
+    ] = None,
+    policy: Annotated[str, typer.Option("--policy", help="Fusion policy.")] = "trust",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an existing --out (skip finished images).")
+    ] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-j", help="Images at once.")] = 4,
+    max_rounds: Annotated[
+        int, typer.Option("--max-rounds", help="Rounds at most (1 = no re-evaluation).")
+    ] = 2,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="SQLite checkpoint file (default: OUT.checkpoints.sqlite)."
+        ),
+    ] = None,
+    agent_timeout: Annotated[
+        float | None, typer.Option("--agent-timeout", help="Seconds before an agent call fails.")
+    ] = None,
+    index_dir: Annotated[
+        str | None, typer.Option("--index", help="Image index folder for retrieval.")
+    ] = None,
+    chroma_url: Annotated[
+        str | None, typer.Option("--chroma-url", help="Chroma server for retrieval.")
+    ] = None,
+    clip_model: Annotated[
+        str | None, typer.Option("--clip-model", help="CLIP hub id or folder (shared).")
+    ] = None,
+    llm_model: Annotated[
+        str | None, typer.Option("--llm-model", help="Orchestrator model of --policy llm.")
+    ] = None,
+    llm_base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--llm-base-url",
+            envvar="TRUSTORCH_LLM_BASE_URL",
+            help="OpenAI-compatible server of --policy llm (key: OPENAI_API_KEY).",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every graph step.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Classify images with several agents, trust-aware fusion and retrieval, resumably.
+
+    PATH is an image file, a folder or a CSV manifest (columns path,label).
+    A folder in the ImageFolder layout DIR/<label>/* gives the true labels.
+    Each image gets one JSON line in --out, written whole or not at all.
+    --resume continues a killed run; finished images are not sent to any agent again.
+
+    Agents: clip, clip:<id>, openai:<model>, hf-vlm:<id>, retrieval, replay:<file>#<agent>,
+    py:<module or file.py>:<callable>[?key=value].
+
+    Policies: trust (default), llm, majority, max-confidence, single:<agent>.
+
+    Examples:
+
+      trustorch run leaves/ --agent clip --agent openai:gpt-4o --trust trust.json --out r.jsonl
+
+      trustorch run leaves/ --agent clip --out r.jsonl --resume --concurrency 8 -v
+
+      trustorch run leaves/ --agent clip --policy llm --llm-model o3-mini --out r.jsonl --json
+    """
+    from orchestrator.factory import LlmSettings, RetrievalSettings
+
+    summary, notes = asyncio.run(
+        _run(
+            paths=paths,
+            specs=agent,
+            out=out,
+            task_name=task,
+            trust=trust,
+            policy_name=policy,
+            resume=resume,
+            concurrency=concurrency,
+            max_rounds=max_rounds,
+            checkpoint=checkpoint,
+            agent_timeout=agent_timeout,
+            retrieval=RetrievalSettings(
+                index_dir=index_dir, chroma_url=chroma_url, clip_model=clip_model
+            ),
+            want_retriever=bool(index_dir or chroma_url),
+            llm=LlmSettings(model=llm_model, base_url=llm_base_url),
+            verbose=verbose,
+            show_progress=not as_json or verbose,
+        )
+    )
+    if as_json:
+        emit_json({**summary.to_dict(), "notes": notes, "out": str(out)})
+    else:
+        _print_summary(summary, out)
+    if summary.failed:
+        stderr_console().print(
+            f"{len(summary.failed)} image(s) failed and are not in {out}; "
+            "rerun with --resume to retry them"
+        )
+        raise typer.Exit(1)
+
+
+async def _run(
+    *,
+    paths: list[Path],
+    specs: list[str],
+    out: Path,
+    task_name: str,
+    trust: Path | None,
+    policy_name: str,
+    resume: bool,
+    concurrency: int,
+    max_rounds: int,
+    checkpoint: Path | None,
+    agent_timeout: float | None,
+    retrieval: Any,
+    want_retriever: bool,
+    llm: Any,
+    verbose: bool,
+    show_progress: bool,
+) -> tuple[Any, list[str]]:
+    from agents.tasks import load_task
+    from orchestrator.factory import build_agents, build_policy, load_profiles
+    from orchestrator.graph import build_graph
+    from orchestrator.inputs import collect_images
+    from orchestrator.runner import default_checkpoint_path, run_batch, sqlite_checkpointer
+
+    console = stderr_console()
+    task = load_task(task_name)
+    collected = collect_images(paths, task=task)
+    notes: list[str] = []
+    for item in collected.skipped:
+        notes.append(f"skipped {item.source}: {item.reason}")
+    for item in collected.duplicates:
+        notes.append(f"skipped {item.source}: {item.reason}")
+    built = build_agents(specs, task=task, retrieval=retrieval, want_retriever=want_retriever)
+    profiles, profile_notes = load_profiles(trust, [a.name for a in built.agents], task=task)
+    notes += profile_notes
+    policy = build_policy(policy_name, task=task, profiles=profiles, llm=llm)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    async with sqlite_checkpointer(checkpoint or default_checkpoint_path(out)) as saver:
+        graph = build_graph(
+            task=task,
+            agents=built.agents,
+            policy=policy,
+            retriever=built.retriever,
+            max_rounds=max_rounds,
+            agent_timeout_s=agent_timeout,
+            checkpointer=saver,
+        )
+        summary = await run_batch(
+            graph,
+            collected.images,
+            task=task,
+            out=out,
+            resume=resume,
+            concurrency=concurrency,
+            show_progress=show_progress,
+            verbose=verbose,
+        )
+    summary.skipped = [*collected.skipped, *collected.duplicates]
+    return summary, notes
+
+
+def _print_summary(summary: Any, out: Path) -> None:
+    data = summary.to_dict()
+    rows = [
+        ("images", data["images"]),
+        ("decided now", data["decided"]),
+        ("already in output", data["already_done"]),
+        ("skipped (unreadable, duplicate)", len(data["skipped"])),
+        ("failed", len(data["failed"])),
+        ("abstained", data.get("abstained")),
+        ("re-evaluation rate", data.get("reeval_rate")),
+        ("agent failures", data.get("agent_failures")),
+        ("labelled", data.get("labelled")),
+    ]
+    if data.get("labelled"):
+        rows += [
+            ("accuracy", data.get("accuracy")),
+            ("macro F1", data.get("macro_f1")),
+            (f"ECE ({data.get('ece_bins')} bins)", data.get("ece")),
+            ("Brier", data.get("brier")),
+            (f"OCR (> {data.get('ocr_threshold')})", data.get("ocr")),
+            ("CCC", data.get("ccc")),
+        ]
+    rows += [("cost (USD)", data.get("cost_usd")), ("wall time (s)", data["wall_s"])]
+    print_table(f"run summary -> {out}", ["metric", "value"], rows)

@@ -1,0 +1,318 @@
+"""Run the graph over many images: bounded concurrency, one checkpoint thread per image sha256,
+one JSONL line per image written whole or not at all, resumable after a kill.
+
+Output file rules:
+- each decision is one line ``json + "\\n"`` written by a single ``os.write`` on an append-only
+  descriptor, then flushed to disk (``fsync``) before the image counts as done;
+- ``resume=True`` reads the existing output, drops a truncated last line (the only damage a
+  kill can do) by cutting the file back to its last newline, and skips the images already there;
+  an image is never written twice;
+- without ``resume`` an existing, non-empty output is refused (nothing written is lost).
+
+Checkpoints (LangGraph SQLite, ``durability="sync"``): with ``resume`` an image whose thread
+finished returns its stored decision and one interrupted mid-graph resumes from its last
+checkpoint, so no agent is called again for finished images or finished steps; without
+``resume`` the image's thread is cleared first (a fresh run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.cli_utils import progress_bar, stderr_console
+from agents.errors import InputError
+from agents.types import LabelledImage, Task
+from orchestrator.inputs import SkippedInput
+
+
+@dataclass(frozen=True)
+class ExistingOutput:
+    """What an output file already holds: decisions by sha256, and a dropped partial line."""
+
+    decisions: dict[str, dict[str, Any]]
+    dropped_bytes: int = 0
+
+
+def read_output(path: Path, *, repair: bool) -> ExistingOutput:
+    """Decisions already written to ``path``; with ``repair`` a truncated last line is cut off.
+
+    A complete line that is not a decision means the file is not ours: ``InputError``.
+    """
+    if not path.exists():
+        return ExistingOutput(decisions={})
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    dropped = len(data) - end
+    if dropped and repair:
+        with path.open("r+b") as fh:
+            fh.truncate(end)
+            fh.flush()
+            os.fsync(fh.fileno())
+    decisions: dict[str, dict[str, Any]] = {}
+    for n, raw in enumerate(data[:end].splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"not a JSON line ({e})", path=str(path), line=n) from None
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            raise InputError("not a decision line (no sha256)", path=str(path), line=n)
+        decisions.setdefault(record["sha256"], record)
+    return ExistingOutput(decisions=decisions, dropped_bytes=dropped)
+
+
+class JsonlWriter:
+    """Appends whole lines: one ``os.write`` per line, then ``fsync``."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        written = os.write(self._fd, line)
+        if written != len(line):
+            raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@asynccontextmanager
+async def sqlite_checkpointer(path: Path) -> AsyncIterator[Any]:
+    """LangGraph's async SQLite checkpointer on ``path`` (created when missing)."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        await saver.setup()
+        yield saver
+
+
+def default_checkpoint_path(out: Path) -> Path:
+    return out.with_name(out.name + ".checkpoints.sqlite")
+
+
+@dataclass
+class RunSummary:
+    """What a run did, and the metrics of every decision of this batch in the output."""
+
+    images: int
+    decided: int
+    already_done: int
+    resumed_from_checkpoint: int
+    failed: list[SkippedInput] = field(default_factory=list)
+    skipped: list[SkippedInput] = field(default_factory=list)
+    dropped_partial_bytes: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "decided": self.decided,
+            "already_done": self.already_done,
+            "resumed_from_checkpoint": self.resumed_from_checkpoint,
+            "failed": [{"source": f.source, "reason": f.reason} for f in self.failed],
+            "skipped": [{"source": f.source, "reason": f.reason} for f in self.skipped],
+            "dropped_partial_bytes": self.dropped_partial_bytes,
+            "wall_s": self.wall_s,
+            **self.metrics,
+        }
+
+
+def summarise(decisions: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]:
+    """Counts, cost and latency of the decisions; accuracy and calibration where labels are
+    known (abstentions count as wrong at confidence 0)."""
+    from eval.metrics import calibration_metrics, classification_metrics
+
+    out: dict[str, Any] = {
+        "n": len(decisions),
+        "abstained": sum(1 for d in decisions if d.get("label") is None),
+        "reeval_rate": (
+            sum(1 for d in decisions if int(d.get("rounds_used", 1)) > 1) / len(decisions)
+            if decisions
+            else None
+        ),
+        "agent_failures": sum(
+            1 for d in decisions for p in d.get("predictions", []) if p.get("label") is None
+        ),
+        "cost_usd": sum(float(d.get("cost_usd", 0.0)) for d in decisions),
+        "mean_latency_s": (
+            sum(float(d.get("latency_s", 0.0)) for d in decisions) / len(decisions)
+            if decisions
+            else None
+        ),
+    }
+    labelled = [d for d in decisions if d.get("truth") in task.labels]
+    out["labelled"] = len(labelled)
+    if not labelled:
+        return out
+    truth = [task.index(d["truth"]) for d in labelled]
+    pred = [task.index(d["label"]) if d.get("label") in task.labels else -1 for d in labelled]
+    conf = [float(d.get("confidence", 0.0)) if d.get("label") else 0.0 for d in labelled]
+    correct = [int(t == p) for t, p in zip(truth, pred, strict=True)]
+    cls = classification_metrics(truth, pred, len(task.labels))
+    cal = calibration_metrics(conf, correct)
+    out.update(
+        accuracy=cls.accuracy,
+        macro_f1=cls.macro_f1,
+        ece=cal.ece,
+        ece_bins=cal.bins,
+        brier=cal.brier,
+        ocr=cal.ocr,
+        ocr_threshold=cal.ocr_threshold,
+        ccc=cal.ccc,
+        mean_confidence=cal.mean_confidence,
+    )
+    return out
+
+
+def _describe_update(node: str, update: Any) -> str:
+    if not isinstance(update, dict):
+        return node
+    bits: list[str] = []
+    for p in update.get("predictions", []) or []:
+        answer = p["error"] if p.get("label") is None else f"{p['label']} {p['confidence']:.2f}"
+        bits.append(f"{p['agent']}: {answer}")
+    for a in update.get("assessments", []) or []:
+        bits.append(f"{a['policy']} -> {a['label']} {a['confidence']:.2f}")
+    for r in update.get("routes", []) or []:
+        bits.append(f"next: {r['to']} ({r['reason'][:60]})")
+    return f"{node}: " + "; ".join(bits) if bits else node
+
+
+class _Run:
+    def __init__(
+        self, graph: Any, task: Task, writer: JsonlWriter, resume: bool, verbose: bool
+    ) -> None:
+        self.graph = graph
+        self.task = task
+        self.writer = writer
+        self.resume = resume
+        self.verbose = verbose
+        self.written: set[str] = set()
+        self.decisions: list[dict[str, Any]] = []
+        self.failed: list[SkippedInput] = []
+        self.from_checkpoint = 0
+        self.progress: Any = None
+
+    def log(self, text: str) -> None:
+        if self.verbose and self.progress is not None:
+            self.progress.console.log(text)
+
+    async def decide(self, item: LabelledImage) -> dict[str, Any]:
+        config = {"configurable": {"thread_id": item.image.sha256}}
+        checkpointer = self.graph.checkpointer
+        payload: dict[str, Any] | None = {
+            "image": {"source": item.image.source, "sha256": item.image.sha256},
+            "truth": item.truth,
+        }
+        if checkpointer is not None and self.resume:
+            snapshot = await self.graph.aget_state(config)
+            if snapshot.values.get("decision") is not None:
+                self.from_checkpoint += 1
+                return snapshot.values["decision"]
+            if snapshot.next:
+                self.from_checkpoint += 1
+                self.log(f"{item.image.name}: resuming at {', '.join(snapshot.next)}")
+                payload = None
+        elif checkpointer is not None:
+            await checkpointer.adelete_thread(item.image.sha256)
+        final: dict[str, Any] = {}
+        async for mode, chunk in self.graph.astream(
+            payload, config, stream_mode=["updates", "values"], durability="sync"
+        ):
+            if mode == "values":
+                final = chunk
+            elif self.verbose:
+                for node, update in chunk.items():
+                    self.log(f"{item.image.name}: {_describe_update(node, update)}")
+        if final.get("decision") is None:
+            raise RuntimeError("the graph ended without a decision")
+        return final["decision"]
+
+    async def one(self, item: LabelledImage, gate: asyncio.Semaphore, bar: Any) -> None:
+        async with gate:
+            try:
+                decision = await self.decide(item)
+            except Exception as e:
+                self.failed.append(
+                    SkippedInput(source=item.image.source, reason=f"{type(e).__name__}: {e}")
+                )
+                if self.progress is not None:
+                    self.progress.console.log(f"[red]failed[/red] {item.image.source}: {e}")
+                return
+            finally:
+                if self.progress is not None:
+                    self.progress.advance(bar)
+        if item.image.sha256 in self.written:
+            return
+        self.writer.write(decision)
+        self.written.add(item.image.sha256)
+        self.decisions.append(decision)
+
+
+async def run_batch(
+    graph: Any,
+    images: Sequence[LabelledImage],
+    *,
+    task: Task,
+    out: Path,
+    resume: bool = False,
+    concurrency: int = 4,
+    show_progress: bool = False,
+    verbose: bool = False,
+) -> RunSummary:
+    """Classify ``images`` with ``graph``, appending one decision line per image to ``out``."""
+    if concurrency < 1:
+        raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    started = time.perf_counter()
+    out = Path(out)
+    if not resume and out.exists() and out.stat().st_size > 0:
+        raise InputError(
+            "output file exists; pass --resume to continue it, or choose another --out",
+            path=str(out),
+        )
+    existing = read_output(out, repair=True)
+    todo = [item for item in images if item.image.sha256 not in existing.decisions]
+    writer = JsonlWriter(out)
+    run = _Run(graph, task, writer, resume, verbose)
+    run.written.update(existing.decisions)
+    gate = asyncio.Semaphore(concurrency)
+    progress = progress_bar(disable=not show_progress)
+    try:
+        with progress:
+            run.progress = progress if show_progress else None
+            bar = progress.add_task("classifying", total=len(images))
+            progress.advance(bar, len(images) - len(todo))
+            if existing.dropped_bytes and show_progress:
+                stderr_console().print(
+                    f"dropped a truncated last line ({existing.dropped_bytes} bytes) of {out}"
+                )
+            await asyncio.gather(*(run.one(item, gate, bar) for item in todo))
+    finally:
+        writer.close()
+    batch = {item.image.sha256 for item in images}
+    all_decisions = [d for sha, d in existing.decisions.items() if sha in batch] + run.decisions
+    return RunSummary(
+        images=len(images),
+        decided=len(run.decisions),
+        already_done=len(images) - len(todo),
+        resumed_from_checkpoint=run.from_checkpoint,
+        failed=run.failed,
+        dropped_partial_bytes=existing.dropped_bytes,
+        metrics=summarise(all_decisions, task),
+        wall_s=time.perf_counter() - started,
+    )

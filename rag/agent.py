@@ -1,0 +1,113 @@
+"""The retrieval agent: CLIP neighbours from the index, their class vote as a Prediction.
+
+It is also the graph's ``Retriever``: ``retrieve`` returns the neighbours and vote as Evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agents.clip_model import ClipModel
+from agents.errors import StoreError, TrustorchError
+from agents.types import EvidenceView, ImageRef, Neighbour, Prediction, Task
+from rag.embedder import ImageEmbedder
+from rag.evidence import Evidence
+from rag.store import ImageIndex
+from rag.vote import SimilarityShareVote, VoteRule, vote_dict
+
+
+class RetrievalAgent:
+    """k nearest labelled images of the shared CLIP's embedding, voted into a label.
+
+    ``vote`` defaults to the reference study's similarity share; pass a fitted
+    ``SoftmaxVote`` for calibrated confidences. ``split`` restricts neighbours to one split.
+    """
+
+    can_reevaluate = False
+
+    def __init__(
+        self,
+        clip: ClipModel,
+        index: ImageIndex,
+        *,
+        k: int = 10,
+        vote: VoteRule | None = None,
+        split: str | None = None,
+        name: str = "retrieval",
+    ) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.embedder = ImageEmbedder(clip)
+        self.index = index
+        self.k = k
+        self.vote = vote or SimilarityShareVote()
+        self.split = split
+        self.name = name
+
+    def _check_task(self, task: Task) -> None:
+        if task.name != self.index.task:
+            raise StoreError(
+                f"the index '{self.index.name}' is for task '{self.index.task}', not '{task.name}'"
+            )
+
+    def neighbours(self, image: ImageRef) -> list[Neighbour]:
+        """The k nearest indexed images of ``image``, best first (blocking)."""
+        vector = self.embedder.embed_refs([image])
+        return self.index.query(vector, self.k, model=self.embedder.model, split=self.split)[0]
+
+    def evidence(self, image: ImageRef, task: Task) -> Evidence:
+        """Neighbours and vote of ``image`` (blocking)."""
+        self._check_task(task)
+        found = self.neighbours(image)
+        return Evidence(
+            neighbours=tuple(found),
+            vote=vote_dict(self.vote, found, task.labels),
+            vote_rule=self.vote.name,
+            k=self.k,
+            model=self.embedder.model,
+        )
+
+    async def retrieve(self, image: ImageRef, task: Task) -> Evidence:
+        return await asyncio.to_thread(self.evidence, image, task)
+
+    async def predict(
+        self,
+        image: ImageRef,
+        task: Task,
+        *,
+        round: int = 0,
+        previous: Prediction | None = None,
+        evidence: EvidenceView | None = None,
+    ) -> Prediction:
+        started = time.perf_counter()
+        try:
+            found = await self.retrieve(image, task)
+        except (TrustorchError, OSError, ValueError, RuntimeError) as e:
+            return Prediction.failure(
+                self.name,
+                f"{type(e).__name__}: {e}",
+                round=round,
+                latency_s=time.perf_counter() - started,
+            )
+        if not found.neighbours:
+            return Prediction.failure(
+                self.name,
+                f"the index '{self.index.name}' returned no neighbours",
+                round=round,
+                latency_s=time.perf_counter() - started,
+            )
+        label = max(task.labels, key=lambda c: found.vote[c])
+        counts = {c: sum(n.label == c for n in found.neighbours) for c in task.labels}
+        reason = f"{len(found.neighbours)} nearest indexed images: " + ", ".join(
+            f"{counts[c]} {c}" for c in task.labels if counts[c]
+        )
+        return Prediction(
+            agent=self.name,
+            label=label,
+            confidence=min(max(found.vote[label], 0.0), 1.0),
+            scores=found.vote,
+            reason=reason,
+            round=round,
+            latency_s=time.perf_counter() - started,
+        )

@@ -1,0 +1,203 @@
+"""The CLIP zero-shot agent on the tiny seeded CLIP (saved to a folder, loaded back through
+``load_clip``), and agent specs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agents.clip_agent import ClipAgent
+from agents.clip_model import ClipModel, load_clip
+from agents.errors import InputError, ModelLoadError
+from agents.spec import AgentSpec, build_agent, parse_agent_spec
+from agents.types import Agent, ImageRef, Task
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CLIP with the tokenizer's 77-token limit that real CLIP folders record
+    (``make_tiny_clip`` leaves it unset, and the agent's long descriptions need truncation)."""
+    folder = tmp_path_factory.mktemp("clip77") / "clip"
+    shutil.copytree(tiny_clip_dir, folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_max_length"] = 77
+    config_path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip(clip_dir: Path) -> ClipModel:
+    return load_clip(str(clip_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[ImageRef]:
+    folder = tmp_path_factory.mktemp("leaves")
+    rng = np.random.default_rng(0)
+    refs = []
+    for i in range(7):
+        pixels = rng.integers(0, 255, (40 + 4 * i, 36, 3), dtype=np.uint8)
+        path = folder / f"leaf{i}.png"
+        Image.fromarray(pixels).save(path)
+        refs.append(ImageRef.from_path(path))
+    return refs
+
+
+def count_text_embeddings(clip: ClipModel, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on the real ``embed_texts``: the number of texts of each call."""
+    calls: list[int] = []
+    real = clip.embed_texts
+
+    def spy(texts, **kwargs):
+        calls.append(len(texts))
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(clip, "embed_texts", spy)
+    return calls
+
+
+def test_scores_are_a_softmax_and_label_is_the_argmax(
+    clip: ClipModel, images: list[ImageRef], apple_task: Task
+) -> None:
+    agent = ClipAgent(clip)
+    assert isinstance(agent, Agent) and agent.can_reevaluate is False
+    preds = asyncio.run(agent.predict_many(images, apple_task))
+    assert len(preds) == len(images)
+    for pred in preds:
+        assert pred.ok and pred.agent == "clip" and pred.error is None
+        assert list(pred.scores) == list(apple_task.labels)
+        assert sum(pred.scores.values()) == pytest.approx(1.0)
+        assert all(0.0 < p < 1.0 for p in pred.scores.values())
+        assert pred.label == max(pred.scores, key=pred.scores.__getitem__)
+        assert pred.confidence == pytest.approx(max(pred.scores.values()))
+        assert type(pred.confidence) is float
+    assert len({p.label for p in preds}) > 1 or len({round(p.confidence, 6) for p in preds}) > 1
+
+
+def test_scores_match_the_ensemble_formula(
+    clip: ClipModel, images: list[ImageRef], apple_task: Task
+) -> None:
+    from agents.images import open_image
+
+    agent = ClipAgent(clip)
+    prompts = agent.prompts(apple_task)
+    assert all(len(texts) == 6 for texts in prompts.values())
+    assert prompts["black-rot"][0].startswith("a photo of an apple leaf with black rot: circular")
+    assert "black rot, an apple leaf." in prompts["black-rot"]
+    ensemble = []
+    for label in apple_task.labels:
+        mean = clip.embed_texts(prompts[label]).mean(axis=0)
+        ensemble.append(mean / np.linalg.norm(mean))
+    feats = clip.embed_images([open_image(images[0])])
+    logits = clip.logit_scale * feats @ np.stack(ensemble).T
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    pred = asyncio.run(agent.predict(images[0], apple_task))
+    got = np.array([pred.scores[label] for label in apple_task.labels])
+    np.testing.assert_allclose(got, expected[0], rtol=1e-5)
+
+
+def test_text_embeddings_computed_once_per_task_and_model(
+    clip: ClipModel, images: list[ImageRef], apple_task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_text_embeddings(clip, monkeypatch)
+    agent = ClipAgent(clip)
+    for image in images:
+        asyncio.run(agent.predict(image, apple_task))
+    asyncio.run(agent.predict_many(images, apple_task))
+    assert calls == [4 * 6]
+    matrix = agent.text_embeddings(apple_task)
+    assert matrix.shape == (4, clip.dim)
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, rtol=1e-5)
+    other = apple_task.model_copy(update={"name": "apple-leaf-2", "subject": "a leaf"})
+    asyncio.run(agent.predict(images[0], other))
+    asyncio.run(agent.predict(images[1], other))
+    assert calls == [24, 24]
+
+
+def test_batched_equals_one_at_a_time(
+    clip: ClipModel, images: list[ImageRef], apple_task: Task
+) -> None:
+    agent = ClipAgent(clip, batch_size=3)
+    batched = asyncio.run(agent.predict_many(images, apple_task))
+    single = [asyncio.run(agent.predict(image, apple_task)) for image in images]
+    for b, s in zip(batched, single, strict=True):
+        assert b.label == s.label
+        for label in apple_task.labels:
+            assert b.scores[label] == pytest.approx(s.scores[label], abs=1e-6)
+
+
+def test_a_bad_image_fails_alone(
+    clip: ClipModel, images: list[ImageRef], apple_task: Task, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    batch = [images[0], ImageRef.from_path(bad), images[1]]
+    preds = ClipAgent(clip).classify(batch, apple_task, round=1)
+    assert [p.ok for p in preds] == [True, False, True]
+    assert "not an image file" in preds[1].error and str(bad) in preds[1].error
+    assert all(p.round == 1 for p in preds)
+
+
+def test_custom_templates_and_missing_placeholder(clip: ClipModel, apple_task: Task) -> None:
+    agent = ClipAgent(clip, templates=["$label", "a photo of $label."])
+    assert agent.prompts(apple_task)["black-rot"] == ["black rot", "a photo of black rot."]
+    broken = ClipAgent(clip, templates=["a photo of $colour."])
+    with pytest.raises(InputError, match=r"no value for placeholder\(s\) \['colour'\]"):
+        broken.text_embeddings(apple_task)
+
+
+def test_parse_agent_spec() -> None:
+    assert parse_agent_spec("clip") == AgentSpec("clip", "", None, "clip")
+    assert parse_agent_spec("gpt=openai:gpt-4o").name == "gpt"
+    spec = parse_agent_spec("hf-vlm:/models/Qwen2.5-VL=7B")
+    assert (spec.kind, spec.target, spec.name) == ("hf-vlm", "/models/Qwen2.5-VL=7B", None)
+    assert parse_agent_spec("replay:runs/a.csv#gpt").target == "runs/a.csv#gpt"
+    with pytest.raises(InputError, match="empty agent spec"):
+        parse_agent_spec("  ")
+
+
+def test_build_agent_shares_or_loads_clip(
+    clip: ClipModel, clip_dir: Path, apple_task: Task
+) -> None:
+    assert build_agent("clip", task=apple_task, clip=clip).clip is clip
+    loads: list[int] = []
+
+    def lazily() -> ClipModel:
+        loads.append(1)
+        return clip
+
+    assert build_agent("clip", task=apple_task, clip=lazily).clip is clip and loads == [1]
+    same = build_agent(f"clip:{clip.name}", task=apple_task, clip=clip)
+    assert same.clip is clip and same.name == f"clip:{clip.name}"
+    other = build_agent(f"mine=clip:{clip_dir}", task=apple_task, clip=None, device="cpu")
+    assert other.clip is not clip and other.name == "mine" and other.clip.name == str(clip_dir)
+    with pytest.raises(ModelLoadError, match="--clip-model DIR"):
+        build_agent("clip:/nowhere/clip", task=apple_task, device="cpu")
+
+
+def test_build_agent_rejects_unknown_kinds_and_options(clip: ClipModel, apple_task: Task):
+    with pytest.raises(InputError, match=r"unknown agent kind 'gemini'.*valid: clip or clip:"):
+        build_agent("gemini:pro", task=apple_task)
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['colour'\]"):
+        build_agent("clip", task=apple_task, clip=clip, colour="red")
+    with pytest.raises(InputError, match="give a model"):
+        build_agent("openai:", task=apple_task)
+
+
+def test_build_openai_agent_from_spec(apple_task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-spec-test-key")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    agent = build_agent(
+        "gpt=openai:gpt-4o", task=apple_task, timeout_s=5.0, max_concurrency=3, neighbour_images=2
+    )
+    assert agent.name == "gpt" and agent.can_reevaluate
+    assert agent.client.model == "gpt-4o" and agent.client.max_concurrency == 3
+    assert agent.neighbour_images == 2
+    assert "sk-spec-test-key" not in repr(agent) + repr(agent.client) + repr(vars(agent.client))

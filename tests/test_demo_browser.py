@@ -1,0 +1,192 @@
+"""``trustorch demo leaf --serve`` driven by a real headless browser.
+
+The command runs as a subprocess (tiny seeded CLIP, a real Chroma index); Debian's chromium,
+started with flags that keep it off the network, is driven through selenium and
+/usr/bin/chromedriver: it uploads a leaf photo and reads the decision from the page, which must
+be the decision the same pipeline makes in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
+
+pytestmark = pytest.mark.heavy
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+OFFLINE_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    # Every host name but the local server fails to resolve: nothing leaves the machine.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--window-size=1280,2000",
+)
+
+
+def _missing() -> str | None:
+    for path, what in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not Path(path).is_file():
+            return f"{what} is not installed (apt-get install -y chromium chromium-driver)"
+    for module, how in (("gradio", "the 'demo' extra"), ("selenium", "pip install selenium")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({how})"
+    return None
+
+
+if reason := _missing():
+    pytest.skip(reason, allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, _ = proc.communicate()
+            pytest.fail(f"the demo server exited with {proc.returncode}:\n{out[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the demo server did not answer at {url} within {timeout_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def demo_setup(tiny_clip_dir, apple_task, tmp_path_factory):
+    from agents.clip_model import load_clip
+
+    root = tmp_path_factory.mktemp("demo-browser")
+    clip = load_clip(str(tiny_clip_dir), device="cpu")
+    make_index(clip, root / "index", make_leaf_folder(root / "refs"), apple_task)
+    photo = leaf_image(root / "upload" / "my leaf.png", COLOURS["rust"], seed=77, size=96)
+    return root, tiny_clip_dir, root / "index", photo
+
+
+@pytest.fixture(scope="module")
+def server(demo_setup):
+    root, clip_dir, index_dir, _ = demo_setup
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "TRUSTORCH_", "GRADIO_"))
+    }
+    env |= {
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(root / "gradio-tmp"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable, "-c", "from orchestrator.cli import entry; entry()",
+        "demo", "leaf", "--serve", "--port", str(port),
+        "--clip-model", str(clip_dir), "--index-dir", str(index_dir),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture()
+def browser(tmp_path, monkeypatch):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium-manager never downloads a driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*OFFLINE_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_upload_a_leaf_and_read_the_decision(server, browser, demo_setup, apple_task, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from agents.types import ImageRef
+    from orchestrator.demo import build_pipeline
+
+    _, clip_dir, index_dir, photo = demo_setup
+    browser.get(server)
+    upload = WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#leaf-input input[type=file]")
+    )
+    upload.send_keys(str(photo))
+
+    def summary_text(driver) -> str | bool:
+        text = driver.find_element(By.CSS_SELECTOR, "#diagnosis-summary textarea").get_attribute(
+            "value"
+        )
+        return text if text and text.startswith(("Diagnosis", "No diagnosis", "Error")) else False
+
+    summary = WebDriverWait(browser, 120).until(summary_text)
+    browser.save_screenshot(str(tmp_path / "page.png"))
+
+    expected = asyncio.run(
+        build_pipeline(
+            task=apple_task, clip_model=str(clip_dir), index_dir=index_dir, environ={}
+        ).diagnose(ImageRef.from_path(photo))
+    )
+    assert expected.label is not None
+    assert summary.startswith(
+        f"Diagnosis: {expected.label} ({100 * expected.confidence:.1f}% confidence)"
+    ), summary
+
+    frame = WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#report iframe#report-frame")
+    )
+    browser.switch_to.frame(frame)
+    diagnosis = browser.find_element(By.ID, "diagnosis")
+    assert diagnosis.get_attribute("data-label") == expected.label
+    assert float(diagnosis.get_attribute("data-confidence")) == pytest.approx(
+        expected.confidence, abs=1e-4
+    )
+    assert browser.find_element(By.ID, "final-label").text == expected.label
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.prediction")
+    assert [r.get_attribute("data-agent") for r in rows] == [p.agent for p in expected.predictions]
+    leaf = browser.find_element(By.ID, "leaf")
+    assert leaf.get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.execute_script("return arguments[0].naturalWidth", leaf) == 96
+    browser.switch_to.default_content()

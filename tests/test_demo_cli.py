@@ -1,0 +1,206 @@
+"""``trustorch demo leaf`` with the tiny seeded CLIP (passed via --clip-model) and a real Chroma
+index in a temp folder: HTML reports, JSON output, which agents ran, the no-agent error."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
+
+from agents.errors import TrustorchError
+from orchestrator.cli import main
+
+AGENT_ENV = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "TRUSTORCH_HF_VLM",
+    "TRUSTORCH_CLIP_MODEL",
+    "TRUSTORCH_INDEX_DIR",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_agent_env(monkeypatch):
+    for name in AGENT_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def leaf_setup(tiny_clip_dir, apple_task, tmp_path_factory):
+    """(clip folder, index folder, a labelled query folder) for the tiny CLIP."""
+    from agents.clip_model import load_clip
+
+    root = tmp_path_factory.mktemp("demo-cli")
+    clip = load_clip(str(tiny_clip_dir), device="cpu")
+    make_index(clip, root / "index", make_leaf_folder(root / "refs"), apple_task)
+    queries = root / "queries"
+    leaf_image(queries / "rust" / "q-rust.png", COLOURS["rust"], seed=901, size=72)
+    leaf_image(queries / "healthy" / "q-healthy.png", COLOURS["healthy"], seed=902, size=72)
+    return tiny_clip_dir, root / "index", queries
+
+
+def demo(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["demo", "leaf", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_leaf_writes_one_report_per_image(leaf_setup, tmp_path, capsys):
+    clip_dir, index_dir, queries = leaf_setup
+    out_dir = tmp_path / "reports"
+    code, out, err = demo(
+        capsys,
+        str(queries),
+        "--clip-model",
+        str(clip_dir),
+        "--index-dir",
+        str(index_dir),
+        "--out-dir",
+        str(out_dir),
+        "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    agents = {a["name"]: a for a in data["agents"]}
+    assert agents["clip"]["available"] and agents["retrieval"]["available"]
+    assert "12 labelled images" in agents["retrieval"]["detail"]
+    assert not agents["openai"]["available"] and "OPENAI_API_KEY" in agents["openai"]["detail"]
+    assert "clip runs: CLIP zero-shot" in err and "openai skipped: set OPENAI_API_KEY" in err
+    results = data["results"]
+    assert sorted(r["truth"] for r in results) == ["healthy", "rust"]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        f"{Path(r['image']).stem}-{r['sha256'][:8]}.html" for r in results
+    )
+    for r in results:
+        page = Path(r["report"]).read_text(encoding="utf-8")
+        section = re.search(
+            r'<section id="diagnosis" data-label="([^"]*)" data-confidence="([0-9.]+)"', page
+        )
+        assert section, r["report"]
+        assert section.group(1) == (r["label"] or "")
+        assert float(section.group(2)) == pytest.approx(r["confidence"], abs=1e-4)
+        assert r["label"] is None or r["label"] in r["prediction_set"]
+        assert f"True label: <b>{r['truth']}</b>" in page
+        assert '<tr class="prediction" data-agent="clip" data-round="0"' in page
+        assert "openai skipped: set OPENAI_API_KEY" in page
+        assert page.count("data:image/png;base64,") >= 1  # the leaf itself, as uploaded
+        if r["rounds_used"] > 1 or "retrieve" in page:
+            assert '<section id="evidence">' in page
+
+
+def test_same_decision_as_the_pipeline_in_process(leaf_setup, apple_task, tmp_path, capsys):
+    """The command's answer is the pipeline's answer (deterministic tiny CLIP)."""
+    from agents.types import ImageRef
+    from orchestrator.demo import build_pipeline
+
+    clip_dir, index_dir, queries = leaf_setup
+    image = queries / "rust" / "q-rust.png"
+    code, out, _ = demo(
+        capsys, str(image), "--clip-model", str(clip_dir), "--index-dir", str(index_dir),
+        "--out-dir", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert code == 0
+    (result,) = json.loads(out)["results"]
+    pipeline = build_pipeline(
+        task=apple_task, clip_model=str(clip_dir), index_dir=index_dir, environ={}
+    )
+    decision = asyncio.run(pipeline.diagnose(ImageRef.from_path(image)))
+    assert (decision.label, decision.prediction_set) == (
+        result["label"],
+        result["prediction_set"],
+    )
+    assert decision.confidence == pytest.approx(result["confidence"])
+    assert [s.name for s in pipeline.availability.available] == ["clip", "retrieval"]
+
+
+def test_table_output_without_index(leaf_setup, tmp_path, capsys):
+    clip_dir, _, queries = leaf_setup
+    code, out, err = demo(
+        capsys, str(queries / "rust" / "q-rust.png"), "--clip-model", str(clip_dir),
+        "--index-dir", str(tmp_path / "no-index"), "--out-dir", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "retrieval skipped: no index at" in err
+    assert not (tmp_path / "no-index").exists()  # looking for an index creates nothing
+    assert "Diagnoses" in out and "q-rust.png" in out
+    (report,) = (tmp_path / "r").iterdir()
+    assert "retrieval skipped: no index at" in report.read_text(encoding="utf-8")
+
+
+def test_no_agent_is_one_line_error(tmp_path, capsys):
+    image = leaf_image(tmp_path / "leaf.png", COLOURS["scab"], seed=5)
+    code, out, err = demo(
+        capsys, str(image), "--clip-model", str(tmp_path / "no-weights"),
+        "--index-dir", str(tmp_path / "no-index"), "--out-dir", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert code == 1 and out == ""
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1
+    line = error[0]
+    assert line.startswith("error: no agent can run on this machine")
+    for needed in ("--clip-model DIR", "TRUSTORCH_CLIP_MODEL", "OPENAI_API_KEY", "index"):
+        assert needed in line
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_hub_id_not_cached_is_never_downloaded(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    from orchestrator.demo.availability import discover_clip
+
+    clip, status = discover_clip("openai/clip-vit-base-patch32")
+    assert clip is None and not status.available
+    assert "no local weights for 'openai/clip-vit-base-patch32'" in status.detail
+    assert not (tmp_path / "hf" / "hub").exists()
+
+
+def test_images_are_required_without_serve(capsys):
+    code, _, err = demo(capsys)
+    assert code in (1, 2)
+    code, _, err = demo(capsys, "--out-dir", "x")
+    assert code == 1 and "error: give at least one image (or --serve" in err
+
+
+def test_openai_endpoint_counts_as_a_vlm():
+    from orchestrator.demo.availability import discover_vlms
+
+    (status,) = discover_vlms(
+        {"OPENAI_BASE_URL": "http://localhost:11434/v1", "TRUSTORCH_OPENAI_MODEL": "qwen2.5vl"}
+    )
+    assert status.available and status.spec == "openai:qwen2.5vl"
+    assert "http://localhost:11434/v1" in status.detail
+    statuses = discover_vlms({"TRUSTORCH_HF_VLM": "/nowhere/model"})
+    assert [s.available for s in statuses] == [False, False]
+
+
+def test_upload_handler_returns_summary_and_sandboxed_report(leaf_setup, apple_task):
+    from orchestrator.demo import build_pipeline
+    from orchestrator.demo.web import diagnose_upload
+
+    clip_dir, index_dir, queries = leaf_setup
+    pipeline = build_pipeline(
+        task=apple_task, clip_model=str(clip_dir), index_dir=index_dir, environ={}
+    )
+    summary, frame = asyncio.run(diagnose_upload(pipeline, str(queries / "rust" / "q-rust.png")))
+    match = re.match(r"Diagnosis: ([a-z-]+) \(([0-9.]+)% confidence\)", summary)
+    assert match and match.group(1) in apple_task.labels
+    assert frame.startswith('<iframe id="report-frame" title="diagnosis report" sandbox=""')
+    inner = html.unescape(re.search(r'srcdoc="([^"]*)"', frame).group(1))
+    assert f'<section id="diagnosis" data-label="{match.group(1)}"' in inner
+    assert asyncio.run(diagnose_upload(pipeline, None))[0].startswith("Upload a leaf photo")
+    missing = asyncio.run(diagnose_upload(pipeline, "/nowhere/leaf.png"))
+    assert missing == ("Error: /nowhere/leaf.png: no such image file", "")
+
+
+def test_web_without_gradio_names_the_extra(monkeypatch):
+    from orchestrator.demo.web import import_gradio
+
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    with pytest.raises(TrustorchError, match=r"optional extra 'demo'.*pip install"):
+        import_gradio()

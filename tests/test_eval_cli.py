@@ -1,0 +1,169 @@
+"""``trustorch eval calibration`` and ``trustorch eval trust`` through the real CLI root."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.profile import load_trust_profiles
+from orchestrator.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([*argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_calibration_table_on_case1(paper_dir: Path, capsys):
+    code, out, err = run(capsys, "eval", "calibration", str(paper_dir / "case1_zero_shot.csv"))
+    assert code == 0, err
+    assert "case1_zero_shot.csv: 160 images" in out
+    header = next(line for line in out.splitlines() if "metric" in line)
+    assert header.index("qwen") < header.index("gpt") < header.index("orchestrator")
+    accuracy = next(line for line in out.splitlines() if line.startswith("│ accuracy"))
+    assert "0.450" in accuracy and "0.569" in accuracy and "0.481" in accuracy
+    assert "ECE (10 bins)" in out and "OCR (conf > 0.5)" in out
+    assert "qwen: confusion" in out
+
+
+def test_calibration_json_keys_and_values(paper_dir: Path, capsys, tmp_path):
+    code, out, err = run(
+        capsys,
+        "eval",
+        "calibration",
+        str(paper_dir / "case3_trust_rag.csv"),
+        "--task",
+        "apple-leaf",
+        "--agents",
+        "gpt,rag",
+        "--bins",
+        "15",
+        "--ocr-threshold",
+        "0.9",
+        "--json",
+        "--bootstrap",
+        "100",
+        "--plots",
+        str(tmp_path / "plots"),
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["bins"] == 15 and data["ocr_threshold"] == 0.9
+    assert data["notes"] == [] and data["invalid_predictions"] == {}
+    assert list(data["agents"]) == ["gpt", "rag"]
+    rag = data["agents"]["rag"]
+    for key in (
+        "n",
+        "accuracy",
+        "macro_f1",
+        "ece",
+        "mce",
+        "ocr",
+        "ccc",
+        "ccc_pvalue",
+        "brier",
+        "mean_confidence",
+        "mean_confidence_correct",
+        "mean_confidence_wrong",
+        "per_class_recall",
+        "confusion",
+        "intervals",
+        "recalibrated",
+    ):
+        assert key in rag, key
+    assert set(rag["intervals"]) == {"accuracy", "ece", "ccc"}
+    assert rag["n"] == 160 and rag["accuracy"] == pytest.approx(154 / 160)
+    assert rag["ece_bins"] == 15 and rag["recalibration_method"] == "temperature"
+    lo, hi = rag["intervals"]["accuracy"]
+    assert lo < rag["accuracy"] < hi
+    pngs = sorted(Path(p).name for p in data["plots"])
+    assert pngs == [
+        "gpt_confidence.png",
+        "gpt_reliability.png",
+        "rag_confidence.png",
+        "rag_reliability.png",
+    ]
+    for p in data["plots"]:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_invalid_predictions_are_counted_and_noted(tmp_path, capsys):
+    f = tmp_path / "long.jsonl"
+    rows = [
+        {"id": "1", "agent": "a", "truth": "cat", "pred": "cat", "confidence": 0.9},
+        {"id": "2", "agent": "a", "truth": "dog", "pred": "wolf", "confidence": 0.8},
+        {"id": "3", "agent": "a", "truth": "dog", "pred": "dog", "confidence": 0.6},
+        {"id": "4", "agent": "a", "truth": "cat", "pred": "dog", "confidence": 0.7},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, out, err = run(capsys, "eval", "calibration", str(f), "--json", "--bootstrap", "0")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["labels"] == ["cat", "dog"]
+    assert data["invalid_predictions"] == {"a": 1}
+    assert "a: 1 prediction(s)" in data["notes"][0]
+    a = data["agents"]["a"]
+    assert a["n_invalid"] == 1 and a["confusion"] == [[1, 1, 0], [0, 1, 1]]
+    assert a["accuracy"] == 0.5 and a["intervals"] == {}
+
+
+def test_trust_writes_loadable_profiles(paper_dir: Path, tmp_path, capsys):
+    out_file = tmp_path / "profiles.json"
+    code, out, err = run(
+        capsys,
+        "eval",
+        "trust",
+        str(paper_dir / "case1_zero_shot.csv"),
+        "--out",
+        str(out_file),
+        "--bootstrap",
+        "50",
+    )
+    assert code == 0, err
+    assert f"wrote 3 profile(s) to {out_file}" in out.replace("\n", "")
+    profiles = load_trust_profiles(out_file)
+    assert sorted(profiles) == ["gpt", "orchestrator", "qwen"]
+    assert profiles["gpt"].accuracy == 91 / 160
+
+
+@pytest.mark.parametrize(
+    ("content", "argv", "message"),
+    [
+        ("", [], "file is empty"),
+        ("id,category,a_pred,a_conf\n1,rust,rust,high\n", [], ":2: column 'a_conf': cannot parse"),
+        ("id,category,a_pred,a_conf\n1,rust,rust,1.5\n", [], "confidence 1.5 outside [0, 1]"),
+        ("id,label,a_pred,a_conf\n1,rust,rust,0.5\n", [], "missing truth column 'category'"),
+        (
+            "id,category,a_pred,a_conf\n1,mildew,rust,0.5\n",
+            ["--task", "apple-leaf"],
+            ":2: column 'category': true label 'mildew'",
+        ),
+        ("id,category,a_pred,a_conf\n1,rust,rust,0.5\n", ["--bins", "0"], "--bins must be >= 1"),
+        ("id,category,a_pred,a_conf\n1,rust,rust,0.5\n", [], "only one label ['rust']"),
+        ("id,category,a_pred,a_conf\n1,rust,rust,0.5\n", ["--agents", "b"], "agents ['b'] not"),
+        (
+            "id,category,a_pred,a_conf\n1,rust,rust,0.5\n",
+            ["--method", "platt"],
+            "unknown recalibration method 'platt'",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, content, argv, message):
+    f = tmp_path / "bad.csv"
+    f.write_text(content)
+    for command in (["calibration", str(f)], ["trust", str(f), "--out", str(tmp_path / "o")]):
+        code, out, err = run(capsys, "eval", *command, *argv)
+        assert code == 1
+        assert out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ")
+        assert message in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_file(capsys, tmp_path):
+    code, _, err = run(capsys, "eval", "calibration", str(tmp_path / "nope.csv"))
+    assert code == 1 and err.strip() == f"error: {tmp_path / 'nope.csv'}: no such file"

@@ -1,0 +1,266 @@
+"""The ``llm`` policy: prompts, response-format detection, schema-valid replies, fallbacks, and
+the whole graph against a real local LLM (llama.cpp's server with SmolLM2-135M-Instruct).
+
+SmolLM2-135M is weak: these tests check that its replies fit the schema, that the graph follows
+its routing choices and that the loop is bounded, never that it is right. ``ScriptedAgent`` of
+test_runner is a FAKE agent (answers from a script, see there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from llm_server import LlmServer, llm_server  # noqa: F401 - the fixture
+from test_runner import ScriptedAgent, make_images
+
+from agents.types import Prediction, Task
+from eval.profile import default_trust_profile
+from orchestrator.graph import build_graph
+from orchestrator.inputs import collect_images
+from orchestrator.policies.llm import JsonChat, LlmPolicy
+from orchestrator.runner import run_batch, sqlite_checkpointer
+from rag.evidence import Evidence
+
+FORCE_REEVALUATE = """Agents' responses:
+$agents_response
+
+The agents' answers were NOT checked yet and they disagree. Rule: when agents disagree you must
+not decide. Answer with "action": "reevaluate" and put every agent name in "reevaluate".
+
+Agents: $agents_calibration
+Categories: $labels. Retrieval: $retrieval. Subject: $subject.
+$label_descriptions
+"""
+
+
+def _profiles(task: Task, names: list[str]) -> dict[str, Any]:
+    return {n: default_trust_profile(n, task.labels) for n in names}
+
+
+def _preds() -> list[Prediction]:
+    return [
+        Prediction(agent="gpt", label="rust", confidence=0.9, reason="orange spots"),
+        Prediction(agent="qwen", label="scab", confidence=0.95, reason="olive spots"),
+    ]
+
+
+# --- a scripted OpenAI-compatible server (real HTTP on 127.0.0.1) -------------------------
+
+
+class ScriptedChatServer:
+    """FAKE chat server: answers queued message contents, records each request body; a
+    ``reject`` response-format type gets HTTP 400 as OpenAI gives for unknown fields."""
+
+    def __init__(self, replies: list[str], reject: str | None = None) -> None:
+        self.replies = list(replies)
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                rf = body.get("response_format") or {}
+                if reject is not None and rf.get("type") == reject:
+                    self._send(400, {"error": {"message": "bad response_format"}})
+                    return
+                content = outer.replies.pop(0) if outer.replies else "{}"
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": content},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1000, "completion_tokens": 100},
+                    },
+                )
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+def _policy(base_url: str, task: Task, **kw: Any) -> LlmPolicy:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0, timeout=60)
+    chat = JsonChat(client=client, model=kw.pop("model", "test-model"))
+    return LlmPolicy(chat=chat, profiles=kw.pop("profiles", {}), **kw)
+
+
+def test_trust_prompt_shows_answers_and_calibration(apple_task):
+    profiles = _profiles(apple_task, ["gpt"])
+    policy = _policy("http://127.0.0.1:9/v1", apple_task, profiles=profiles)
+    text = policy.render(task=apple_task, predictions=_preds(), evidence=None, final=False)
+    assert '{"category": "rust", "confidence": 0.9, "reason": "orange spots"}' in text
+    assert "- gpt: n=0, accuracy=0.250, ECE=0.750, OCR=unknown, CCC=unknown" in text
+    assert "- qwen: not evaluated" in text
+    assert "black-rot, healthy, rust, scab" in text and "(not retrieved yet)" in text
+    evidence = Evidence(neighbours=(), vote={"rust": 0.7, "scab": 0.3}, k=10)
+    final = policy.render(task=apple_task, predictions=_preds(), evidence=evidence, final=True)
+    assert "rust: 0.70, scab: 0.30" in final and "final classification decision" in final
+
+
+def test_openai_style_server_gets_json_schema_and_a_bad_reply_is_retried(apple_task):
+    replies = [
+        "I think it is rust.",
+        '{"action": "reevaluate", "category": "Black rot", "confidence": 0.4,'
+        ' "reevaluate": ["qwen", "nobody"], "reason": "they disagree"}',
+    ]
+    with ScriptedChatServer(replies) as server:
+        policy = _policy(server.base_url, apple_task, usd_per_1m_input=1.0, usd_per_1m_output=10.0)
+        got = asyncio.run(
+            policy.assess(
+                task=apple_task, predictions=_preds(), evidence=None, round=0, max_rounds=2
+            )
+        )
+    assert policy.chat.mode_ == "json_schema"
+    assert [r["response_format"]["type"] for r in server.requests] == ["json_schema"] * 2
+    schema = server.requests[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["category"]["enum"] == list(apple_task.labels)
+    assert schema["properties"]["reevaluate"]["items"]["enum"] == ["gpt", "qwen"]
+    assert (got.label, got.trusted, got.reevaluate) == ("black-rot", False, ["qwen"])
+    assert got.confidence == pytest.approx(0.4) and sum(got.scores.values()) == pytest.approx(1)
+    assert got.cost_usd == pytest.approx(2 * (1000 * 1.0 + 100 * 10.0) / 1e6)
+
+
+def test_server_rejecting_json_schema_switches_to_json_object(apple_task):
+    reply = '{"category": "scab", "confidence": 1.7, "reason": "final"}'
+    with ScriptedChatServer([reply], reject="json_schema") as server:
+        policy = _policy(server.base_url, apple_task)
+        got = asyncio.run(
+            policy.assess(
+                task=apple_task, predictions=_preds(), evidence=None, round=1, max_rounds=2
+            )
+        )
+    assert policy.chat.mode_ == "json_object_schema"
+    formats = [r["response_format"] for r in server.requests]
+    assert [f["type"] for f in formats] == ["json_schema", "json_object"]
+    assert formats[1]["schema"]["properties"]["reason"]["maxLength"] == 400
+    assert (got.label, got.confidence, got.trusted) == ("scab", 1.0, True)
+
+
+def test_invalid_replies_and_a_dead_server_fall_back_to_a_vote(apple_task):
+    bad = [
+        '{"action": "decide", "category": "mildew", "confidence": 0.9, "reevaluate": [],'
+        ' "reason": "?"}',
+        '{"category": "rust", "confidence": 0.9}',
+    ]
+    with ScriptedChatServer(bad) as server:
+        policy = _policy(server.base_url, apple_task)
+        got = asyncio.run(
+            policy.assess(
+                task=apple_task, predictions=_preds(), evidence=None, round=0, max_rounds=2
+            )
+        )
+    assert got.reason.startswith(
+        "llm fallback (reply names unknown category 'mildew'; "
+        "reply does not fit the schema (action: Field required)): confidence-weighted vote"
+    )
+    assert (got.label, got.trusted, got.reevaluate) == ("scab", False, ["gpt", "qwen"])
+    assert got.confidence == pytest.approx(0.95 / 1.85)
+
+    dead = _policy("http://127.0.0.1:9/v1", apple_task)
+    failed = [Prediction.failure("gpt", "timeout"), Prediction.failure("qwen", "timeout")]
+    final = asyncio.run(
+        dead.assess(task=apple_task, predictions=failed, evidence=None, round=1, max_rounds=2)
+    )
+    assert final.label is None and final.prediction_set == list(apple_task.labels)
+    evidence = Evidence(neighbours=(), vote={"healthy": 0.8, "rust": 0.2}, k=10)
+    voted = asyncio.run(
+        dead.assess(task=apple_task, predictions=failed, evidence=evidence, round=1, max_rounds=2)
+    )
+    assert "APIConnectionError" in voted.reason and voted.label == "healthy"
+
+
+# --- the real local LLM --------------------------------------------------------------------
+
+
+def _llm_policy(server: LlmServer, task: Task, names: list[str], **kw: Any) -> LlmPolicy:
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="local", timeout=120)
+    chat = JsonChat(client=client, model=server.model)
+    return LlmPolicy(chat=chat, profiles=_profiles(task, names), **kw)
+
+
+async def _graph_run(tmp: Path, task: Task, policy: LlmPolicy, max_rounds: int) -> list[dict]:
+    images = collect_images([make_images(tmp / "data", per_label=1)], task=task).images
+    agents = [ScriptedAgent("gpt", confidence=0.9), ScriptedAgent("qwen", label="scab")]
+    async with sqlite_checkpointer(tmp / "ckpt.sqlite") as saver:
+        graph = build_graph(
+            task=task, agents=agents, policy=policy, max_rounds=max_rounds, checkpointer=saver
+        )
+        summary = await run_batch(graph, images, task=task, out=tmp / "out.jsonl")
+    assert summary.failed == [] and summary.decided == 3
+    return [json.loads(x) for x in (tmp / "out.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.llm
+@pytest.mark.heavy
+def test_graph_with_the_study_prompts_on_a_real_llm(llm_server, tmp_path, apple_task):  # noqa: F811
+    policy = _llm_policy(llm_server, apple_task, ["gpt", "qwen"])
+    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=2))
+    assert policy.chat.mode_ == "json_object_schema"  # llama.cpp rejects json_schema
+    for d in decisions:
+        assert d["policy"] == "llm" and d["label"] in apple_task.labels
+        assert 0.0 <= d["confidence"] <= 1.0
+        first = d["assessments"][0]
+        assert not first["reason"].startswith("llm fallback"), first["reason"]
+        if first["trusted"]:
+            assert d["rounds_used"] == 1 and len(d["assessments"]) == 1
+        else:
+            assert d["rounds_used"] == 2
+            again = sorted(p["agent"] for p in d["predictions"] if p["round"] == 1)
+            assert again == sorted(first["reevaluate"])
+            assert d["assessments"][1]["reason"].startswith("final decision")
+
+
+@pytest.mark.llm
+@pytest.mark.heavy
+def test_reevaluation_loop_is_bounded_on_a_real_llm(llm_server, tmp_path, apple_task):  # noqa: F811
+    template = tmp_path / "force.txt"
+    template.write_text(FORCE_REEVALUATE)
+    policy = _llm_policy(llm_server, apple_task, ["gpt", "qwen"], trust_template=str(template))
+    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=3))
+    for d in decisions:
+        assessments = d["assessments"]
+        assert d["rounds_used"] == 3 and len(assessments) == 3
+        assert [a["trusted"] for a in assessments] == [False, False, True]
+        assert all(a["reevaluate"] for a in assessments[:2])
+        assert assessments[2]["reason"].startswith("final decision")
+        assert d["label"] in apple_task.labels
+        assert max(p["round"] for p in d["predictions"]) == 2
