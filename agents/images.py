@@ -163,3 +163,15 @@ def image_to_data_url(
         image.save(buffer, format="PNG")
         data, mime = buffer.getvalue(), "image/png"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_ref(
+    source: str, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> ImageRef:
+    """An ``ImageRef`` for a path or an http(s) URL (fetched once to hash its bytes)."""
+    scheme = url_scheme(source)
+    if scheme is None:
+        return ImageRef.from_path(source)
+    probe = ImageRef(source=source, sha256="")
+    data = read_image_bytes(probe, max_bytes=max_bytes, timeout_s=timeout_s)
+    return ImageRef.from_bytes(data, source=source)

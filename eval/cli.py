@@ -242,7 +242,7 @@ def calibration(
     for agent, p in profiles.items():
         cols = [*records.labels, *(["invalid"] if p.confusion_has_invalid else [])]
         print_table(
-            f"{agent}: confusion (rows = truth, columns = prediction)",
+            f"{agent} confusion (rows: truth, columns: prediction)",
             ["truth \\ pred", *cols],
             [[lb, *row] for lb, row in zip(records.labels, p.confusion, strict=True)],
             console=console,

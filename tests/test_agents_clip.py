@@ -201,3 +201,36 @@ def test_build_openai_agent_from_spec(apple_task: Task, monkeypatch: pytest.Monk
     assert agent.client.model == "gpt-4o" and agent.client.max_concurrency == 3
     assert agent.neighbour_images == 2
     assert "sk-spec-test-key" not in repr(agent) + repr(agent.client) + repr(vars(agent.client))
+
+
+def test_cli_predict_json_with_clip_and_an_openai_agent(
+    clip_dir: Path, images: list[ImageRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai_server import openai_server
+    from typer.testing import CliRunner
+
+    from agents.cli import app
+
+    answer = '{"label": "Healthy", "reason": "uniform green", "confidence": 0.9}'
+    with openai_server([answer]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        args = ["predict", images[0].source, images[1].source, "--agent", "clip"]
+        args += ["--agent", "vlm=openai:local-vlm", "--clip-model", str(clip_dir)]
+        args += ["--device", "cpu", "-o", "max_retries=0", "--json"]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["labels"] == ["black-rot", "healthy", "rust", "scab"]
+    rows = out["predictions"]
+    assert [(r["image"], r["agent"]) for r in rows] == [
+        (images[0].source, "clip"),
+        (images[0].source, "vlm"),
+        (images[1].source, "clip"),
+        (images[1].source, "vlm"),
+    ]
+    assert all(r["sha256"] in (images[0].sha256, images[1].sha256) for r in rows)
+    assert rows[1]["label"] == "healthy" and rows[1]["confidence"] == 0.9
+    assert sum(rows[0]["scores"].values()) == pytest.approx(1.0)
+    assert len(server.requests) == 2
+    assert server.requests[0].body["max_tokens"] == 400

@@ -19,7 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
+from test_demo_report import (
+    COLOURS,
+    clip_with_token_limit,
+    leaf_image,
+    make_index,
+    make_leaf_folder,
+)
 
 pytestmark = pytest.mark.heavy
 
@@ -83,10 +89,11 @@ def demo_setup(tiny_clip_dir, apple_task, tmp_path_factory):
     from agents.clip_model import load_clip
 
     root = tmp_path_factory.mktemp("demo-browser")
-    clip = load_clip(str(tiny_clip_dir), device="cpu")
+    clip_dir = clip_with_token_limit(tiny_clip_dir, root / "clip")
+    clip = load_clip(str(clip_dir), device="cpu")
     make_index(clip, root / "index", make_leaf_folder(root / "refs"), apple_task)
     photo = leaf_image(root / "upload" / "my leaf.png", COLOURS["rust"], seed=77, size=96)
-    return root, tiny_clip_dir, root / "index", photo
+    return root, clip_dir, root / "index", photo
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
+from test_demo_report import (
+    COLOURS,
+    clip_with_token_limit,
+    leaf_image,
+    make_index,
+    make_leaf_folder,
+)
 
 from agents.errors import TrustorchError
 from orchestrator.cli import main
@@ -37,12 +43,13 @@ def leaf_setup(tiny_clip_dir, apple_task, tmp_path_factory):
     from agents.clip_model import load_clip
 
     root = tmp_path_factory.mktemp("demo-cli")
-    clip = load_clip(str(tiny_clip_dir), device="cpu")
+    clip_dir = clip_with_token_limit(tiny_clip_dir, root / "clip")
+    clip = load_clip(str(clip_dir), device="cpu")
     make_index(clip, root / "index", make_leaf_folder(root / "refs"), apple_task)
     queries = root / "queries"
     leaf_image(queries / "rust" / "q-rust.png", COLOURS["rust"], seed=901, size=72)
     leaf_image(queries / "healthy" / "q-healthy.png", COLOURS["healthy"], seed=902, size=72)
-    return tiny_clip_dir, root / "index", queries
+    return clip_dir, root / "index", queries
 
 
 def demo(capsys, *args: str) -> tuple[int, str, str]:
@@ -87,7 +94,9 @@ def test_leaf_writes_one_report_per_image(leaf_setup, tmp_path, capsys):
         assert float(section.group(2)) == pytest.approx(r["confidence"], abs=1e-4)
         assert r["label"] is None or r["label"] in r["prediction_set"]
         assert f"True label: <b>{r['truth']}</b>" in page
-        assert '<tr class="prediction" data-agent="clip" data-round="0"' in page
+        clip_row = re.search(r'<tr class="prediction" data-agent="clip" data-round="0" '
+                             r'data-label="([a-z-]+)">(.*?)</tr>', page)  # fmt: skip
+        assert clip_row and "failed" not in clip_row.group(2)
         assert "openai skipped: set OPENAI_API_KEY" in page
         assert page.count("data:image/png;base64,") >= 1  # the leaf itself, as uploaded
         if r["rounds_used"] > 1 or "retrieve" in page:
@@ -117,6 +126,9 @@ def test_same_decision_as_the_pipeline_in_process(leaf_setup, apple_task, tmp_pa
     )
     assert decision.confidence == pytest.approx(result["confidence"])
     assert [s.name for s in pipeline.availability.available] == ["clip", "retrieval"]
+    assert [(p.agent, p.ok) for p in decision.predictions] == [("clip", True)]
+    assert decision.evidence is not None  # the first look alone is never trusted (0.99)
+    assert decision.weights.keys() == {"clip", "retrieval"}
 
 
 def test_table_output_without_index(leaf_setup, tmp_path, capsys):

@@ -26,7 +26,7 @@ def test_calibration_table_on_case1(paper_dir: Path, capsys):
     accuracy = next(line for line in out.splitlines() if line.startswith("│ accuracy"))
     assert "0.450" in accuracy and "0.569" in accuracy and "0.481" in accuracy
     assert "ECE (10 bins)" in out and "OCR (conf > 0.5)" in out
-    assert "qwen: confusion" in out
+    assert "qwen confusion" in out
 
 
 def test_calibration_json_keys_and_values(paper_dir: Path, capsys, tmp_path):

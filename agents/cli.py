@@ -1,0 +1,156 @@
+"""``trustorch agents``: run vision agents on images from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+
+from agents.cli_utils import JsonOption, TaskOption, emit_json, print_table, progress_bar
+from agents.errors import InputError
+
+app = typer.Typer(
+    help="Vision agents: CLIP zero-shot, OpenAI-compatible VLMs, local VLMs.", no_args_is_help=True
+)
+
+ImagesArg = Annotated[
+    list[str], typer.Argument(help="Image files or http(s) URLs.", show_default=False)
+]
+AgentOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--agent",
+        "-a",
+        help="Agent spec, repeatable: clip, clip:<hub id or folder>, openai:<model>, "
+        "hf-vlm:<hub id or folder>; prefix name= to name it (gpt=openai:gpt-4o).",
+    ),
+]
+ClipModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clip-model",
+        help="CLIP hub id or folder for `clip` (default: $TRUSTORCH_CLIP_MODEL or "
+        "openai/clip-vit-base-patch32).",
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
+]
+OptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option",
+        "-o",
+        help="key=value passed to every agent built (timeout_s=30, max_concurrency=8, "
+        "neighbour_images=2, reason_tokens=32, price_file=prices.json); values are JSON or text.",
+    ),
+]
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``["timeout_s=30", "logprobs=false"]`` -> ``{"timeout_s": 30, "logprobs": False}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--option must be key=value, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+@app.command("predict")
+def predict(
+    images: ImagesArg,
+    agent: AgentOpt = ["clip"],  # noqa: B006
+    task: TaskOption = "apple-leaf",
+    clip_model: ClipModelOpt = None,
+    device: DeviceOpt = None,
+    option: OptionOpt = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Classify images with one or more agents (first look, no retrieval).
+
+    Examples:
+
+      trustorch agents predict leaf.jpg
+
+      trustorch agents predict leaf.jpg --agent clip --clip-model ./clip-vit-base-patch32
+
+      OPENAI_API_KEY=... trustorch agents predict leaf.jpg --agent gpt=openai:gpt-4o --json
+
+      OPENAI_BASE_URL=http://127.0.0.1:8000/v1 trustorch agents predict a.jpg b.jpg
+      --agent openai:Qwen/Qwen2.5-VL-7B-Instruct -o timeout_s=120
+
+      trustorch agents predict leaf.jpg --agent hf-vlm:./Qwen2.5-VL-3B-Instruct -o reason_tokens=40
+    """
+    from agents.images import image_ref
+    from agents.spec import build_agent
+    from agents.tasks import load_task
+
+    task_obj = load_task(task)
+    options = parse_options(option)
+    refs = [image_ref(source) for source in images]
+    shared: dict[str, Any] = {}
+
+    def clip() -> Any:
+        if "clip" not in shared:
+            from agents.clip_model import load_clip
+
+            shared["clip"] = load_clip(clip_model, device=device)
+        return shared["clip"]
+
+    built = [
+        build_agent(spec, task=task_obj, clip=clip, clip_model=clip_model, device=device, **options)
+        for spec in agent
+    ]
+    names = [a.name for a in built]
+    if len(set(names)) != len(names):
+        raise InputError(f"two agents share a name {names}; name them with name=spec")
+
+    async def run_all() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        with progress_bar(disable=len(refs) < 2) as bar:
+            job = bar.add_task("classifying", total=len(refs))
+            for ref in refs:
+                preds = await asyncio.gather(*(a.predict(ref, task_obj) for a in built))
+                rows += [{"image": ref.source, "sha256": ref.sha256, **p.to_dict()} for p in preds]
+                bar.advance(job)
+        for a in built:
+            closer = getattr(getattr(a, "client", None), "aclose", None)
+            if closer is not None:
+                await closer()
+        return rows
+
+    rows = asyncio.run(run_all())
+    if json_output:
+        emit_json({"task": task_obj.name, "labels": list(task_obj.labels), "predictions": rows})
+        return
+    print_table(
+        f"task {task_obj.name}",
+        ["image", "agent", "label", "conf", "second", "latency", "usd", "error"],
+        [
+            (
+                r["image"].rsplit("/", 1)[-1],
+                r["agent"],
+                r["label"],
+                r["confidence"],
+                runner_up(r["scores"], r["label"]),
+                r["latency_s"],
+                r["cost_usd"],
+                r["error"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def runner_up(scores: dict[str, float] | None, label: str | None) -> str | None:
+    """The second-best label and its score, e.g. ``scab 0.21``."""
+    others = sorted(((p, k) for k, p in (scores or {}).items() if k != label), reverse=True)
+    return f"{others[0][1]} {others[0][0]:.2f}" if others else None
