@@ -49,6 +49,11 @@ OptionOpt = Annotated[
 ]
 
 
+@app.callback()
+def agents_group() -> None:
+    """Vision agents: CLIP zero-shot, OpenAI-compatible VLMs, local VLMs."""
+
+
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """``["timeout_s=30", "logprobs=false"]`` -> ``{"timeout_s": 30, "logprobs": False}``."""
     out: dict[str, Any] = {}
@@ -90,7 +95,7 @@ def predict(
       trustorch agents predict leaf.jpg --agent hf-vlm:./Qwen2.5-VL-3B-Instruct -o reason_tokens=40
     """
     from agents.images import image_ref
-    from agents.spec import build_agent
+    from agents.spec import build_agent, options_for
     from agents.tasks import load_task
 
     task_obj = load_task(task)
@@ -105,8 +110,18 @@ def predict(
             shared["clip"] = load_clip(clip_model, device=device)
         return shared["clip"]
 
+    used = {key for spec in agent for key in options_for(spec, options)}
+    if set(options) - used:
+        raise InputError(f"no agent takes option(s) {sorted(set(options) - used)}")
     built = [
-        build_agent(spec, task=task_obj, clip=clip, clip_model=clip_model, device=device, **options)
+        build_agent(
+            spec,
+            task=task_obj,
+            clip=clip,
+            clip_model=clip_model,
+            device=device,
+            **options_for(spec, options),
+        )
         for spec in agent
     ]
     names = [a.name for a in built]

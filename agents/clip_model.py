@@ -68,7 +68,13 @@ class ClipModel:
         out: list[np.ndarray] = []
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
-            inputs = self.processor(text=batch, return_tensors="pt", padding=True, truncation=True)
+            inputs = self.processor(
+                text=batch,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_text_tokens,
+            )
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             with torch.inference_mode():
                 feats = _features(self.model.get_text_features(**inputs))
@@ -76,6 +82,10 @@ class ClipModel:
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(out)
+
+    @property
+    def max_text_tokens(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
 
     @property
     def logit_scale(self) -> float:

@@ -41,6 +41,13 @@ _CLIENT_OPTIONS = {
     "max_tokens",
 }
 
+_OPENAI_AGENT_OPTIONS = {"neighbour_images", "image_detail", "max_side", "max_bytes", "max_pixels"}
+OPTIONS: dict[str, frozenset[str]] = {
+    "clip": frozenset({"templates", "batch_size", "max_bytes", "max_pixels"}),
+    "openai": frozenset(_CLIENT_OPTIONS | _OPENAI_AGENT_OPTIONS | {"prices", "price_file"}),
+    "hf-vlm": frozenset({"reason_tokens", "length_normalise", "max_bytes", "max_pixels", "dtype"}),
+}
+
 ClipSource = ClipModel | Callable[[], ClipModel] | None
 
 
@@ -72,7 +79,13 @@ def known_kinds() -> str:
     return ", ".join(KINDS.values())
 
 
-def _options(options: dict[str, Any], allowed: set[str], spec: str) -> dict[str, Any]:
+def options_for(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that the kind of ``spec`` accepts (for shared CLI options)."""
+    allowed = OPTIONS.get(parse_agent_spec(spec).kind, frozenset())
+    return {k: v for k, v in options.items() if k in allowed}
+
+
+def _options(options: dict[str, Any], allowed: frozenset[str], spec: str) -> dict[str, Any]:
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError(f"agent spec {spec!r}: unknown option(s) {unknown}")
@@ -104,11 +117,10 @@ def build_agent(
     if parsed.kind == "clip":
         from agents.clip_agent import ClipAgent
 
-        allowed = {"templates", "batch_size", "max_bytes", "max_pixels"}
         return ClipAgent(
             _clip_model(parsed, clip, clip_model, device),
             name=parsed.name or ("clip" if not parsed.target else f"clip:{parsed.target}"),
-            **_options(options, allowed, spec),
+            **_options(options, OPTIONS["clip"], spec),
         )
     if parsed.kind == "openai":
         from agents.openai_agent import OpenAIAgent
@@ -117,8 +129,7 @@ def build_agent(
 
         if not parsed.target:
             raise InputError(f"agent spec {spec!r}: give a model, e.g. openai:gpt-4o")
-        agent_keys = {"neighbour_images", "image_detail", "max_side", "max_bytes", "max_pixels"}
-        _options(options, _CLIENT_OPTIONS | agent_keys | {"prices", "price_file"}, spec)
+        _options(options, OPTIONS["openai"], spec)
         client = OpenAIChatClient(
             model=parsed.target, **{k: v for k, v in options.items() if k in _CLIENT_OPTIONS}
         )
@@ -127,15 +138,14 @@ def build_agent(
             client,
             name=parsed.name,
             prices=prices,
-            **{k: v for k, v in options.items() if k in agent_keys},
+            **{k: v for k, v in options.items() if k in _OPENAI_AGENT_OPTIONS},
         )
     if parsed.kind == "hf-vlm":
         from agents.hf_vlm import HFVLMAgent, load_vlm
 
         if not parsed.target:
             raise InputError(f"agent spec {spec!r}: give a hub id or folder, e.g. hf-vlm:DIR")
-        allowed = {"reason_tokens", "length_normalise", "max_bytes", "max_pixels", "dtype"}
-        _options(options, allowed, spec)
+        _options(options, OPTIONS["hf-vlm"], spec)
         vlm = load_vlm(parsed.target, device=device, dtype=options.pop("dtype", None))
         return HFVLMAgent(vlm, name=parsed.name, **options)
     raise InputError(f"unknown agent kind {parsed.kind!r} in {spec!r} (valid: {known_kinds()})")

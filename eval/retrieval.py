@@ -153,6 +153,12 @@ def cross_fitted_softmax(
     return scores, full
 
 
+def fit_softmax_vote(index: ImageIndex, task: Task, *, k: int = 10) -> SoftmaxVote:
+    """A softmax vote fitted on the leave-one-out neighbour lists of every indexed item."""
+    loo = loo_neighbours(index, task, k)
+    return SoftmaxVote().fit(loo.similarities, loo.label_idx, loo.truth_idx, len(task.labels))
+
+
 def evaluate_loo(
     index: ImageIndex,
     task: Task,

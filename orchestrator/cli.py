@@ -11,6 +11,7 @@ import typer
 from agents.errors import TrustorchError
 from eval.cli import app as eval_app
 from orchestrator.demo.cli import app as demo_app
+from orchestrator.replay_cli import replay
 from orchestrator.run_cli import run
 from rag.cli import app as index_app
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+eval_app.command("replay")(replay)
 app.add_typer(eval_app, name="eval")
 app.add_typer(demo_app, name="demo")
 app.add_typer(index_app, name="index")

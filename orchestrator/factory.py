@@ -12,6 +12,7 @@ Agent specs:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -142,7 +143,9 @@ class AgentBuilder:
                 f"unknown agent spec {spec!r} (this install knows replay:<file>#<agent>, "
                 "retrieval and py:<module>:<callable>)"
             ) from None
-        return build_agent(spec, task=self.task, clip=self.clip)
+        return build_agent(
+            spec, task=self.task, clip=self.clip, clip_model=self.retrieval.clip_model
+        )
 
 
 def build_agents(
@@ -156,7 +159,13 @@ def build_agents(
     index) doubles as the graph's retriever."""
     if not specs:
         raise InputError("give at least one --agent (e.g. --agent clip)")
-    builder = AgentBuilder(task=task, retrieval=retrieval)
+    settings = retrieval or RetrievalSettings()
+    if settings.clip_model is None:
+        named = [s.split("=", 1)[-1].strip() for s in specs]
+        targets = [s.split(":", 1)[1] for s in named if s.startswith("clip:")]
+        if targets:  # the first clip:<model> is the shared CLIP (retrieval embeds with it)
+            settings = dataclasses.replace(settings, clip_model=targets[0])
+    builder = AgentBuilder(task=task, retrieval=settings)
     agents = [builder.build(spec) for spec in specs]
     retriever = next((a for a in agents if hasattr(a, "retrieve")), None)
     if retriever is None and want_retriever:

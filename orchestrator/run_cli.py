@@ -39,7 +39,10 @@ def run(
         float | None, typer.Option("--agent-timeout", help="Seconds before an agent call fails.")
     ] = None,
     index_dir: Annotated[
-        str | None, typer.Option("--index", help="Image index folder for retrieval.")
+        str | None,
+        typer.Option(
+            "--index-dir", help="Image index folder for retrieval (trustorch index build)."
+        ),
     ] = None,
     chroma_url: Annotated[
         str | None, typer.Option("--chroma-url", help="Chroma server for retrieval.")

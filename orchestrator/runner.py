@@ -210,7 +210,7 @@ class _Run:
 
     def log(self, text: str) -> None:
         if self.verbose and self.progress is not None:
-            self.progress.console.log(text)
+            self.progress.console.print(text, highlight=False, markup=False)
 
     async def decide(self, item: LabelledImage) -> dict[str, Any]:
         config = {"configurable": {"thread_id": item.image.sha256}}

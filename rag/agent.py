@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from agents.clip_model import ClipModel
 from agents.errors import StoreError, TrustorchError
 from agents.types import EvidenceView, ImageRef, Neighbour, Prediction, Task
 from rag.embedder import ImageEmbedder
 from rag.evidence import Evidence
-from rag.store import ImageIndex
+from rag.store import ChromaStore, ImageIndex
 from rag.vote import SimilarityShareVote, VoteRule, vote_dict
 
 
@@ -38,12 +39,24 @@ class RetrievalAgent:
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if clip.name != index.model or clip.dim != index.dim:
+            raise StoreError(
+                f"the index '{index.name}' holds {index.dim}-d vectors of '{index.model}'; "
+                f"the CLIP model '{clip.name}' ({clip.dim}-d) cannot query it"
+            )
         self.embedder = ImageEmbedder(clip)
         self.index = index
         self.k = k
         self.vote = vote or SimilarityShareVote()
         self.split = split
         self.name = name
+
+    @classmethod
+    def from_store(
+        cls, clip: ClipModel, store: ChromaStore, task: Task, **options: Any
+    ) -> RetrievalAgent:
+        """The agent over the store's index for (task, this CLIP); StoreError when absent."""
+        return cls(clip, store.existing(task.name, clip.name), **options)
 
     def _check_task(self, task: Task) -> None:
         if task.name != self.index.task:

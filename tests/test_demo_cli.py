@@ -126,6 +126,8 @@ def test_same_decision_as_the_pipeline_in_process(leaf_setup, apple_task, tmp_pa
     )
     assert decision.confidence == pytest.approx(result["confidence"])
     assert [s.name for s in pipeline.availability.available] == ["clip", "retrieval"]
+    (clip_agent,) = pipeline.agents
+    assert clip_agent.clip is pipeline.retriever.embedder.clip  # one CLIP, loaded once
     assert [(p.agent, p.ok) for p in decision.predictions] == [("clip", True)]
     assert decision.evidence is not None  # the first look alone is never trusted (0.99)
     assert decision.weights.keys() == {"clip", "retrieval"}
@@ -216,3 +218,31 @@ def test_web_without_gradio_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(TrustorchError, match=r"optional extra 'demo'.*pip install"):
         import_gradio()
+
+
+def test_vlm_behind_a_local_openai_server_looks_twice(leaf_setup, tmp_path, capsys, monkeypatch):
+    """OPENAI_BASE_URL makes the VLM an agent; untrusted, it is asked again with the evidence,
+    and both of its answers (escaped) are in the report."""
+    from openai_server import chat_reply, openai_server
+
+    clip_dir, index_dir, queries = leaf_setup
+    first = '{"label": "scab", "reason": "dark <b>velvety</b> spots", "confidence": 0.6}'
+    second = '{"label": "rust", "reason": "orange spots, like the neighbours", "confidence": 0.9}'
+    with openai_server([chat_reply(first), chat_reply(second)]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("TRUSTORCH_OPENAI_MODEL", "test-vlm")
+        code, out, err = demo(
+            capsys, str(queries / "rust" / "q-rust.png"), "--clip-model", str(clip_dir),
+            "--index-dir", str(index_dir), "--out-dir", str(tmp_path), "--json",
+        )  # fmt: skip
+        requests = list(server.requests)
+    assert code == 0, err
+    assert "openai runs: 'test-vlm' through the server at http://127.0.0.1:" in err
+    (result,) = json.loads(out)["results"]
+    assert result["rounds_used"] == 2
+    assert len(requests) == 2
+    page = Path(result["report"]).read_text(encoding="utf-8")
+    for r, label in ((0, "scab"), (1, "rust")):
+        assert f'data-agent="test-vlm" data-round="{r}" data-label="{label}"' in page
+    assert "dark &lt;b&gt;velvety&lt;/b&gt; spots" in page and "<b>velvety" not in page
+    assert 'id="round-1"' in page and '<section id="evidence">' in page

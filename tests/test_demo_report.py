@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from agents.types import ImageRef, Prediction
+from orchestrator.decision import Decision
 from orchestrator.demo.pipeline import reliability_png, trust_cards
-from orchestrator.demo.report import IMAGE_MAX_PX, TrustCard, image_data_uri, render_report
+from orchestrator.demo.report import IMAGE_MAX_PX, image_data_uri, render_report
 from orchestrator.graph import build_graph, classify
 from orchestrator.policies.trust import TrustPolicy
 
@@ -225,34 +226,46 @@ def test_failed_agent_is_shown_with_its_error(leaf, apple_task):
     assert row and "failed: no recorded answer for image" in row.group(0)
 
 
-def test_reliability_diagram_is_eval_plots_diagram(tmp_path):
-    """The report's diagram, rebuilt from a profile's per-bin data, is pixel for pixel the one
-    ``eval.plots`` draws from the raw predictions."""
-    from dataclasses import dataclass
-
-    from eval.metrics import reliability_bins
+def test_trust_card_draws_the_profiles_reliability_diagram(tmp_path, apple_task):
+    """The report's diagram, rebuilt from a fitted profile's per-bin table, is pixel for pixel
+    the one ``eval.plots`` draws from the raw predictions; the card shows the profile's numbers."""
+    from agents.records import Record
     from eval.plots import reliability_diagram
+    from eval.profile import fit_trust_profile
 
     rng = np.random.default_rng(3)
-    confidence = rng.uniform(0.3, 1.0, 200)
-    correct = (rng.uniform(size=200) < confidence * 0.9).astype(float)
-
-    @dataclass
-    class BinnedProfile:  # a stand-in carrying the per-bin data a profile would hold
-        agent: str
-        ece: float
-        reliability: object
-
-    profile = BinnedProfile("gpt", 0.071, reliability_bins(confidence, correct, bins=10))
+    labels = apple_task.labels
+    records, confidence, correct = [], [], []
+    for i in range(200):
+        truth = labels[i % 4]
+        conf = float(rng.uniform(0.3, 1.0))
+        right = bool(rng.uniform() < conf * 0.9)
+        pred = truth if right else labels[(i + 1) % 4]
+        records.append(Record(id=str(i), agent="gpt", truth=truth, pred=pred, confidence=conf))
+        confidence.append(conf)
+        correct.append(float(right))
+    profile = fit_trust_profile("gpt", records, labels, bootstrap=0, cv_folds=0)
     png = reliability_png(profile)
     expected = reliability_diagram(
-        confidence, correct, tmp_path / "raw.png", bins=10, title="gpt", ece=0.071
+        confidence, correct, tmp_path / "raw.png", bins=10, title="gpt", ece=profile.ece
     ).read_bytes()
     got = np.asarray(Image.open(io.BytesIO(png)))
     want = np.asarray(Image.open(io.BytesIO(expected)))
     assert got.shape == want.shape
     assert (got != want).any(axis=-1).mean() < 0.002
-    card = TrustCard(agent="gpt", n=200, accuracy=0.7, ece=0.071, diagram_png=png)
-    html_text = render_report.__globals__["_trust_section"]({"gpt": card})
-    assert 'alt="reliability diagram of gpt"' in html_text
-    assert base64.b64encode(png).decode()[:200] in html_text
+
+    card = trust_cards(["gpt"], {"gpt": profile})["gpt"]
+    assert (card.n, card.accuracy, card.ece) == (200, profile.accuracy, profile.ece)
+    assert card.diagram_png == png
+    page = render_report(
+        Decision(
+            image="x.png", sha256="0" * 64, task=apple_task.name, policy="trust", label="rust",
+            confidence=0.9, prediction_set=["rust"], rounds_used=1, predictions=[],
+            assessments=[],
+        ),
+        task=apple_task,
+        trust={"gpt": card},
+    )  # fmt: skip
+    assert 'alt="reliability diagram of gpt"' in page
+    assert base64.b64encode(png).decode() in page
+    assert f"<td>gpt</td><td>200</td><td>{100 * profile.accuracy:.1f}%</td>" in page

@@ -12,7 +12,12 @@ import typer
 from typer.testing import CliRunner
 
 from agents.types import Task
-from eval.retrieval import cross_fitted_softmax, evaluate_loo, loo_neighbours
+from eval.retrieval import (
+    cross_fitted_softmax,
+    evaluate_loo,
+    fit_softmax_vote,
+    loo_neighbours,
+)
 from eval.retrieval_cli import retrieval
 from rag.index import import_embeddings, read_embeddings_npz
 from rag.store import ChromaStore, ImageIndex
@@ -58,6 +63,8 @@ def check_study_loo(index: ImageIndex, paper_dir: Path, task: Task) -> dict:
     order = [loo.ids.index(i) for i in read_ids(paper_dir, task)]
     np.testing.assert_allclose(loo.similarities[order], cosine_top, atol=2e-5)
     share, softmax = by_rule["similarity-share"], by_rule["softmax"]
+    fitted = fit_softmax_vote(index, task, k=10)
+    assert fitted.to_dict()["temperature"] == pytest.approx(softmax.params["temperature"])
     assert 0.94 <= share.macro_f1 <= 0.96
     assert share.ece == pytest.approx(0.0785, abs=0.002)
     assert softmax.accuracy >= share.accuracy

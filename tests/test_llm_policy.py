@@ -217,15 +217,18 @@ def _llm_policy(server: LlmServer, task: Task, names: list[str], **kw: Any) -> L
     return LlmPolicy(chat=chat, profiles=_profiles(task, names), **kw)
 
 
-async def _graph_run(tmp: Path, task: Task, policy: LlmPolicy, max_rounds: int) -> list[dict]:
+async def _graph_run(
+    tmp: Path, task: Task, policy: LlmPolicy, max_rounds: int, n_images: int
+) -> list[dict]:
     images = collect_images([make_images(tmp / "data", per_label=1)], task=task).images
+    images = images[:n_images]
     agents = [ScriptedAgent("gpt", confidence=0.9), ScriptedAgent("qwen", label="scab")]
     async with sqlite_checkpointer(tmp / "ckpt.sqlite") as saver:
         graph = build_graph(
             task=task, agents=agents, policy=policy, max_rounds=max_rounds, checkpointer=saver
         )
         summary = await run_batch(graph, images, task=task, out=tmp / "out.jsonl")
-    assert summary.failed == [] and summary.decided == 3
+    assert summary.failed == [] and summary.decided == n_images
     return [json.loads(x) for x in (tmp / "out.jsonl").read_text().splitlines()]
 
 
@@ -233,7 +236,7 @@ async def _graph_run(tmp: Path, task: Task, policy: LlmPolicy, max_rounds: int) 
 @pytest.mark.heavy
 def test_graph_with_the_study_prompts_on_a_real_llm(llm_server, tmp_path, apple_task):  # noqa: F811
     policy = _llm_policy(llm_server, apple_task, ["gpt", "qwen"])
-    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=2))
+    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=2, n_images=3))
     assert policy.chat.mode_ == "json_object_schema"  # llama.cpp rejects json_schema
     for d in decisions:
         assert d["policy"] == "llm" and d["label"] in apple_task.labels
@@ -255,7 +258,7 @@ def test_reevaluation_loop_is_bounded_on_a_real_llm(llm_server, tmp_path, apple_
     template = tmp_path / "force.txt"
     template.write_text(FORCE_REEVALUATE)
     policy = _llm_policy(llm_server, apple_task, ["gpt", "qwen"], trust_template=str(template))
-    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=3))
+    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=3, n_images=2))
     for d in decisions:
         assessments = d["assessments"]
         assert d["rounds_used"] == 3 and len(assessments) == 3
@@ -264,3 +267,31 @@ def test_reevaluation_loop_is_bounded_on_a_real_llm(llm_server, tmp_path, apple_
         assert assessments[2]["reason"].startswith("final decision")
         assert d["label"] in apple_task.labels
         assert max(p["round"] for p in d["predictions"]) == 2
+
+
+@pytest.mark.llm
+@pytest.mark.heavy
+def test_run_cli_with_the_llm_policy(llm_server, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from orchestrator.cli import main
+    from test_run_cli import agent_spec
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    data = make_images(tmp_path / "data", per_label=1)
+    (data / "rust" / "rust_0.png").unlink()
+    (data / "healthy" / "healthy_0.png").unlink()
+    out = tmp_path / "out.jsonl"
+    llm = ["--policy", "llm", "--llm-model", llm_server.model, "--llm-base-url"]
+    args = ["--agent", agent_spec("gpt"), *llm, llm_server.base_url, "--out", str(out), "--json"]
+    code = main(["run", str(data), *args])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["decided"] == 1 and summary["failed"] == []
+    (decision,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert decision["policy"] == "llm" and decision["label"] in (
+        "black-rot",
+        "healthy",
+        "rust",
+        "scab",
+    )
+    assert "json_object_schema" in decision["assessments"][0]["reason"]

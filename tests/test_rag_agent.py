@@ -10,6 +10,7 @@ import pytest
 from test_rag_index import make_image_folder
 
 from agents.clip_model import ClipModel, load_clip
+from agents.errors import StoreError
 from agents.types import Agent, ImageRef, LabelledImage, Task
 from rag.agent import RetrievalAgent
 from rag.embedder import ImageEmbedder
@@ -122,3 +123,20 @@ def test_agent_failures_are_predictions_not_exceptions(
     other_task = Task(name="other", labels=("a", "b"), descriptions={"a": "an a", "b": "a b"})
     wrong = asyncio.run(agent.predict(ImageRef.from_path(broken), other_task))
     assert not wrong.ok and "is for task 'apple-leaf', not 'other'" in (wrong.error or "")
+
+
+def test_agent_refuses_an_index_of_another_model(
+    tmp_path: Path, tiny_clip: ClipModel, apple_task: Task, built: tuple[Path, ImageIndex]
+) -> None:
+    store = ChromaStore.open(index_dir=tmp_path / "index")
+    other = store.index(apple_task.name, "openai/clip-vit-base-patch32", 512)
+    with pytest.raises(StoreError, match=r"holds 512-d vectors of 'openai/clip-vit-base-patch32'"):
+        RetrievalAgent(tiny_clip, other)
+    with pytest.raises(
+        StoreError, match=f"no index for task 'apple-leaf' and model '{tiny_clip.name}'"
+    ):
+        RetrievalAgent.from_store(tiny_clip, store, apple_task)
+    _, index = built
+    same_store = ChromaStore.open(index_dir=Path(index.location))
+    agent = RetrievalAgent.from_store(tiny_clip, same_store, apple_task, k=4)
+    assert (agent.index.name, agent.k) == (index.name, 4)

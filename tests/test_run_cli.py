@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,3 +170,31 @@ def test_llm_policy_without_key_says_how_to_provide_one(tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1
     assert "OPENAI_API_KEY" in err and "--llm-base-url" in err
+
+
+def test_run_with_tiny_clip_and_retrieval_over_a_built_index(tmp_path, capsys, tiny_clip_dir):
+    train = make_images(tmp_path / "train", per_label=3)
+    test = make_images(tmp_path / "test", per_label=1)
+    index_dir, out = tmp_path / "index", tmp_path / "out.jsonl"
+    clip = str(shutil.copytree(tiny_clip_dir, tmp_path / "clip"))
+    config = json.loads((tmp_path / "clip" / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 77  # as real CLIP folders record it: long prompts get truncated
+    (tmp_path / "clip" / "tokenizer_config.json").write_text(json.dumps(config))
+    build = ["index", "build", str(train), "--clip-model", clip, "--index-dir", str(index_dir)]
+    assert main([*build, "--json"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    args = ["--agent", f"clip:{clip}", "--agent", "retrieval", "--index-dir", str(index_dir)]
+    code = main(["run", str(test), *args, "--out", str(out), "--json", "-v"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["images"] == summary["decided"] == 3 and summary["failed"] == []
+    assert summary["agent_failures"] == 0
+    assert "perceive: retrieval:" in captured.err  # -v logs each graph step
+    for d in (json.loads(x) for x in out.read_text().splitlines()):
+        assert {p["agent"] for p in d["predictions"]} == {f"clip:{clip}", "retrieval"}
+        assert all(p["error"] is None for p in d["predictions"])
+        retrieval = next(p for p in d["predictions"] if p["agent"] == "retrieval")
+        assert retrieval["label"] == d["truth"]  # the same colours are in the index
+        assert sum(retrieval["scores"].values()) == pytest.approx(1.0)
+        assert d["label"] is None or d["label"] in ("black-rot", "healthy", "rust", "scab")

@@ -32,7 +32,7 @@ def make_tiny_clip(folder: Path, *, seed: int = 0, image_size: int = 32, dim: in
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = CLIPTokenizer(vocab=_clip_vocab(), merges=[])
+    tokenizer = CLIPTokenizer(vocab=_clip_vocab(), merges=[], model_max_length=77)
     vocab_size = len(tokenizer)
     torch.manual_seed(seed)
     config = CLIPConfig(

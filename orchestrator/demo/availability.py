@@ -153,6 +153,14 @@ def resolve_index_dir(index_dir: Path | None, environ: Mapping[str, str]) -> Pat
     return default_index_dir()
 
 
+def same_model(a: str, b: str) -> bool:
+    """The same hub id, or two spellings of one local folder (relative, absolute, ``~``)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+
+
 def discover_retrieval(
     clip: ClipModel | None, folder: Path, task: Task
 ) -> tuple[Any | None, AgentStatus]:
@@ -169,7 +177,12 @@ def discover_retrieval(
     from rag.store import ChromaStore
 
     try:
-        index = ChromaStore.open(index_dir=folder).existing(task.name, model=clip.name)
+        store = ChromaStore.open(index_dir=folder)
+        same = [
+            i for i in store.indexes() if i.task == task.name and same_model(i.model, clip.name)
+        ]
+        model = same[0].model if same else clip.name
+        index = store.existing(task.name, model=model)
         count = index.count()
     except StoreError as e:
         return None, AgentStatus("retrieval", False, _one_line(str(e)))
@@ -194,6 +207,8 @@ def discover_agents(
     clip, clip_status = discover_clip(name, device=device)
     folder = resolve_index_dir(index_dir, env)
     index, retrieval_status = discover_retrieval(clip, folder, task)
+    if clip is not None and index is not None and index.model != clip.name:
+        clip = dataclasses.replace(clip, name=index.model)  # the index's spelling of the folder
     found = Availability(
         statuses=[clip_status, retrieval_status, *discover_vlms(env)],
         clip=clip,

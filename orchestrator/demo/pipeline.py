@@ -33,6 +33,7 @@ class DemoPipeline:
     graph: Any
     agents: list[Agent]
     availability: Availability
+    retriever: Any = None
     trust: dict[str, TrustCard] = field(default_factory=dict)
 
     @property
@@ -86,6 +87,7 @@ def build_pipeline(
         graph=graph,
         agents=agents,
         availability=availability,
+        retriever=retriever,
         trust=trust_cards(names, profiles),
     )
 

@@ -8,11 +8,17 @@ as a weighted product of experts (log-linear pooling of likelihood ratios):
     log p(y) = log prior(y) + sum_s w_s * (log q_s(y) - log prior_s(y)) + const
 
 Weights depend on the stage: ``first`` (first looks only, no evidence yet), ``evidence`` (first
-looks and the retrieval vote) and ``reeval`` (first looks, the vote and the re-evaluated
-answers). An answer given in round r >= 1 uses the profile ``<agent>@reeval`` when there is one
-(a second look, given the evidence, is a different instrument). The fused result is trusted when its confidence reaches
-the stage's threshold; otherwise the policy asks for evidence, then for re-evaluation. On the
-last round it answers, or abstains with a prediction set below ``abstain_below``.
+looks and the retrieval vote) and ``reeval`` (the latest answers and the vote; with
+``keep_first_looks`` the first looks too). An answer given in round r >= 1 uses the profile
+``<agent>@reeval`` when there is one (a second look, given the evidence, is a different
+instrument). The fused result is trusted when its confidence reaches the stage's threshold;
+otherwise the policy asks for evidence, then for re-evaluation. On the last round it answers, or
+abstains with a prediction set when the confidence stays below ``abstain_below``.
+
+Measured on the study's replay (orchestrator.replay), a second look already folds in the first
+one (it was shown it), so fusing both counts the first look twice: ``keep_first_looks`` is off
+by default. ``agent_model="confusion"`` (the default) reads an answer without scores through
+the agent's confusion column (how often each true label lies behind that answer).
 ``orchestrator.policies.trust_fit`` fits weights and thresholds on labelled records.
 """
 
@@ -131,11 +137,11 @@ def prediction_set(scores: Mapping[str, float], coverage: float) -> list[str]:
     return out
 
 
-def _answers(predictions: Sequence[Prediction]) -> list[Prediction]:
-    """Per agent its first look and its latest re-evaluated answer (one per profile key)."""
+def _answers(predictions: Sequence[Prediction], *, keep_first_looks: bool) -> list[Prediction]:
+    """Per agent its latest answer, and its first look too when ``keep_first_looks``."""
     by_key: dict[str, Prediction] = {}
     for p in predictions:
-        key = profile_key(p.agent, p.round)
+        key = profile_key(p.agent, p.round) if keep_first_looks else p.agent
         if key not in by_key or p.round >= by_key[key].round:
             by_key[key] = p
     return list(by_key.values())
@@ -168,8 +174,10 @@ class TrustPolicy:
         default_weight: float = 0.5,
         retrieval_source: str = "rag",
         reevaluate: Sequence[str] | None = None,
-        agent_model: str = "calibrated",
+        agent_model: str = "confusion",
+        keep_first_looks: bool = False,
     ) -> None:
+        self.keep_first_looks = keep_first_looks
         if agent_model not in AGENT_MODELS:
             raise InputError(f"agent_model must be one of {AGENT_MODELS}, got {agent_model!r}")
         self.agent_model = agent_model
@@ -207,6 +215,7 @@ class TrustPolicy:
             "retrieval_source": self.retrieval_source,
             "reevaluate": self.reevaluate,
             "agent_model": self.agent_model,
+            "keep_first_looks": self.keep_first_looks,
         }
 
     async def assess(
@@ -219,7 +228,10 @@ class TrustPolicy:
         max_rounds: int,
     ) -> Assessment:
         stage = stage_of(predictions, evidence)
-        sources = _answers([p for p in predictions if p.agent != self.retrieval_source])
+        sources = _answers(
+            [p for p in predictions if p.agent != self.retrieval_source],
+            keep_first_looks=self.keep_first_looks,
+        )
         if evidence is not None and evidence.vote:
             sources.append(evidence_prediction(evidence, self.retrieval_source))
         ratios: dict[str, dict[str, float]] = {}

@@ -7,8 +7,10 @@ Everything is fitted on the records given (the training rows) and nothing else:
    log-likelihood ratios from profiles that did not see it; per stage the weights minimise the
    log-loss of the fused distribution (L2-regularised, in [0, MAX_WEIGHT]);
 3. the trust threshold of the ``evidence`` stage: among the out-of-fold fused confidences, the
-   cut that maximises the cascade's accuracy (first looks + vote, re-evaluated below the cut)
-   minus ``reeval_cost`` per re-evaluated row, within ``reeval_budget``; ties go to log-loss.
+   cut that maximises the cascade's mean log-likelihood (``criterion="log_loss"``; or its
+   accuracy, ``"accuracy"``) when the rows below the cut are re-evaluated, minus
+   ``reeval_cost`` per unit of re-evaluation rate, within ``reeval_budget`` (``"budget"``
+   spends the whole budget). The cut is placed midway between two observed confidences.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from orchestrator.policies.trust import REEVAL_SUFFIX, TrustPolicy, evidence_pre
 from rag.evidence import Evidence
 
 MAX_WEIGHT = 5.0
+CRITERIA = ("log_loss", "accuracy", "budget")
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,11 @@ def choose_threshold(
     *,
     budget: float,
     cost: float,
-    criterion: str = "accuracy",
+    criterion: str = "log_loss",
 ) -> tuple[float, dict[str, float]]:
     """The trust threshold on ``first``'s confidence for the cascade first -> second."""
+    if criterion not in CRITERIA:
+        raise InputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     conf = first.max(axis=1)
     candidates = np.unique(np.concatenate([conf, [0.0]]))
     rows = np.arange(truth.size)
@@ -171,12 +176,11 @@ def choose_threshold(
         probs = np.where(again[:, None], second, first)
         acc = float((probs.argmax(axis=1) == truth).mean())
         ll = float(np.log(np.clip(probs[rows, truth], 1e-12, 1.0)).mean())
-        if criterion == "accuracy":
-            key = (round(acc - cost * rate, 12), ll)
-        elif criterion == "log_loss":
-            key = (round(ll - cost * rate, 12), acc)
-        else:
-            key = (rate, 0.0)
+        key = {
+            "accuracy": (round(acc - cost * rate, 12), ll),
+            "log_loss": (round(ll - cost * rate, 12), acc),
+            "budget": (rate, 0.0),
+        }[criterion]
         if best is None or key > best[0]:
             below = conf[conf < cut]
             threshold = float((cut + below.max()) / 2) if below.size else float(cut)
@@ -195,8 +199,9 @@ def fit_trust_policy(
     seed: int = 0,
     reeval_budget: float = 0.25,
     reeval_cost: float = 0.02,
-    agent_model: str = "calibrated",
-    criterion: str = "accuracy",
+    agent_model: str = "confusion",
+    criterion: str = "log_loss",
+    keep_first_looks: bool = False,
     **options: Any,
 ) -> TrustPolicy:
     """A TrustPolicy fitted on the rows ``ids`` (all rows by default) of ``records``."""
@@ -227,7 +232,8 @@ def fit_trust_policy(
     if retrieval:
         stage_keys["evidence"] = [*first_keys, retrieval]
     reeval_keys = [f"{c.agent}{REEVAL_SUFFIX}" for c in columns if c.reeval]
-    stage_keys["reeval"] = [*first_keys, *reeval_keys, *([retrieval] if retrieval else [])]
+    kept = first_keys if keep_first_looks else [c.agent for c in columns if not c.reeval]
+    stage_keys["reeval"] = [*kept, *reeval_keys, *([retrieval] if retrieval else [])]
     weights: dict[str, dict[str, float]] = {}
     fused: dict[str, np.ndarray] = {}
     for stage, keys in stage_keys.items():
@@ -251,6 +257,7 @@ def fit_trust_policy(
         thresholds=thresholds,
         retrieval_source=retrieval or "rag",
         agent_model=agent_model,
+        keep_first_looks=keep_first_looks,
         **options,
     )
     policy.fit_summary_ = {
