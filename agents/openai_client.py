@@ -65,6 +65,7 @@ class Features:
     response_format: bool | None = None
     logprobs: bool | None = None
     temperature: bool | None = None
+    max_tokens_param: str = "max_tokens"
     downgrades: list[str] = field(default_factory=list)
 
 
@@ -154,7 +155,7 @@ class OpenAIChatClient:
     def _request(self, messages: Sequence[dict[str, Any]], schema: dict[str, Any]) -> dict:
         kwargs: dict[str, Any] = {"model": self.model, "messages": list(messages)}
         if self.max_tokens is not None:
-            kwargs["max_tokens"] = self.max_tokens
+            kwargs[self.features.max_tokens_param] = self.max_tokens
         if self.features.temperature is not False and self.temperature is not None:
             kwargs["temperature"] = self.temperature
         if self.features.response_format is not False:
@@ -171,6 +172,10 @@ class OpenAIChatClient:
     def _downgrade(self, kwargs: dict[str, Any], message: str) -> bool:
         """After an HTTP 400, stop sending the optional parameter the server rejected."""
         text = message.lower()
+        if "max_completion_tokens" in text and "max_tokens" in kwargs:
+            self.features.max_tokens_param = "max_completion_tokens"
+            self.features.downgrades.append("max_tokens")
+            return True
         present = [p for p in _OPTIONAL_PARAMS if p in kwargs]
         named = [p for p in present if p in text or (p == "response_format" and "schema" in text)]
         candidates = named or present[:1]
@@ -197,7 +202,7 @@ class OpenAIChatClient:
                 async with semaphore:
                     response = await client.chat.completions.create(**kwargs)
             except openai.BadRequestError as e:
-                if downgrades < len(_OPTIONAL_PARAMS) and self._downgrade(kwargs, str(e.message)):
+                if downgrades <= len(_OPTIONAL_PARAMS) and self._downgrade(kwargs, str(e.message)):
                     downgrades += 1
                     continue
                 raise AgentError(self.redact(f"request rejected: {describe(e)}")) from e
@@ -208,6 +213,8 @@ class OpenAIChatClient:
                 await asyncio.sleep(self._backoff(attempt, e))
                 attempt += 1
                 continue
+            except openai.OpenAIError as e:
+                raise AgentError(self.redact(describe(e))) from e
             return self._result(response, kwargs, attempt + 1)
 
     def _backoff(self, attempt: int, error: Exception) -> float:

@@ -102,6 +102,7 @@ def reevaluation_values(
         "previous_confidence": prev_conf,
         "previous_reason": prev_reason,
         "neighbour_count": str(len(lines)),
-        "neighbours": "\n".join(lines) or "(no similar images were found)",
+        "neighbours": "\n".join(lines)
+        or ("(only their vote is available)" if vote_text else "(no similar images were found)"),
         "vote": vote_text or "(no vote)",
     }

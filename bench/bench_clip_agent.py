@@ -6,8 +6,9 @@ preprocessing settings). Random weights run at the real speed.
     .venv/bin/python bench/bench_clip_agent.py                 # CPU (and CUDA when present)
     .venv/bin/python bench/bench_clip_agent.py --n 64 --batch-size 32 --devices cuda
 
-Measured per device, each the median of ``--repeats`` timed runs after one warm-up (the four
-take turns, so a change in machine load hits all alike):
+Measured per device: the best (and the median) of ``--repeats`` timed runs after one warm-up;
+the four run in a shuffled order in every round, so other load on the machine hits all alike.
+Ratios use the best times (as ``timeit`` advises: the others measure the machine's noise).
 - ``bare_forward``: ``get_image_features`` on already preprocessed pixel tensors (baseline);
 - ``embed_decoded``: ``ClipModel.embed_images`` on decoded PIL images (adds preprocessing);
 - ``agent_batched``: ``ClipAgent.predict_many`` on image files (adds reading, decoding, safety
@@ -22,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import string
 import sys
@@ -77,21 +79,27 @@ def write_images(folder: Path, n: int, size: int) -> list[ImageRef]:
 
 
 def timed_round_robin(
-    fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]
-) -> dict[str, float]:
-    """Median seconds of each function; one warm-up each, then the functions take turns so
-    that a change in machine load hits all of them alike."""
+    fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None], seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Best and median seconds of each function: one warm-up each, then in every round all
+    functions run once in a shuffled order, so that other load on the machine hits all alike."""
     for fn in fns.values():
         fn()
         sync()
+    rng = random.Random(seed)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        for name, fn in fns.items():
+        order = list(fns)
+        rng.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {
+        name: {"best": min(values), "median": statistics.median(values)}
+        for name, values in times.items()
+    }
 
 
 def bench_device(device: str, n: int, batch_size: int, repeats: int, size: int) -> dict:
@@ -135,7 +143,7 @@ def bench_device(device: str, n: int, batch_size: int, repeats: int, size: int) 
             for ref in refs:
                 assert (await agent.predict(ref, task)).ok
 
-        seconds = timed_round_robin(
+        timings = timed_round_robin(
             {
                 "bare_forward": bare,
                 "embed_decoded": embed,
@@ -145,12 +153,14 @@ def bench_device(device: str, n: int, batch_size: int, repeats: int, size: int) 
             repeats,
             sync,
         )
+    seconds = {name: t["best"] for name, t in timings.items()}
     images_per_s = {k: n / v for k, v in seconds.items()}
     return {
         "device": device,
         "dtype": str(clip.dtype).removeprefix("torch."),
         "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "seconds": seconds,
+        "median_seconds": {name: t["median"] for name, t in timings.items()},
         "images_per_s": images_per_s,
         "ratios": {
             "batched_speedup_over_one_at_a_time": seconds["agent_one_at_a_time"]

@@ -206,13 +206,14 @@ def llm_client(settings: LlmSettings) -> Any:
             "model name your OpenAI-compatible server serves)"
         )
     key = os.environ.get(settings.api_key_env)
-    if not key and settings.base_url is None:
+    base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if not key and base_url is None:
         raise InputError(
             f"the llm policy needs an API key: set {settings.api_key_env}, or pass "
             "--llm-base-url for a local OpenAI-compatible server (llama.cpp, vLLM, Ollama)"
         )
     return openai.AsyncOpenAI(
-        base_url=settings.base_url,
+        base_url=base_url,
         api_key=key or "not-needed",
         timeout=settings.timeout_s,
         max_retries=2,
@@ -228,7 +229,8 @@ def build_policy(
 ) -> Any:
     """The fusion policy ``name``: ``llm`` here, the others from ``orchestrator.policies``."""
     if name == LLM_POLICY:
-        from orchestrator.policies.llm import JsonChat, LlmPolicy
+        from orchestrator.policies.json_chat import JsonChat
+        from orchestrator.policies.llm import LlmPolicy
 
         settings = llm or LlmSettings()
         chat = JsonChat(client=llm_client(settings), model=str(settings.model))

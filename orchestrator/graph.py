@@ -5,10 +5,13 @@ Agents, policy and retriever are closed over by the nodes, never put in the stat
 returns a partial update; the routing choice and its reason are recorded by the node that makes
 it (``routes``) and read back by the small router functions. The wiring sits at the bottom.
 
-The policy gets every answer so far (all rounds, oldest first): a second look does not erase
-what the first one said. A policy with ``assess_after_retrieval = True`` (the ``trust`` policy) is asked again once the
-retrieval evidence is in, before any agent is re-evaluated: retrieval is cheap, a second look by
-a VLM is not. Other policies (the study's flow) go from retrieval straight to re-evaluation.
+The policy gets every answer so far (all rounds, oldest first); it picks what it fuses. A policy
+with ``assess_after_retrieval = True`` (the ``trust`` policy) is asked again once the retrieval
+evidence is in, before any agent is re-evaluated: retrieval is cheap, a second look by a VLM is
+not. Other policies (the study's flow) go from retrieval straight to re-evaluation.
+
+An agent that raises or outlives ``agent_timeout_s`` becomes a ``Prediction.failure`` in the
+trace; the policy decides from the others.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
 from agents.errors import InputError
@@ -57,7 +61,7 @@ def build_graph(
     max_rounds: int = 2,
     agent_timeout_s: float | None = None,
     checkpointer: Any = None,
-) -> Any:
+) -> CompiledStateGraph:
     """Compile the orchestration graph for ``task`` (input: ``GraphInput``; output:
     ``{"decision": Decision.to_dict()}``)."""
     if max_rounds < 1:
@@ -251,7 +255,7 @@ def build_graph(
 
 
 async def classify(
-    graph: Any,
+    graph: CompiledStateGraph,
     image: ImageRef,
     *,
     truth: str | None = None,

@@ -51,7 +51,10 @@ def run(
         str | None, typer.Option("--clip-model", help="CLIP hub id or folder (shared).")
     ] = None,
     llm_model: Annotated[
-        str | None, typer.Option("--llm-model", help="Orchestrator model of --policy llm.")
+        str | None,
+        typer.Option(
+            "--llm-model", envvar="TRUSTORCH_LLM_MODEL", help="Orchestrator model of --policy llm."
+        ),
     ] = None,
     llm_base_url: Annotated[
         str | None,
@@ -105,7 +108,7 @@ def run(
             want_retriever=bool(index_dir or chroma_url),
             llm=LlmSettings(model=llm_model, base_url=llm_base_url),
             verbose=verbose,
-            show_progress=not as_json or verbose,
+            show_progress=True,
         )
     )
     if as_json:

@@ -276,11 +276,13 @@ class ImageIndex:
         labels: Sequence[str] | None = None,
         split: str | None = None,
     ) -> list[list[Neighbour]]:
-        """The k nearest items of each query vector (best first), optionally filtered."""
+        """The k nearest items of each query vector (best first), optionally filtered; fewer
+        when the index (or the filter) holds fewer than k."""
         arr = self.check_vectors(vectors, model)
-        n = min(int(k), self.count())
-        if n <= 0 or len(arr) == 0:
-            return [[] for _ in range(len(arr))]
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if len(arr) == 0:
+            return []
         clauses: list[dict[str, Any]] = []
         if labels is not None:
             clauses.append({"label": {"$in": list(labels)}})
@@ -294,7 +296,7 @@ class ImageIndex:
         try:
             got = self.collection.query(
                 query_embeddings=arr,
-                n_results=n,
+                n_results=int(k),
                 where=where,
                 include=["distances", "metadatas"],
             )

@@ -365,3 +365,43 @@ def test_price_table_and_override_file(tmp_path: Path) -> None:
     path.write_text('{"x": {"input": "cheap"}}')
     with pytest.raises(InputError, match=r"prices.json: column 'x'"):
         load_price_table(path)
+
+
+def test_reasoning_model_parameters_are_adapted(leaf: ImageRef, apple_task: Task) -> None:
+    replies = [
+        error_reply(400, "Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens'."),
+        error_reply(400, "Unsupported value: 'temperature' does not support 0.0"),
+        VALID,
+    ]
+    with openai_server(replies) as server:
+        agent = make_agent(server, model="o4-mini")
+        pred = run(agent, leaf, apple_task)
+    assert pred.label == "rust"
+    last = server.requests[-1].body
+    assert last["max_completion_tokens"] == 400 and "max_tokens" not in last
+    assert "temperature" not in last and "response_format" in last
+    assert agent.client.features.downgrades == ["max_tokens", "temperature"]
+
+
+def test_a_200_reply_that_is_not_a_completion(leaf: ImageRef, apple_task: Task) -> None:
+    from openai_server import ScriptedReply
+
+    with openai_server([ScriptedReply(status=200, body="<html>proxy page</html>")]) as server:
+        pred = run(make_agent(server), leaf, apple_task)
+    assert pred.label is None and pred.error == "the server returned no choices"
+
+
+def test_prompt_templates(tmp_path: Path, apple_task: Task) -> None:
+    from agents.prompting import load_template, render, render_text, template_names
+
+    assert {"agent", "reevaluate", "clip"} <= set(template_names())
+    with pytest.raises(InputError, match=r"unknown prompt template 'nope' \(templates: agent"):
+        load_template("nope")
+    missing = r"template 'agent': no value for placeholder\(s\) \['task_title', 'labels'"
+    with pytest.raises(InputError, match=missing):
+        render("agent", subject="a leaf")
+    own = tmp_path / "mine.txt"
+    own.write_text('Classify $subject. Costs $$0. JSON: {"label": "x"}\n')
+    assert render(str(own), subject="a leaf") == 'Classify a leaf. Costs $0. JSON: {"label": "x"}'
+    with pytest.raises(InputError, match="literal dollar"):
+        render_text("price: $ 5", {})

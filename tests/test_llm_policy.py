@@ -24,7 +24,8 @@ from agents.types import Prediction, Task
 from eval.profile import default_trust_profile
 from orchestrator.graph import build_graph
 from orchestrator.inputs import collect_images
-from orchestrator.policies.llm import JsonChat, LlmPolicy
+from orchestrator.policies.json_chat import JsonChat
+from orchestrator.policies.llm import LlmPolicy
 from orchestrator.runner import run_batch, sqlite_checkpointer
 from rag.evidence import Evidence
 
@@ -214,7 +215,7 @@ def test_invalid_replies_and_a_dead_server_fall_back_to_a_vote(apple_task):
 def _llm_policy(server: LlmServer, task: Task, names: list[str], **kw: Any) -> LlmPolicy:
     client = openai.AsyncOpenAI(base_url=server.base_url, api_key="local", timeout=120)
     chat = JsonChat(client=client, model=server.model)
-    return LlmPolicy(chat=chat, profiles=_profiles(task, names), **kw)
+    return LlmPolicy(chat=chat, profiles=_profiles(task, names), reason_max_chars=120, **kw)
 
 
 async def _graph_run(
@@ -236,7 +237,7 @@ async def _graph_run(
 @pytest.mark.heavy
 def test_graph_with_the_study_prompts_on_a_real_llm(llm_server, tmp_path, apple_task):  # noqa: F811
     policy = _llm_policy(llm_server, apple_task, ["gpt", "qwen"])
-    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=2, n_images=3))
+    decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=2, n_images=2))
     assert policy.chat.mode_ == "json_object_schema"  # llama.cpp rejects json_schema
     for d in decisions:
         assert d["policy"] == "llm" and d["label"] in apple_task.labels
@@ -272,8 +273,9 @@ def test_reevaluation_loop_is_bounded_on_a_real_llm(llm_server, tmp_path, apple_
 @pytest.mark.llm
 @pytest.mark.heavy
 def test_run_cli_with_the_llm_policy(llm_server, tmp_path, capsys, monkeypatch):  # noqa: F811
-    from orchestrator.cli import main
     from test_run_cli import agent_spec
+
+    from orchestrator.cli import main
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     data = make_images(tmp_path / "data", per_label=1)

@@ -151,7 +151,8 @@ def test_unreadable_image_is_reported_and_skipped(tmp_path, capsys):
         (["--agent", "AGENT_A", "--policy", "wisdom"], "unknown policy 'wisdom'"),
     ],
 )
-def test_setup_errors_are_one_line(tmp_path, capsys, args, message):
+def test_setup_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.delenv("TRUSTORCH_LLM_MODEL", raising=False)
     data = make_images(tmp_path / "data", per_label=1)
     args = [agent_spec("a") if a == "AGENT_A" else a for a in args]
     code = main(["run", str(data), *args, "--out", str(tmp_path / "o.jsonl")])
@@ -163,7 +164,8 @@ def test_setup_errors_are_one_line(tmp_path, capsys, args, message):
 
 def test_llm_policy_without_key_says_how_to_provide_one(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("TRUSTORCH_LLM_BASE_URL", raising=False)
+    for name in ("TRUSTORCH_LLM_BASE_URL", "OPENAI_BASE_URL", "TRUSTORCH_LLM_MODEL"):
+        monkeypatch.delenv(name, raising=False)
     data = make_images(tmp_path / "data", per_label=1)
     args = ["--agent", agent_spec("a"), "--policy", "llm", "--llm-model", "o3-mini"]
     code = main(["run", str(data), *args, "--out", str(tmp_path / "o.jsonl")])

@@ -13,9 +13,7 @@ vote and says so in the reason: it never raises into the graph.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -25,20 +23,11 @@ from pydantic import BaseModel, ValidationError
 from agents.prompting import load_template, render_text
 from agents.types import Prediction, Task
 from orchestrator.decision import Assessment
+from orchestrator.policies.json_chat import JsonChat, LlmReplyError
 from rag.evidence import Evidence
 
-StructuredMode = Literal["json_schema", "json_object_schema", "prompt_only"]
-MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object_schema", "prompt_only")
 REASON_MAX_CHARS = 400
 METRIC_NAMES = (("accuracy", "accuracy"), ("ece", "ECE"), ("ocr", "OCR"), ("ccc", "CCC"))
-
-
-class LlmReplyError(Exception):
-    """The LLM gave no usable reply (transport error, no JSON); ``usage`` when it answered."""
-
-    def __init__(self, message: str, *, usage: Any = None) -> None:
-        super().__init__(message)
-        self.usage = usage
 
 
 class TrustReply(BaseModel):
@@ -60,11 +49,11 @@ class FinalReply(BaseModel):
 
 
 def _reply_schema(
-    task: Task, agents: Sequence[str], *, final: bool, bounded: bool
+    task: Task, agents: Sequence[str], *, final: bool, reason_max_chars: int | None
 ) -> dict[str, Any]:
     reason: dict[str, Any] = {"type": "string"}
-    if bounded:
-        reason["maxLength"] = REASON_MAX_CHARS
+    if reason_max_chars is not None:
+        reason["maxLength"] = reason_max_chars
     props: dict[str, Any] = {}
     if not final:
         props["action"] = {"type": "string", "enum": ["decide", "reevaluate"]}
@@ -79,120 +68,6 @@ def _reply_schema(
         "required": list(props),
         "additionalProperties": False,
     }
-
-
-def _response_format(mode: StructuredMode, name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": name, "schema": schema, "strict": True},
-        }
-    return {"type": "json_object", "schema": schema}
-
-
-def parse_json_object(text: str | None) -> dict[str, Any]:
-    """The first JSON object in a reply (code fences and surrounding prose tolerated)."""
-    if not text:
-        raise LlmReplyError("empty reply")
-    cleaned = re.sub(r"^```(?:json)?|```$", "", text.strip(), flags=re.IGNORECASE).strip()
-    match = re.search(r"\{.*\}", cleaned, re.DOTALL)
-    if match is None:
-        raise LlmReplyError(f"no JSON object in reply {text[:80]!r}")
-    try:
-        data = json.loads(match.group())
-    except json.JSONDecodeError as e:
-        raise LlmReplyError(f"invalid JSON in reply ({e.msg})") from e
-    if not isinstance(data, dict):
-        raise LlmReplyError("reply is not a JSON object")
-    return data
-
-
-class JsonChat:
-    """One chat model on one OpenAI-compatible server, answering JSON that fits a schema.
-
-    ``mode`` fixes how the schema is sent; ``None`` detects it on the first call (the first
-    mode the server accepts is kept as ``mode_``).
-    """
-
-    def __init__(
-        self,
-        *,
-        client: Any,
-        model: str,
-        mode: StructuredMode | None = None,
-        temperature: float = 0.0,
-        max_tokens: int = 320,
-        seed: int | None = 0,
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.mode = mode
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.seed = seed
-        self.mode_: StructuredMode | None = mode
-        self._lock = asyncio.Lock()
-
-    async def _create(
-        self, mode: StructuredMode, prompt: str, build_schema: Any, *, probing: bool = False
-    ) -> Any:
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
-        if mode != "prompt_only":
-            schema = build_schema(bounded=mode == "json_object_schema")
-            kwargs["response_format"] = _response_format(mode, "orchestrator_reply", schema)
-        client = self.client.with_options(max_retries=0) if probing else self.client
-        return await client.chat.completions.create(**kwargs)
-
-    async def complete(self, prompt: str, build_schema: Any) -> tuple[dict[str, Any], Any]:
-        """The reply as a dict, and the usage block (or None)."""
-        import openai
-
-        if self.mode_ is None:
-            async with self._lock:
-                if self.mode_ is None:
-                    return await self._detect(prompt, build_schema)
-        try:
-            completion = await self._create(self.mode_, prompt, build_schema)
-        except openai.OpenAIError as e:
-            raise LlmReplyError(f"{type(e).__name__}: {e}") from e
-        return self._parsed(completion)
-
-    async def _detect(self, prompt: str, build_schema: Any) -> tuple[dict[str, Any], Any]:
-        import openai
-
-        errors: list[str] = []
-        for mode in MODES:
-            try:
-                completion = await self._create(mode, prompt, build_schema, probing=True)
-            except openai.APIStatusError as e:
-                # llama.cpp's server answers an unknown response_format with a 500 naming it
-                if e.status_code in (400, 422) or "response_format" in str(e):
-                    errors.append(f"{mode}: HTTP {e.status_code}")
-                    continue
-                raise LlmReplyError(f"{type(e).__name__}: {e}") from e
-            except openai.OpenAIError as e:
-                raise LlmReplyError(f"{type(e).__name__}: {e}") from e
-            self.mode_ = mode
-            return self._parsed(completion)
-        raise LlmReplyError(f"the server accepted no response format ({'; '.join(errors)})")
-
-    @staticmethod
-    def _parsed(completion: Any) -> tuple[dict[str, Any], Any]:
-        usage = getattr(completion, "usage", None)
-        choices = getattr(completion, "choices", None) or []
-        try:
-            if not choices:
-                raise LlmReplyError("reply without choices")
-            return parse_json_object(choices[0].message.content), usage
-        except LlmReplyError as e:
-            raise LlmReplyError(str(e), usage=usage) from e
 
 
 def _profile_number(profile: Any, name: str) -> float | None:
@@ -266,8 +141,10 @@ class LlmPolicy:
         usd_per_1m_output: float = 0.0,
         trust_template: str = "orchestrator_trust",
         final_template: str = "orchestrator_final",
+        reason_max_chars: int = REASON_MAX_CHARS,
     ) -> None:
         self.chat = chat
+        self.reason_max_chars = reason_max_chars
         self.profiles = dict(profiles)
         self.usd_per_1m_input = usd_per_1m_input
         self.usd_per_1m_output = usd_per_1m_output
@@ -313,7 +190,8 @@ class LlmPolicy:
         prompt = self.render(task=task, predictions=latest, evidence=evidence, final=final)
 
         def build_schema(*, bounded: bool) -> dict[str, Any]:
-            return _reply_schema(task, agents, final=final, bounded=bounded)
+            limit = self.reason_max_chars if bounded else None
+            return _reply_schema(task, agents, final=final, reason_max_chars=limit)
 
         started = time.perf_counter()
         cost = 0.0
@@ -384,7 +262,7 @@ class LlmPolicy:
             trusted=trusted,
             reevaluate=reevaluate,
             prediction_set=[label],
-            reason=f"{route} ({mode}): {reply.reason[:REASON_MAX_CHARS]}",
+            reason=f"{route} ({mode}): {reply.reason[: self.reason_max_chars]}",
             cost_usd=cost,
             latency_s=latency,
         )
