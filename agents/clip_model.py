@@ -111,13 +111,22 @@ def load_clip(name_or_path: str | None = None, *, device: str | None = None) -> 
     name = name_or_path or default_clip_model()
     dev = resolve_device(device)
     dtype = torch.float16 if dev.startswith("cuda") else torch.float32
+
+    def load(local_only: bool) -> tuple[Any, Any]:
+        model = CLIPModel.from_pretrained(name, dtype=dtype, local_files_only=local_only)
+        processor = CLIPProcessor.from_pretrained(name, local_files_only=local_only)
+        return model.to(dev).eval(), processor
+
     try:
-        model = CLIPModel.from_pretrained(name, dtype=dtype).to(dev).eval()
-        processor = CLIPProcessor.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(
-            f"could not load CLIP weights from '{name}' ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160]}); on a machine without internet, download the model "
-            f"elsewhere and pass its folder with --clip-model DIR or {CLIP_MODEL_ENV}=DIR"
-        ) from e
+        # A local folder or a cached snapshot loads without touching the network.
+        model, processor = load(local_only=True)
+    except (OSError, ValueError):
+        try:
+            model, processor = load(local_only=False)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"could not load CLIP weights from '{name}' ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160]}); on a machine without internet, download the "
+                f"model elsewhere and pass its folder with --clip-model DIR or {CLIP_MODEL_ENV}=DIR"
+            ) from e
     return ClipModel(name=name, model=model, processor=processor, device=dev, dtype=dtype)

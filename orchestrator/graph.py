@@ -10,7 +10,8 @@ with ``assess_after_retrieval = True`` (the ``trust`` policy) is asked again onc
 evidence is in, before any agent is re-evaluated: retrieval is cheap, a second look by a VLM is
 not. Other policies (the study's flow) go from retrieval straight to re-evaluation.
 
-An agent that raises or outlives ``agent_timeout_s`` becomes a ``Prediction.failure`` in the
+Retrieval is not a round: with ``max_rounds=1`` a policy that assesses the evidence still gets
+it. An agent that raises or outlives ``agent_timeout_s`` becomes a ``Prediction.failure`` in the
 trace; the policy decides from the others.
 """
 
@@ -124,11 +125,12 @@ def build_graph(
     def next_step(state: GraphState, assessment: Assessment, round_: int) -> dict[str, Any]:
         if assessment.trusted:
             return route("assess", round_, "finalize", f"trusted: {assessment.reason}")
-        if round_ >= max_rounds - 1:
-            return route("assess", round_, "finalize", f"rounds exhausted ({max_rounds})")
+        last_round = round_ >= max_rounds - 1
         retrieved = any(r["to"] == "retrieve" for r in state.get("routes", []))
-        if retriever is not None and not retrieved:
+        if retriever is not None and not retrieved and (assess_after_retrieval or not last_round):
             return route("assess", round_, "retrieve", "not trusted: retrieve evidence")
+        if last_round:
+            return route("assess", round_, "finalize", f"rounds exhausted ({max_rounds})")
         names = [n for n in assessment.reevaluate if n in by_name and by_name[n].can_reevaluate]
         if not names:
             return route("assess", round_, "finalize", "not trusted, but no agent can look again")
