@@ -9,6 +9,10 @@ long CSV or JSONL: one row per image and agent: ``id, agent, truth, pred, confid
 optional ``scores`` (JSON object label -> probability, or the study's list of
 ``{"category", "confidence"}``), ``reason`` and ``round``.
 
+decisions JSONL: the output of ``trustorch run`` (one Decision per line). Every Prediction of a
+decision with a known truth becomes a record: a first look under the agent's name, a second
+look (round >= 1) under ``<agent>@reeval``, the name the trust policy looks its profile up by.
+
 Error policy (the README repeats it):
 - fatal, one line naming file, line and column: an empty file, a missing truth or id column,
   no agent columns, an unparseable or out-of-range confidence, invalid scores JSON, a truth
@@ -33,6 +37,7 @@ from agents.errors import InputError
 from agents.types import Task
 
 DEFAULT_TRUTH_COLUMN = "category"
+REEVAL_SUFFIX = "@reeval"
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,35 @@ def discover_wide_agents(header: Sequence[str]) -> list[str]:
     return [c[: -len("_pred")] for c in header if c.endswith("_pred") and f"{c[:-5]}_conf" in cols]
 
 
+def _decision_rows(rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """Flatten decision lines into long rows (id, agent, truth, pred, confidence, ...)."""
+    flat: list[tuple[int, dict[str, Any]]] = []
+    for n, decision in rows:
+        truth = decision.get("truth")
+        if not truth:
+            continue
+        for pred in decision.get("predictions") or []:
+            rnd = int(pred.get("round") or 0)
+            agent = str(pred.get("agent", ""))
+            flat.append(
+                (
+                    n,
+                    {
+                        "id": decision.get("sha256", ""),
+                        "image": decision.get("image", ""),
+                        "agent": agent if rnd == 0 else f"{agent}{REEVAL_SUFFIX}",
+                        "truth": truth,
+                        "pred": pred.get("label"),
+                        "confidence": pred.get("confidence"),
+                        "scores": pred.get("scores"),
+                        "reason": pred.get("reason", ""),
+                        "round": 0,
+                    },
+                )
+            )
+    return flat
+
+
 def read_records(
     path: str | Path,
     *,
@@ -205,8 +239,18 @@ def read_records(
     """
     p = Path(path)
     header, rows = _read_rows(p)
-    is_long = {"agent", "pred", "confidence"} <= set(header)
     raw_rows = list(rows)
+    notes: list[str] = []
+    if {"predictions", "sha256"} <= set(header):
+        flat = _decision_rows(raw_rows)
+        if not flat:
+            raise InputError("no decision has a true label (run on labelled images)", path=str(p))
+        unlabelled = len(raw_rows) - len({row["id"] for _, row in flat})
+        if unlabelled:
+            notes.append(f"{unlabelled} decision(s) without a true label left out")
+        raw_rows = flat
+        header = list(flat[0][1])
+    is_long = {"agent", "pred", "confidence"} <= set(header)
     if not raw_rows:
         raise InputError("file has a header but no rows", path=str(p))
     truth_col = (
@@ -335,7 +379,7 @@ def read_records(
                         line=n,
                     )
                 )
-    notes = [
+    notes += [
         f"{agent}: {count} prediction(s) empty or outside the label set, scored as wrong"
         for agent, count in invalid.items()
     ]

@@ -122,3 +122,32 @@ def test_read_long_jsonl(tmp_path, apple_task):
     f.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
     with pytest.raises(InputError, match=r":2: duplicate row"):
         read_records(f, task=apple_task)
+
+
+def test_read_decisions_jsonl_names_second_looks(tmp_path, apple_task):
+    def pred(agent, label, conf, rnd):
+        return Prediction(agent=agent, label=label, confidence=conf, round=rnd).to_dict()
+
+    lines = [
+        {
+            "image": "a.png",
+            "sha256": "a" * 64,
+            "truth": "rust",
+            "predictions": [pred("gpt", "scab", 0.9, 0), pred("gpt", "rust", 0.8, 1)],
+        },
+        {
+            "image": "b.png",
+            "sha256": "b" * 64,
+            "truth": None,
+            "predictions": [pred("gpt", "scab", 0.9, 0)],
+        },
+    ]
+    f = tmp_path / "out.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rs = read_records(f, task=apple_task)
+    assert rs.agents == ["gpt", "gpt@reeval"]
+    assert [(r.agent, r.pred, r.truth) for r in rs.records] == [
+        ("gpt", "scab", "rust"),
+        ("gpt@reeval", "rust", "rust"),
+    ]
+    assert "1 decision(s) without a true label left out" in rs.notes
