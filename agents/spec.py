@@ -93,13 +93,19 @@ def _options(options: dict[str, Any], allowed: frozenset[str], spec: str) -> dic
 
 
 def _clip_model(parsed: AgentSpec, clip: ClipSource, clip_model: str | None, device: Any) -> Any:
+    """The shared CLIP when it is the one asked for; a lazy ``clip`` is only called for a bare
+    ``clip`` spec (``clip:<id>`` never loads the default model just to compare names)."""
     from agents.clip_model import load_clip
 
-    shared = clip() if callable(clip) and not isinstance(clip, ClipModel) else clip
-    wanted = parsed.target or clip_model
-    if shared is not None and (not wanted or wanted == shared.name):
-        return shared
-    return load_clip(wanted, device=device)
+    if parsed.target:
+        if isinstance(clip, ClipModel) and clip.name == parsed.target:
+            return clip
+        return load_clip(parsed.target, device=device)
+    if isinstance(clip, ClipModel):
+        return clip
+    if clip is not None:
+        return clip()
+    return load_clip(clip_model, device=device)
 
 
 def build_agent(

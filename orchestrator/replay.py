@@ -252,7 +252,7 @@ def run_replay(
     return {
         "file": str(path),
         "sha256": records.sha256,
-        "policy": policy,
+        "policy": getattr(fitted, "name", policy),
         "folds": folds,
         "seed": seed,
         "max_rounds": max_rounds,

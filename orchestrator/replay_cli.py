@@ -27,6 +27,14 @@ def replay(
         str | None,
         typer.Option("--task", help="Task preset or JSON file (default: labels of the file)."),
     ] = None,
+    trust_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--trust-threshold",
+            help="trust policy: re-evaluate below this fused confidence instead of the "
+            "threshold fitted on the training folds.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Replay recorded agents through the real graph, k-fold: fit on the training folds,
@@ -40,12 +48,19 @@ def replay(
         trustorch eval replay ../shared/data/paper/case3_trust_rag.csv --folds 5 --seed 0 --json
 
         trustorch eval replay case3_trust_rag.csv --policy single:rag --max-rounds 1
+
+        trustorch eval replay case3_trust_rag.csv --trust-threshold 0.9 --seed 3
     """
-    from orchestrator.replay import run_replay
+    from orchestrator.replay import policy_fitter, run_replay
 
     the_task = load_task(task) if task else None
     if max_rounds < 1:
         raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")
+    options = {}
+    if trust_threshold is not None:
+        if policy != "trust" or not 0.0 <= trust_threshold <= 1.0:
+            raise InputError("--trust-threshold needs --policy trust and a value in [0, 1]")
+        options["trust_threshold"] = trust_threshold
     n_rows = len(read_records(file, task=the_task).ids())
     with progress_bar(disable=json_out) as bar:
         job = bar.add_task(f"replay {file.name} (seed {seed})", total=n_rows)
@@ -56,6 +71,7 @@ def replay(
             policy=policy,
             max_rounds=max_rounds,
             task=the_task,
+            fit_policy=policy_fitter(policy, **options),
             on_image=lambda: bar.advance(job),
         )
     if json_out:

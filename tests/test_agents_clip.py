@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,8 @@ from agents.types import Agent, ImageRef, Task
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny CLIP with the tokenizer's 77-token limit that real CLIP folders record
-    (``make_tiny_clip`` leaves it unset, and the agent's long descriptions need truncation)."""
-    folder = tmp_path_factory.mktemp("clip77") / "clip"
-    shutil.copytree(tiny_clip_dir, folder)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["model_max_length"] = 77
-    config_path.write_text(json.dumps(config))
-    return folder
+def clip_dir(tiny_clip_dir: Path) -> Path:
+    return tiny_clip_dir
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +167,9 @@ def test_build_agent_shares_or_loads_clip(
     assert build_agent("clip", task=apple_task, clip=lazily).clip is clip and loads == [1]
     same = build_agent(f"clip:{clip.name}", task=apple_task, clip=clip)
     assert same.clip is clip and same.name == f"clip:{clip.name}"
-    other = build_agent(f"mine=clip:{clip_dir}", task=apple_task, clip=None, device="cpu")
+    other = build_agent(f"mine=clip:{clip_dir}", task=apple_task, clip=lazily, device="cpu")
     assert other.clip is not clip and other.name == "mine" and other.clip.name == str(clip_dir)
+    assert loads == [1]  # the lazy shared CLIP is not loaded for clip:<folder>
     with pytest.raises(ModelLoadError, match="--clip-model DIR"):
         build_agent("clip:/nowhere/clip", task=apple_task, device="cpu")
 

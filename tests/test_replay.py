@@ -91,3 +91,14 @@ def test_bad_folds_and_rounds_are_one_line_errors(case3: Path, capsys):
         run_replay(case3, folds=1)
     assert main(["eval", "replay", str(case3), "--max-rounds", "0"]) == 1
     assert "--max-rounds must be at least 1" in capsys.readouterr().err
+    argv = ["eval", "replay", str(case3), "--policy", "majority", "--trust-threshold", "0.9"]
+    assert main(argv) == 1
+    assert "--trust-threshold needs --policy trust" in capsys.readouterr().err
+
+
+def test_fixed_trust_threshold_is_used_in_every_fold(case3: Path):
+    report = run_replay(
+        case3, folds=5, seed=1, fit_policy=policy_fitter("trust", trust_threshold=0.9)
+    )
+    assert {d["thresholds"]["evidence"] for d in report["fold_details"]} == {0.9}
+    assert report["accuracy"] >= 0.97 and report["reeval_rate"] <= 0.25

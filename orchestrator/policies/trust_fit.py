@@ -202,9 +202,14 @@ def fit_trust_policy(
     agent_model: str = "confusion",
     criterion: str = "log_loss",
     keep_first_looks: bool = False,
+    trust_threshold: float | None = None,
     **options: Any,
 ) -> TrustPolicy:
-    """A TrustPolicy fitted on the rows ``ids`` (all rows by default) of ``records``."""
+    """A TrustPolicy fitted on the rows ``ids`` (all rows by default) of ``records``.
+
+    ``trust_threshold`` replaces the fitted threshold by a fixed one (a risk tolerance: re-evaluate
+    when the calibrated fused confidence is below it); the weights are fitted all the same.
+    """
     from sklearn.model_selection import StratifiedKFold
 
     ids = list(ids) if ids is not None else records.ids()
@@ -249,6 +254,8 @@ def fit_trust_policy(
         cost=reeval_cost,
         criterion=criterion,
     )
+    if trust_threshold is not None:
+        threshold = trust_threshold
     thresholds: dict[str, float | None] = {"evidence": threshold, "reeval": threshold}
     thresholds["first"] = None if retrieval else threshold
     policy = TrustPolicy(
