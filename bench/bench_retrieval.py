@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -191,12 +192,15 @@ def query_latencies(
         product_t.append(time.perf_counter() - t0)
         recall_product.append(len(truth & {n.id for n in neighbours}) / k)
     numpy_t: list[float] = []
-    for q in queries[:5]:
-        exact_topk(base, q[None, :], k)
-    for q in queries:
-        t0 = time.perf_counter()
-        exact_topk(base, q[None, :], k)
-        numpy_t.append(time.perf_counter() - t0)
+    # one BLAS thread: a matrix-vector product is memory-bound, and BLAS threads spinning
+    # beside a busy `chroma run` process on 2 cores measured 10-100x slower
+    with threadpool_limits(limits=1):
+        for q in queries[:5]:
+            exact_topk(base, q[None, :], k)
+        for q in queries:
+            t0 = time.perf_counter()
+            exact_topk(base, q[None, :], k)
+            numpy_t.append(time.perf_counter() - t0)
     bare, product, numpy_ = percentiles(bare_t), percentiles(product_t), percentiles(numpy_t)
     return {
         "queries": len(queries),

@@ -8,8 +8,10 @@ import sys
 import click
 import typer
 
+from agents.cli import app as agents_app
 from agents.errors import TrustorchError
 from eval.cli import app as eval_app
+from eval.retrieval_cli import retrieval
 from orchestrator.demo.cli import app as demo_app
 from orchestrator.replay_cli import replay
 from orchestrator.run_cli import run
@@ -23,8 +25,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+eval_app.command("retrieval")(retrieval)
 eval_app.command("replay")(replay)
 app.add_typer(eval_app, name="eval")
+app.add_typer(agents_app, name="agents")
 app.add_typer(demo_app, name="demo")
 app.add_typer(index_app, name="index")
 app.command("run")(run)

@@ -77,6 +77,10 @@ def build_graph(
             raise InputError(f"two agents share the name '{agent.name}'")
         by_name[agent.name] = agent
     assess_after_retrieval = bool(getattr(policy, "assess_after_retrieval", False))
+    if not any(agent.can_reevaluate for agent in agents):
+        # Nobody can look again: the first assessment is the last, so the policy answers or
+        # abstains there instead of being cut short with an untrusted label.
+        max_rounds = 1
 
     def agent_call(state: GraphState, name: str, round_: int) -> AgentCall:
         previous = next(

@@ -12,11 +12,17 @@ from rag.evidence import Evidence
 
 @runtime_checkable
 class FusionPolicy(Protocol):
-    """Fuses the latest answer of every agent (and the retrieval evidence, once retrieved).
+    """Fuses the agents' answers (and the retrieval evidence, once retrieved).
 
-    ``assess`` is called after every round. It returns ``trusted=True`` to finalize now; on the
-    last round (``round == max_rounds - 1``) it must give its final answer (a label, or
-    ``label=None`` with a ``prediction_set`` to abstain), whatever ``trusted`` says.
+    ``predictions`` holds every answer of every round so far, oldest first; a policy that only
+    wants the latest answer per agent takes it itself. ``assess`` is called after every round.
+    It returns ``trusted=True`` to finalize now; on the last round
+    (``round == max_rounds - 1``) it must give its final answer (a label, or ``label=None``
+    with a ``prediction_set`` to abstain), whatever ``trusted`` says.
+
+    A policy whose ``assess_after_retrieval`` attribute is True is asked again once the evidence
+    is in, before any agent looks again: retrieval is cheap, a second VLM look is not, so
+    retrieval alone does not count as a round.
     """
 
     name: str
