@@ -11,6 +11,7 @@ import typer
 from agents.cli_utils import JsonOption, emit_json, print_table, progress_bar, stdout_console
 from agents.errors import InputError
 from agents.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
+from eval.retrieval_cli import retrieval
 
 app = typer.Typer(
     help="Offline evaluation: calibration, trust profiles, retrieval, replay.", no_args_is_help=True
@@ -322,3 +323,6 @@ def trust(
         ],
     )
     stdout_console().print(f"wrote {len(profiles)} profile(s) to {out}")
+
+
+app.command("retrieval")(retrieval)

@@ -11,7 +11,6 @@ import typer
 from agents.cli import app as agents_app
 from agents.errors import TrustorchError
 from eval.cli import app as eval_app
-from eval.retrieval_cli import retrieval
 from orchestrator.demo.cli import app as demo_app
 from orchestrator.replay_cli import replay
 from orchestrator.run_cli import run
@@ -25,7 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-eval_app.command("retrieval")(retrieval)
 eval_app.command("replay")(replay)
 app.add_typer(eval_app, name="eval")
 app.add_typer(agents_app, name="agents")
