@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,9 @@ def load_clip(name_or_path: str | None = None, *, device: str | None = None) -> 
     from transformers import CLIPModel, CLIPProcessor
 
     name = name_or_path or default_clip_model()
+    if Path(name).expanduser().is_dir():
+        # One spelling per folder: the index records the model name beside its vectors.
+        name = str(Path(name).expanduser().resolve())
     dev = resolve_device(device)
     dtype = torch.float16 if dev.startswith("cuda") else torch.float32
 

@@ -226,8 +226,12 @@ def build_policy(
     task: Task,
     profiles: Mapping[str, Any],
     llm: LlmSettings | None = None,
+    retrieval_source: str | None = None,
 ) -> Any:
-    """The fusion policy ``name``: ``llm`` here, the others from ``orchestrator.policies``."""
+    """The fusion policy ``name``: ``llm`` here, the others from ``orchestrator.policies``.
+
+    ``retrieval_source`` names the retriever's agent: the trust policy then counts its vote once
+    (as evidence), not a second time as that agent's first-look answer."""
     if name == LLM_POLICY:
         from orchestrator.policies.json_chat import JsonChat
         from orchestrator.policies.llm import LlmPolicy
@@ -242,4 +246,5 @@ def build_policy(
         )
     from orchestrator.policies import make_policy
 
-    return make_policy(name, profiles)
+    options = {"retrieval_source": retrieval_source} if name == "trust" and retrieval_source else {}
+    return make_policy(name, profiles, **options)

@@ -157,9 +157,15 @@ async def _run(
     for item in collected.duplicates:
         notes.append(f"skipped {item.source}: {item.reason}")
     built = build_agents(specs, task=task, retrieval=retrieval, want_retriever=want_retriever)
-    profiles, profile_notes = load_profiles(trust, [a.name for a in built.agents], task=task)
+    sources = [a.name for a in built.agents]
+    retrieval_name = getattr(built.retriever, "name", None)
+    if retrieval_name and retrieval_name not in sources:
+        sources.append(retrieval_name)
+    profiles, profile_notes = load_profiles(trust, sources, task=task)
     notes += profile_notes
-    policy = build_policy(policy_name, task=task, profiles=profiles, llm=llm)
+    policy = build_policy(
+        policy_name, task=task, profiles=profiles, llm=llm, retrieval_source=retrieval_name
+    )
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     async with sqlite_checkpointer(checkpoint or default_checkpoint_path(out)) as saver:

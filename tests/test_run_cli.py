@@ -200,3 +200,5 @@ def test_run_with_tiny_clip_and_retrieval_over_a_built_index(tmp_path, capsys, t
         assert retrieval["label"] == d["truth"]  # the same colours are in the index
         assert sum(retrieval["scores"].values()) == pytest.approx(1.0)
         assert d["label"] is None or d["label"] in ("black-rot", "healthy", "rust", "scab")
+        # the retrieval vote is fused once, as evidence, not again as a first-look answer
+        assert set(d["weights"]) == {f"clip:{clip}", "retrieval"}
