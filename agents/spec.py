@@ -5,7 +5,8 @@
     openai:<model>            a VLM behind an OpenAI-compatible API (OPENAI_BASE_URL, _API_KEY)
     hf-vlm:<hub id or folder> a local transformers VLM scored by label log-probabilities
 
-Any spec may start with ``<name>=`` to name the agent (``gpt=openai:gpt-4o``). Callers with more
+Any spec may start with ``<name>=`` to name the agent (``gpt=openai:gpt-4o``); a CLIP agent is
+named ``clip`` wherever its weights live, so its trust profile follows it. Callers with more
 kinds (the orchestrator's ``replay:`` and ``retrieval``) handle those and pass the rest here.
 """
 
@@ -125,7 +126,7 @@ def build_agent(
 
         return ClipAgent(
             _clip_model(parsed, clip, clip_model, device),
-            name=parsed.name or ("clip" if not parsed.target else f"clip:{parsed.target}"),
+            name=parsed.name or "clip",
             **_options(options, OPTIONS["clip"], spec),
         )
     if parsed.kind == "openai":

@@ -166,7 +166,7 @@ def test_build_agent_shares_or_loads_clip(
 
     assert build_agent("clip", task=apple_task, clip=lazily).clip is clip and loads == [1]
     same = build_agent(f"clip:{clip.name}", task=apple_task, clip=clip)
-    assert same.clip is clip and same.name == f"clip:{clip.name}"
+    assert same.clip is clip and same.name == "clip"
     other = build_agent(f"mine=clip:{clip_dir}", task=apple_task, clip=lazily, device="cpu")
     assert other.clip is not clip and other.name == "mine" and other.clip.name == str(clip_dir)
     assert loads == [1]  # the lazy shared CLIP is not loaded for clip:<folder>

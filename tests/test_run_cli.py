@@ -194,11 +194,11 @@ def test_run_with_tiny_clip_and_retrieval_over_a_built_index(tmp_path, capsys, t
     assert summary["agent_failures"] == 0
     assert "perceive: retrieval:" in captured.err  # -v logs each graph step
     for d in (json.loads(x) for x in out.read_text().splitlines()):
-        assert {p["agent"] for p in d["predictions"]} == {f"clip:{clip}", "retrieval"}
+        assert {p["agent"] for p in d["predictions"]} == {"clip", "retrieval"}
         assert all(p["error"] is None for p in d["predictions"])
         retrieval = next(p for p in d["predictions"] if p["agent"] == "retrieval")
         assert retrieval["label"] == d["truth"]  # the same colours are in the index
         assert sum(retrieval["scores"].values()) == pytest.approx(1.0)
         assert d["label"] is None or d["label"] in ("black-rot", "healthy", "rust", "scab")
         # the retrieval vote is fused once, as evidence, not again as a first-look answer
-        assert set(d["weights"]) == {f"clip:{clip}", "retrieval"}
+        assert set(d["weights"]) == {"clip", "retrieval"}
