@@ -1,0 +1,31 @@
+"""Image retrieval: CLIP embeddings in Chroma, index building, class votes, the retrieval agent."""
+
+from rag.agent import RetrievalAgent
+from rag.embedder import ImageEmbedder
+from rag.evidence import Evidence
+from rag.index import BuildReport, build_index, import_embeddings, read_embeddings_npz
+from rag.recorded import RecordedRetriever
+from rag.retriever import Retriever
+from rag.store import ChromaStore, ImageIndex, IndexInfo, collection_name, default_index_dir
+from rag.vote import SimilarityShareVote, SoftmaxVote, VoteRule, vote_from_dict
+
+__all__ = [
+    "BuildReport",
+    "ChromaStore",
+    "Evidence",
+    "ImageEmbedder",
+    "ImageIndex",
+    "IndexInfo",
+    "RecordedRetriever",
+    "RetrievalAgent",
+    "Retriever",
+    "SimilarityShareVote",
+    "SoftmaxVote",
+    "VoteRule",
+    "build_index",
+    "collection_name",
+    "default_index_dir",
+    "import_embeddings",
+    "read_embeddings_npz",
+    "vote_from_dict",
+]
