@@ -121,16 +121,42 @@ def load_clip(name_or_path: str | None = None, *, device: str | None = None) -> 
         processor = CLIPProcessor.from_pretrained(name, local_files_only=local_only)
         return model.to(dev).eval(), processor
 
+    hint = (
+        "on a machine without internet, download the model elsewhere and pass its folder "
+        f"with --clip-model DIR or {CLIP_MODEL_ENV}=DIR"
+    )
     try:
         # A local folder or a cached snapshot loads without touching the network.
         model, processor = load(local_only=True)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as local_error:
+        hub = _unreachable_hub()
+        if hub is not None:
+            raise ModelLoadError(
+                f"no CLIP weights for '{name}': not a local folder, not in the Hugging Face "
+                f"cache, and {hub}; {hint}"
+            ) from local_error
         try:
             model, processor = load(local_only=False)
         except (OSError, ValueError) as e:
             raise ModelLoadError(
                 f"could not load CLIP weights from '{name}' ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:160]}); on a machine without internet, download the "
-                f"model elsewhere and pass its folder with --clip-model DIR or {CLIP_MODEL_ENV}=DIR"
+                f"{str(e).splitlines()[0][:160]}); {hint}"
             ) from e
     return ClipModel(name=name, model=model, processor=processor, device=dev, dtype=dtype)
+
+
+def _unreachable_hub(timeout_s: float = 3.0) -> str | None:
+    """Why the model hub cannot be used right now, or None when it answers.
+
+    Checked once before a download so that a machine without internet fails in seconds, not
+    after the hub client's minute of retries."""
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__})"
+    return None
