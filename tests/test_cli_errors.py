@@ -1,0 +1,39 @@
+"""Usage errors and known errors reach the user as one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "code"),
+    [
+        (["run", "leaves", "-o", "x.jsonl"], "Missing option '--agent'", 2),
+        (["run", "leaves", "-a", "clip", "-o", "x.jsonl", "--nope"], "No such option: --nope", 2),
+        (["run", "leaves", "-a", "clip", "-o", "x.jsonl", "-j", "abc"], "'--concurrency'", 2),
+        (["eval", "calibration"], "Missing argument 'file'", 2),
+        (["no-such-command"], "No such command 'no-such-command'", 2),
+        (["eval", "calibration", "missing.csv"], "missing.csv: no such file", 1),
+    ],
+)
+def test_errors_are_one_line(argv, message, code, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from agents.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError):
+        main(["eval", "calibration", "missing.csv", "--debug"])
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    assert "trustorch" in capsys.readouterr().out
