@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from agents.errors import ModelLoadError
+from agents.hub import unreachable_hub
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_MODEL_ENV = "TRUSTORCH_CLIP_MODEL"
@@ -129,7 +130,7 @@ def load_clip(name_or_path: str | None = None, *, device: str | None = None) -> 
         # A local folder or a cached snapshot loads without touching the network.
         model, processor = load(local_only=True)
     except (OSError, ValueError) as local_error:
-        hub = _unreachable_hub()
+        hub = unreachable_hub()
         if hub is not None:
             raise ModelLoadError(
                 f"no CLIP weights for '{name}': not a local folder, not in the Hugging Face "
@@ -143,20 +144,3 @@ def load_clip(name_or_path: str | None = None, *, device: str | None = None) -> 
                 f"{str(e).splitlines()[0][:160]}); {hint}"
             ) from e
     return ClipModel(name=name, model=model, processor=processor, device=dev, dtype=dtype)
-
-
-def _unreachable_hub(timeout_s: float = 3.0) -> str | None:
-    """Why the model hub cannot be used right now, or None when it answers.
-
-    Checked once before a download so that a machine without internet fails in seconds, not
-    after the hub client's minute of retries."""
-    import httpx
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        httpx.head(constants.ENDPOINT, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__})"
-    return None

@@ -9,9 +9,11 @@ long CSV or JSONL: one row per image and agent: ``id, agent, truth, pred, confid
 optional ``scores`` (JSON object label -> probability, or the study's list of
 ``{"category", "confidence"}``), ``reason`` and ``round``.
 
-decisions JSONL: the output of ``trustorch run`` (one Decision per line). Every Prediction of a
-decision with a known truth becomes a record: a first look under the agent's name, a second
-look (round >= 1) under ``<agent>@reeval``, the name the trust policy looks its profile up by.
+decisions JSONL: the output of ``trustorch run`` (one Decision per line). Every decision with a
+known truth gives per agent its first look (round 0) under the agent's name and its LAST second
+look (the highest round >= 1; earlier re-evaluations are dropped) under ``<agent>@reeval``, the
+name the trust policy looks its profile up by. Without a task argument the labels are those of
+the preset named in the decisions' ``task``, else the truths and the scores' labels together.
 
 Error policy (the README repeats it):
 - fatal, one line naming file, line and column: an empty file, a missing truth or id column,
@@ -111,6 +113,25 @@ def _parse_confidence(text: Any, *, path: str, line: int, column: str) -> float:
     return value
 
 
+def _parse_round(raw: Any, *, path: str, line: int, column: str) -> int:
+    """A round number: a whole number >= 0 (int, integral float or text); empty means 0."""
+    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+        return 0
+    value: float | None = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not value.is_integer() or value < 0:
+        raise InputError(
+            f"round must be a whole number >= 0, got {raw!r}", path=path, line=line, field=column
+        )
+    return int(value)
+
+
 def parse_scores(
     raw: Any, task_labels: Sequence[str], *, path: str, line: int, column: str
 ) -> dict[str, float] | None:
@@ -159,7 +180,15 @@ def _read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any
     """Header fields and (line number, row) pairs of a CSV or JSONL file."""
     if not path.is_file():
         raise InputError("no such file", path=str(path))
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+            path=str(path),
+        ) from None
+    if "\x00" in text:
+        raise InputError("not a UTF-8 text file (it holds NUL bytes)", path=str(path))
     if not text.strip():
         raise InputError("file is empty", path=str(path))
     if path.suffix.lower() in {".jsonl", ".ndjson"}:
@@ -197,16 +226,42 @@ def discover_wide_agents(header: Sequence[str]) -> list[str]:
     return [c[: -len("_pred")] for c in header if c.endswith("_pred") and f"{c[:-5]}_conf" in cols]
 
 
-def _decision_rows(rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
-    """Flatten decision lines into long rows (id, agent, truth, pred, confidence, ...)."""
+def _decision_predictions(
+    n: int, decision: dict[str, Any], path: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(round, prediction) of one decision line's predictions, validated."""
+    preds = decision.get("predictions")
+    if preds is None:
+        return
+    if not isinstance(preds, list):
+        raise InputError("must be a list of predictions", path=path, line=n, field="predictions")
+    for i, pred in enumerate(preds):
+        where = f"predictions[{i}]"
+        if not isinstance(pred, dict):
+            raise InputError("must be a prediction object", path=path, line=n, field=where)
+        yield _parse_round(pred.get("round"), path=path, line=n, column=f"{where}.round"), pred
+
+
+def _decision_rows(
+    rows: list[tuple[int, dict[str, Any]]], path: str
+) -> list[tuple[int, dict[str, Any]]]:
+    """Flatten decision lines into long rows: per agent its first look and its last second look."""
     flat: list[tuple[int, dict[str, Any]]] = []
     for n, decision in rows:
         truth = decision.get("truth")
         if not truth:
             continue
-        for pred in decision.get("predictions") or []:
-            rnd = int(pred.get("round") or 0)
-            agent = str(pred.get("agent", ""))
+        looks = [
+            (rnd, str(pred.get("agent", "")), pred)
+            for rnd, pred in _decision_predictions(n, decision, path)
+        ]
+        last: dict[str, int] = {}
+        for i, (rnd, agent, _) in enumerate(looks):
+            if rnd > 0 and (agent not in last or rnd >= looks[last[agent]][0]):
+                last[agent] = i
+        for i, (rnd, agent, pred) in enumerate(looks):
+            if rnd > 0 and last[agent] != i:
+                continue
             flat.append(
                 (
                     n,
@@ -226,6 +281,31 @@ def _decision_rows(rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, di
     return flat
 
 
+def _named_preset(rows: list[tuple[int, dict[str, Any]]]) -> Task | None:
+    """The task preset every decision line names, when there is exactly one such preset."""
+    from agents.tasks import load_task, preset_names
+
+    names = {str(d.get("task") or "") for _, d in rows}
+    if len(names) != 1:
+        return None
+    name = names.pop()
+    return load_task(name) if name in preset_names() else None
+
+
+def _score_labels(rows: list[tuple[int, dict[str, Any]]]) -> set[str]:
+    """Labels named by the rows' scores (object keys or the study's ``category`` entries)."""
+    found: set[str] = set()
+    for _, row in rows:
+        scores = row.get("scores")
+        if isinstance(scores, dict):
+            found.update(str(k) for k in scores)
+        elif isinstance(scores, list):
+            found.update(
+                str(x["category"]) for x in scores if isinstance(x, dict) and "category" in x
+            )
+    return found
+
+
 def read_records(
     path: str | Path,
     *,
@@ -235,14 +315,20 @@ def read_records(
 ) -> RecordSet:
     """Read a wide CSV or a long CSV/JSONL of labelled predictions (format auto-detected).
 
-    Without a task, the labels are the sorted set of truth values. ``agents`` keeps only those.
+    Without a task, the labels are the sorted set of truth values (for decisions see the module
+    docstring). ``agents`` keeps only those.
     """
     p = Path(path)
     header, rows = _read_rows(p)
     raw_rows = list(rows)
     notes: list[str] = []
+    extra_labels: set[str] = set()
     if {"predictions", "sha256"} <= set(header):
-        flat = _decision_rows(raw_rows)
+        if task is None:
+            task = _named_preset(raw_rows)
+            if task is not None:
+                notes.append(f"labels of task '{task.name}' named in the decisions")
+        flat = _decision_rows(raw_rows, str(p))
         if not flat:
             raise InputError("no decision has a true label (run on labelled images)", path=str(p))
         unlabelled = len(raw_rows) - len({row["id"] for _, row in flat})
@@ -250,6 +336,8 @@ def read_records(
             notes.append(f"{unlabelled} decision(s) without a true label left out")
         raw_rows = flat
         header = list(flat[0][1])
+        if task is None:
+            extra_labels = _score_labels(flat)
     is_long = {"agent", "pred", "confidence"} <= set(header)
     if not raw_rows:
         raise InputError("file has a header but no rows", path=str(p))
@@ -272,7 +360,7 @@ def read_records(
         labels = task.labels
     else:
         truths = {str(r.get(truth_col, "")).strip() for _, r in raw_rows} - {""}
-        labels = tuple(sorted(truths))
+        labels = tuple(sorted(truths | extra_labels))
 
     def truth_of(n: int, row: dict[str, Any]) -> str:
         raw = str(row.get(truth_col) or "").strip()
@@ -307,7 +395,7 @@ def read_records(
             if agents is not None and agent not in agents:
                 continue
             rid = str(row.get(id_col, "")).strip()
-            rnd = int(str(row.get("round") or 0))
+            rnd = _parse_round(row.get("round"), path=str(p), line=n, column="round")
             if (rid, agent, rnd) in seen:
                 raise InputError(
                     f"duplicate row for id {rid!r}, agent {agent!r}, round {rnd}",

@@ -12,8 +12,10 @@ kinds (the orchestrator's ``replay:`` and ``retrieval``) handle those and pass t
 
 from __future__ import annotations
 
+import math
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,27 +29,162 @@ KINDS: dict[str, str] = {
     "hf-vlm": "hf-vlm:<hub id or folder>",
 }
 _NAME_PREFIX = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
-_CLIENT_OPTIONS = {
-    "base_url",
-    "api_key",
-    "timeout_s",
-    "max_retries",
-    "backoff_s",
-    "max_backoff_s",
-    "max_concurrency",
-    "structured_output",
-    "logprobs",
-    "top_logprobs",
-    "temperature",
-    "max_tokens",
-}
 
-_OPENAI_AGENT_OPTIONS = {"neighbour_images", "image_detail", "max_side", "max_bytes", "max_pixels"}
-OPTIONS: dict[str, frozenset[str]] = {
-    "clip": frozenset({"templates", "batch_size", "max_bytes", "max_pixels"}),
-    "openai": frozenset(_CLIENT_OPTIONS | _OPENAI_AGENT_OPTIONS | {"prices", "price_file"}),
-    "hf-vlm": frozenset({"reason_tokens", "length_normalise", "max_bytes", "max_pixels", "dtype"}),
+
+@dataclass(frozen=True)
+class OptionType:
+    """What one agent option accepts; ``coerce`` turns a CLI or Python value into it.
+
+    ``kind``: int, float, bool, str, strs (one text or a list of texts), mapping, dtype."""
+
+    kind: str
+    minimum: float | None = None
+    exclusive: bool = False
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        text = {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a text",
+            "strs": "a text or a list of texts",
+            "mapping": "a mapping",
+            "dtype": "a torch dtype",
+        }[self.kind]
+        if self.minimum is not None:
+            text += f" {'>' if self.exclusive else '>='} {self.minimum:g}"
+        if self.choices:
+            text += f" (one of {', '.join(self.choices)})"
+        return text + (" or none" if self.optional else "")
+
+    def coerce(self, value: Any) -> Any:
+        """The value as this type, or ``ValueError``."""
+        if self.optional and (value is None or str(value).strip().lower() in ("none", "null")):
+            return None
+        out = _COERCE[self.kind](value)
+        if self.minimum is not None and (
+            out < self.minimum or (self.exclusive and out == self.minimum)
+        ):
+            raise ValueError(value)
+        if self.choices and str(out).lower() not in self.choices:
+            raise ValueError(value)
+        return str(out).lower() if self.choices and isinstance(out, str) else out
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(value) if isinstance(value, int) else int(str(value).strip())
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(value)
+    return out
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(value)
+
+
+def _as_str(value: Any) -> Any:
+    if isinstance(value, (str, os.PathLike)):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(value)
+
+
+def _as_strs(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(value)
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    raise ValueError(value)
+
+
+def _as_dtype(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.strip().lower() not in TORCH_DTYPES:
+            raise ValueError(value)
+        return value.strip().lower()
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return value
+    raise ValueError(value)
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {
+    "int": _as_int,
+    "float": _as_float,
+    "bool": _as_bool,
+    "str": _as_str,
+    "strs": _as_strs,
+    "mapping": _as_mapping,
+    "dtype": _as_dtype,
 }
+TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+_POSITIVE_INT = OptionType("int", minimum=1)
+_COUNT = OptionType("int", minimum=0)
+_IMAGE_OPTIONS = {"max_bytes": _POSITIVE_INT, "max_pixels": _POSITIVE_INT}
+_CLIENT_OPTIONS: dict[str, OptionType] = {
+    "base_url": OptionType("str"),
+    "api_key": OptionType("str"),
+    "timeout_s": OptionType("float", minimum=0, exclusive=True),
+    "max_retries": _COUNT,
+    "backoff_s": OptionType("float", minimum=0),
+    "max_backoff_s": OptionType("float", minimum=0),
+    "max_concurrency": _POSITIVE_INT,
+    "structured_output": OptionType("bool"),
+    "logprobs": OptionType("bool"),
+    "top_logprobs": _COUNT,
+    "temperature": OptionType("float", minimum=0, optional=True),
+    "max_tokens": OptionType("int", minimum=1, optional=True),
+}
+_OPENAI_AGENT_OPTIONS: dict[str, OptionType] = {
+    "neighbour_images": _COUNT,
+    "image_detail": OptionType("str", choices=("auto", "low", "high")),
+    "max_side": OptionType("int", minimum=1, optional=True),
+    **_IMAGE_OPTIONS,
+}
+OPTION_TYPES: dict[str, dict[str, OptionType]] = {
+    "clip": {"templates": OptionType("strs"), "batch_size": _POSITIVE_INT, **_IMAGE_OPTIONS},
+    "openai": {
+        **_CLIENT_OPTIONS,
+        **_OPENAI_AGENT_OPTIONS,
+        "prices": OptionType("mapping"),
+        "price_file": OptionType("str"),
+    },
+    "hf-vlm": {
+        "reason_tokens": _COUNT,
+        "length_normalise": OptionType("bool"),
+        "dtype": OptionType("dtype"),
+        **_IMAGE_OPTIONS,
+    },
+}
+OPTIONS: dict[str, frozenset[str]] = {kind: frozenset(t) for kind, t in OPTION_TYPES.items()}
 
 ClipSource = ClipModel | Callable[[], ClipModel] | None
 
@@ -86,11 +223,21 @@ def options_for(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in allowed}
 
 
-def _options(options: dict[str, Any], allowed: frozenset[str], spec: str) -> dict[str, Any]:
-    unknown = sorted(set(options) - allowed)
+def _options(options: dict[str, Any], kind: str, spec: str) -> dict[str, Any]:
+    """``options`` checked against the kind's option types and coerced to them."""
+    types = OPTION_TYPES[kind]
+    unknown = sorted(set(options) - set(types))
     if unknown:
         raise InputError(f"agent spec {spec!r}: unknown option(s) {unknown}")
-    return options
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        try:
+            checked[key] = types[key].coerce(value)
+        except (ValueError, TypeError):
+            raise InputError(
+                f"agent spec {spec!r}: option {key}={value!r} must be {types[key].describe()}"
+            ) from None
+    return checked
 
 
 def _clip_model(parsed: AgentSpec, clip: ClipSource, clip_model: str | None, device: Any) -> Any:
@@ -124,11 +271,9 @@ def build_agent(
     if parsed.kind == "clip":
         from agents.clip_agent import ClipAgent
 
-        return ClipAgent(
-            _clip_model(parsed, clip, clip_model, device),
-            name=parsed.name or "clip",
-            **_options(options, OPTIONS["clip"], spec),
-        )
+        options = _options(options, "clip", spec)
+        model = _clip_model(parsed, clip, clip_model, device)
+        return ClipAgent(model, name=parsed.name or "clip", **options)
     if parsed.kind == "openai":
         from agents.openai_agent import OpenAIAgent
         from agents.openai_client import OpenAIChatClient
@@ -136,7 +281,7 @@ def build_agent(
 
         if not parsed.target:
             raise InputError(f"agent spec {spec!r}: give a model, e.g. openai:gpt-4o")
-        _options(options, OPTIONS["openai"], spec)
+        options = _options(options, "openai", spec)
         client = OpenAIChatClient(
             model=parsed.target, **{k: v for k, v in options.items() if k in _CLIENT_OPTIONS}
         )
@@ -152,7 +297,7 @@ def build_agent(
 
         if not parsed.target:
             raise InputError(f"agent spec {spec!r}: give a hub id or folder, e.g. hf-vlm:DIR")
-        _options(options, OPTIONS["hf-vlm"], spec)
+        options = _options(options, "hf-vlm", spec)
         vlm = load_vlm(parsed.target, device=device, dtype=options.pop("dtype", None))
         return HFVLMAgent(vlm, name=parsed.name, **options)
     raise InputError(f"unknown agent kind {parsed.kind!r} in {spec!r} (valid: {known_kinds()})")

@@ -39,7 +39,9 @@ BinsOpt = Annotated[int, typer.Option("--bins", help="Equal-width bins for ECE/M
 OcrOpt = Annotated[
     float, typer.Option("--ocr-threshold", help="OCR: wrong fraction among confidence > T.")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and the CV folds.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, help="Seed of the bootstrap and the CV folds (>= 0).")
+]
 BootstrapOpt = Annotated[
     int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none).")
 ]
@@ -104,6 +106,37 @@ def _fit(records: RecordSet, *, quiet: bool, **kwargs: Any) -> dict[str, Any]:
             )
             bar.advance(job)
     return profiles
+
+
+def _load_and_fit(
+    file: Path,
+    task: str | None,
+    truth_column: str,
+    agents: str | None,
+    *,
+    quiet: bool,
+    bins: int,
+    ocr_threshold: float,
+    method: str,
+    seed: int,
+    bootstrap: int,
+    folds: int,
+) -> tuple[RecordSet, dict[str, Any]]:
+    """Check the settings, read the file and fit one profile per agent."""
+    _check_settings(bins, ocr_threshold, bootstrap, folds, method)
+    records, _ = _load(file, task, truth_column, agents)
+    profiles = _fit(
+        records,
+        quiet=quiet,
+        bins=bins,
+        ocr_threshold=ocr_threshold,
+        method=method,
+        seed=seed,
+        bootstrap=bootstrap,
+        cv_folds=folds,
+        data_sha256=records.sha256,
+    )
+    return records, profiles
 
 
 def _ci(profile: Any, key: str) -> str:
@@ -185,18 +218,18 @@ def calibration(
 
       trustorch eval calibration preds.jsonl --bins 15 --ocr-threshold 0.9 --json --plots out/
     """
-    _check_settings(bins, ocr_threshold, bootstrap, folds, method)
-    records, _ = _load(file, task, truth_column, agents)
-    profiles = _fit(
-        records,
+    records, profiles = _load_and_fit(
+        file,
+        task,
+        truth_column,
+        agents,
         quiet=json_out,
         bins=bins,
         ocr_threshold=ocr_threshold,
         method=method,
         seed=seed,
         bootstrap=bootstrap,
-        cv_folds=folds,
-        data_sha256=records.sha256,
+        folds=folds,
     )
     written: list[str] = []
     if plots is not None:
@@ -279,18 +312,18 @@ def trust(
     """
     from eval.profile import save_trust_profiles
 
-    _check_settings(bins, ocr_threshold, bootstrap, folds, method)
-    records, _ = _load(file, task, truth_column, agents)
-    profiles = _fit(
-        records,
+    records, profiles = _load_and_fit(
+        file,
+        task,
+        truth_column,
+        agents,
         quiet=json_out,
         bins=bins,
         ocr_threshold=ocr_threshold,
         method=method,
         seed=seed,
         bootstrap=bootstrap,
-        cv_folds=folds,
-        data_sha256=records.sha256,
+        folds=folds,
     )
     save_trust_profiles(out, profiles)
     summary = {

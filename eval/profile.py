@@ -3,21 +3,20 @@
 Failed or out-of-label predictions (``Record.pred is None``) count as wrong in accuracy, the
 macro scores and the confusion matrix (its extra last column), and are left out of the
 confidence metrics (ECE, MCE, Brier, OCR, CCC, mean confidences, recalibration): a failed answer
-states no confidence in any label. ``n`` counts every row, ``n_invalid`` the failed ones.
+states no confidence in any label. ``n`` counts every row, ``n_invalid`` the failed ones. An agent
+without one valid prediction has no confidence metrics (None) and keeps the conservative default
+map (``default_trust_profile``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from agents.errors import InputError
 from agents.records import Record, RecordSet
@@ -30,6 +29,7 @@ from eval.metrics import (
     classification_metrics,
     reliability_bins,
 )
+from eval.profile_io import FILE_FORMAT, FILE_VERSION, load_trust_profiles, save_trust_profiles
 from eval.recalibration import (
     CalibrationData,
     Recalibrator,
@@ -41,9 +41,21 @@ from eval.recalibration import (
     recalibrator_from_dict,
 )
 
-FILE_FORMAT = "trustorch-trust-profiles"
-FILE_VERSION = 1
 DEFAULT_SHRINK_WEIGHT = 0.2
+
+__all__ = [
+    "FILE_FORMAT",
+    "FILE_VERSION",
+    "ReliabilityTable",
+    "TrustProfile",
+    "agent_arrays",
+    "default_trust_profile",
+    "fit_trust_profile",
+    "fit_trust_profiles",
+    "load_trust_profiles",
+    "records_sha256",
+    "save_trust_profiles",
+]
 
 
 class ReliabilityTable(BaseModel):
@@ -80,15 +92,15 @@ class TrustProfile(BaseModel):
     macro_f1: float
     per_class_recall: dict[str, float]
     confusion: list[list[int]]
-    ece: float
+    ece: float | None
     ece_bins: int
-    mce: float
+    mce: float | None
     ocr: float | None
     ocr_threshold: float
     ccc: float | None
     ccc_pvalue: float | None
-    brier: float
-    mean_confidence: float
+    brier: float | None
+    mean_confidence: float | None
     mean_confidence_correct: float | None
     mean_confidence_wrong: float | None
     intervals: dict[str, tuple[float, float]]
@@ -237,7 +249,9 @@ def fit_trust_profile(
     truth, pred, data = agent_arrays(agent, records, labels)
     cls = classification_metrics(truth, pred, len(labels))
     base = default_trust_profile(agent, labels)
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = dict.fromkeys(
+        ("ece", "mce", "ocr", "ccc", "ccc_pvalue", "brier", "mean_confidence")
+    )
     if data.n:
         cal = calibration_metrics(
             data.confidence, data.correct, bins=bins, ocr_threshold=ocr_threshold
@@ -353,54 +367,3 @@ def default_trust_profile(agent: str, labels: Sequence[str]) -> TrustProfile:
         data_sha256="",
         default=True,
     )
-
-
-def save_trust_profiles(path: str | Path, profiles: Mapping[str, TrustProfile]) -> None:
-    """Write profiles as one JSON file, atomically (temporary file in the folder + rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FILE_FORMAT,
-        "version": FILE_VERSION,
-        "profiles": {name: p.model_dump(mode="json") for name, p in profiles.items()},
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_trust_profiles(path: str | Path) -> dict[str, TrustProfile]:
-    """Read a file written by ``save_trust_profiles`` (InputError naming the file if bad)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("no such trust profile file", path=str(p))
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON ({e.msg})", path=str(p), line=e.lineno) from None
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 text file", path=str(p)) from None
-    if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-        raise InputError(f"not a trust profile file (expected format {FILE_FORMAT!r})", path=str(p))
-    raw = data.get("profiles")
-    if not isinstance(raw, dict):
-        raise InputError("'profiles' must be an object agent -> profile", path=str(p))
-    out: dict[str, TrustProfile] = {}
-    for name, body in raw.items():
-        try:
-            profile = TrustProfile.model_validate(body)
-            profile.recalibrator  # noqa: B018 - validates the stored map
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in ("profiles", name, *first["loc"]))
-            raise InputError(first["msg"], path=str(p), field=where) from None
-        except ValueError as e:
-            raise InputError(str(e), path=str(p), field=f"profiles.{name}.recalibration") from None
-        out[str(name)] = profile
-    return out

@@ -19,10 +19,14 @@ from typing import Any
 import numpy as np
 
 from agents.cli_utils import progress_bar
+from agents.errors import InputError
 from agents.types import Task
 from eval.metrics import calibration_metrics, classification_metrics
 from rag.store import ImageIndex
 from rag.vote import SimilarityShareVote, SoftmaxVote, neighbour_arrays, share_scores
+
+# Query rows (queries x (k + 1)) per Chroma call: its SQLite allows 32,766 variables a statement.
+MAX_RESULT_ROWS = 30_000
 
 
 @dataclass(frozen=True)
@@ -86,17 +90,37 @@ class RetrievalEvaluation:
 
 
 def loo_neighbours(
-    index: ImageIndex, task: Task, k: int, *, batch_size: int = 256, show_progress: bool = False
+    index: ImageIndex,
+    task: Task,
+    k: int,
+    *,
+    batch_size: int | None = None,
+    show_progress: bool = False,
 ) -> LooNeighbours:
-    """Query every stored item (in batches) and drop itself from its neighbour list."""
+    """Query every stored item (in batches) and drop itself from its neighbour list.
+
+    A batch holds at most ``MAX_RESULT_ROWS // (k + 1)`` queries (``batch_size`` lowers it):
+    Chroma looks up every returned row in one SQL statement."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     stored = index.all_vectors()
+    n = len(stored.ids)
+    if n < 3:
+        raise InputError(
+            f"index '{index.name}' at {index.location} holds {n} item(s); leave-one-out needs "
+            "at least 3 (add images with `trustorch index build`)"
+        )
+    if k >= n:
+        raise InputError(
+            f"k={k} is too large: index '{index.name}' holds {n} items, so each has at most "
+            f"{n - 1} other neighbours; use -k {n - 1} or less"
+        )
     position = {label: i for i, label in enumerate(task.labels)}
     truth = np.array([position.get(label, -1) for label in stored.labels], dtype=np.int64)
     if (truth < 0).any():
         bad = stored.labels[int(np.flatnonzero(truth < 0)[0])]
-        raise ValueError(f"index holds label '{bad}' outside task {task.name}")
+        raise InputError(f"index {index.name!r} holds label {bad!r} outside task {task.name}")
+    batch_size = max(1, min(batch_size or n, MAX_RESULT_ROWS // (k + 1)))
     rows: list[list[Any]] = []
     with progress_bar(disable=not show_progress) as bar:
         job = bar.add_task("leave-one-out queries", total=len(stored.ids))
@@ -171,8 +195,6 @@ def evaluate_loo(
 ) -> RetrievalEvaluation:
     """Leave-one-out metrics of every vote rule over ``index``."""
     loo = loo_neighbours(index, task, k, show_progress=show_progress)
-    if len(loo.ids) < 3:
-        raise ValueError(f"index '{index.name}' holds {len(loo.ids)} items; LOO needs >= 3")
     n_classes = len(task.labels)
     share = share_scores(loo.similarities, loo.label_idx, n_classes)
     softmax, full = cross_fitted_softmax(loo, folds=folds, seed=seed)

@@ -46,7 +46,7 @@ def retrieval(
     if not loo:
         raise InputError("only leave-one-out evaluation over the index is available (--loo)")
     the_task = load_task(task)
-    store = open_store(index_dir, chroma_url)
+    store = open_store(index_dir, chroma_url, create=False)
     index = store.existing(the_task.name, model)
     result = evaluate_loo(index, the_task, k=k, folds=folds, bins=bins, show_progress=not json_out)
     if json_out:

@@ -8,6 +8,8 @@ Agent specs:
   ``callable(**params)`` (params are strings);
 - anything else (``clip``, ``clip:<id>``, ``openai:<model>``, ``hf-vlm:<id>``) goes to
   ``agents.spec.build_agent``.
+
+Any spec may start with ``<name>=`` to name the agent (``q=replay:case3.csv#qwen``).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class AgentBuilder:
             self._clip = load_clip(self.retrieval.clip_model)
         return self._clip
 
-    def retrieval_agent(self) -> Any:
+    def retrieval_agent(self, name: str | None = None) -> Any:
         from rag.agent import RetrievalAgent
         from rag.store import ChromaStore
 
@@ -124,25 +126,25 @@ class AgentBuilder:
             index_dir=self.retrieval.index_dir, chroma_url=self.retrieval.chroma_url
         )
         index = store.existing(self.task.name, clip.name)
-        return RetrievalAgent(clip, index, k=self.retrieval.k)
+        return RetrievalAgent(clip, index, k=self.retrieval.k, name=name or RETRIEVAL_SPEC)
 
     def build(self, spec: str) -> Agent:
+        """The agent of ``[name=]<spec>`` (``name`` renames it)."""
+        from agents.spec import build_agent, parse_agent_spec
+
         spec = spec.strip()
-        if spec.startswith(REPLAY_PREFIX):
+        name = parse_agent_spec(spec).name
+        body = spec.split("=", 1)[1].strip() if name else spec
+        if body.startswith(REPLAY_PREFIX):
             from agents.replay import replay_agent_from_spec
 
-            return replay_agent_from_spec(spec, task=self.task)
-        if spec == RETRIEVAL_SPEC:
-            return self.retrieval_agent()
+            agent = replay_agent_from_spec(body, task=self.task)
+            agent.name = name or agent.name
+            return agent
+        if body == RETRIEVAL_SPEC:
+            return self.retrieval_agent(name)
         if spec.startswith(PY_PREFIX):
             return plugin_agent(spec)
-        try:
-            from agents.spec import build_agent
-        except ImportError:
-            raise InputError(
-                f"unknown agent spec {spec!r} (this install knows replay:<file>#<agent>, "
-                "retrieval and py:<module>:<callable>)"
-            ) from None
         return build_agent(
             spec, task=self.task, clip=self.clip, clip_model=self.retrieval.clip_model
         )
@@ -173,18 +175,45 @@ def build_agents(
     return BuiltAgents(agents=agents, retriever=retriever)
 
 
+def _check_profile(profile: Any, key: str, task: Task, path: str | Path | None) -> None:
+    """InputError unless ``profile`` is on the task's labels with a k x (>= k) confusion."""
+    k = len(task.labels)
+    where = str(path) if path is not None else None
+    if tuple(profile.labels) != tuple(task.labels):
+        raise InputError(
+            f"trust profile of agent '{key}' is for labels {list(profile.labels)}, "
+            f"not the task's {list(task.labels)} (fit it on this task: trustorch eval trust)",
+            path=where,
+        )
+    confusion = profile.confusion
+    if len(confusion) != k or any(len(row) < k for row in confusion):
+        shape = f"{len(confusion)} x {[len(row) for row in confusion]}"
+        raise InputError(
+            f"trust profile of agent '{key}' has a confusion matrix of {shape}, "
+            f"not {k} rows of at least {k} columns",
+            path=where,
+        )
+
+
 def load_profiles(
     path: str | Path | None, agents: Sequence[str], *, task: Task
 ) -> tuple[dict[str, Any], list[str]]:
-    """Trust profiles of ``agents`` from ``path``; an agent without one gets the conservative
-    default, and a note says so."""
+    """Trust profiles of ``agents`` (and their ``<agent>@reeval`` second-look profiles) from
+    ``path``; an agent without one gets the conservative default, and a note says so. A profile
+    on other labels than the task's is an InputError."""
+    from agents.records import REEVAL_SUFFIX
     from eval.profile import default_trust_profile, load_trust_profiles
 
     loaded = load_trust_profiles(path) if path is not None else {}
     profiles: dict[str, Any] = {}
     notes: list[str] = []
     for name in agents:
+        second = f"{name}{REEVAL_SUFFIX}"
+        if second in loaded:
+            _check_profile(loaded[second], second, task, path)
+            profiles[second] = loaded[second]
         if name in loaded:
+            _check_profile(loaded[name], name, task, path)
             profiles[name] = loaded[name]
             continue
         profiles[name] = default_trust_profile(name, task.labels)
@@ -227,11 +256,18 @@ def build_policy(
     profiles: Mapping[str, Any],
     llm: LlmSettings | None = None,
     retrieval_source: str | None = None,
+    sources: Sequence[str] | None = None,
 ) -> Any:
     """The fusion policy ``name``: ``llm`` here, the others from ``orchestrator.policies``.
 
-    ``retrieval_source`` names the retriever's agent: the trust policy then counts its vote once
-    (as evidence), not a second time as that agent's first-look answer."""
+    ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
+    counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
+    (the agents and the retriever) are what ``single:<source>`` may name."""
+    kind, _, single = (part.strip() for part in name.partition(":"))
+    if kind == "single" and sources is not None and single and single not in sources:
+        raise InputError(
+            f"policy {name!r}: no source {single!r} in this run (sources: {', '.join(sources)})"
+        )
     if name == LLM_POLICY:
         from orchestrator.policies.json_chat import JsonChat
         from orchestrator.policies.llm import LlmPolicy
@@ -243,8 +279,8 @@ def build_policy(
             profiles=profiles,
             usd_per_1m_input=settings.usd_per_1m_input,
             usd_per_1m_output=settings.usd_per_1m_output,
+            retrieval_source=retrieval_source,
         )
     from orchestrator.policies import make_policy
 
-    options = {"retrieval_source": retrieval_source} if name == "trust" and retrieval_source else {}
-    return make_policy(name, profiles, **options)
+    return make_policy(name, profiles, retrieval_source=retrieval_source)

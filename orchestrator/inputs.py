@@ -6,9 +6,9 @@
 - a ``.csv`` file: a manifest with a ``path`` column (or ``image``/``file``) and an optional
   ``label`` column (or ``truth``/``category``); relative paths are read from the CSV's folder.
 
-Unreadable images (missing, not decodable) are reported and skipped; a duplicate image (same
-bytes) is kept once. A path that does not exist, or a manifest label outside the task, is bad
-input and raises ``InputError``.
+Unreadable images (missing, not decodable in full, over the pixel cap) are reported and skipped;
+a duplicate image (same bytes) is kept once. A path that does not exist, a manifest label outside
+the task, or inputs that leave no image to classify are bad input and raise ``InputError``.
 """
 
 from __future__ import annotations
@@ -48,18 +48,20 @@ class CollectedImages:
 
 
 def _readable_image(path: Path) -> str | None:
-    """None when PIL can parse and verify the file, else the reason it cannot."""
-    from PIL import Image, UnidentifiedImageError
+    """None when the file decodes in full (``agents.images.decode_image``: pixel cap, truncated
+    data), else the reason it does not."""
+    from agents.images import decode_image
 
     try:
-        with Image.open(path) as img:
-            img.verify()
+        data = path.read_bytes()
     except FileNotFoundError:
         return "no such file"
-    except UnidentifiedImageError:
-        return "not a readable image"
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"not a readable image ({e})"
+    except OSError as e:
+        return f"cannot read the file ({e.strerror or type(e).__name__})"
+    try:
+        decode_image(data, source=str(path))
+    except InputError as e:
+        return e.message
     return None
 
 
@@ -128,7 +130,9 @@ class _Collector:
 
 
 def collect_images(paths: Sequence[str | Path], *, task: Task) -> CollectedImages:
-    """Every image named by ``paths`` (files, folders, CSV manifests), de-duplicated by sha256."""
+    """Every image named by ``paths`` (files, folders, CSV manifests), de-duplicated by sha256.
+
+    InputError when none is left to classify (says how many were skipped)."""
     if not paths:
         raise InputError("no input paths given")
     collector = _Collector(task)
@@ -142,4 +146,13 @@ def collect_images(paths: Sequence[str | Path], *, task: Task) -> CollectedImage
             collector.add(path, None)
         else:
             raise InputError("no such file or folder", path=str(path))
-    return collector.out
+    out = collector.out
+    if not out.images:
+        where = ", ".join(str(p) for p in paths)
+        why = f"{len(out.skipped)} unreadable, {len(out.duplicates)} duplicate"
+        first = f"; first: {out.skipped[0].source}: {out.skipped[0].reason}" if out.skipped else ""
+        raise InputError(
+            f"no readable images in {where} ({why} skipped; looked for "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))}){first}"
+        )
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,26 @@ def replay_columns(
     return columns, (retrieval if retrieval in found else None)
 
 
+def refuse_decisions_file(path: str | Path) -> None:
+    """InputError when ``path`` is a decisions JSONL of ``trustorch run``: replay needs the
+    recorded first looks and second looks of every agent on every row (a wide/long file)."""
+    p = Path(path)
+    if p.suffix.lower() not in {".jsonl", ".ndjson"} or not p.is_file():
+        return
+    with p.open(encoding="utf-8-sig", errors="replace") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return
+    if isinstance(record, dict) and {"predictions", "sha256"} <= set(record):
+        raise InputError(
+            "this is a decisions file of trustorch run; replay needs a recorded wide/long file "
+            "(every agent's answers on every row, e.g. the study's case3 CSV)",
+            path=str(p),
+        )
+
+
 def stratified_folds(images: Sequence[LabelledImage], folds: int, seed: int) -> list[list[int]]:
     """Held-out row indices of each fold (stratified by true label, shuffled with ``seed``)."""
     from sklearn.model_selection import StratifiedKFold
@@ -95,7 +116,7 @@ def policy_fitter(name: str, **options: Any) -> FitPolicy:
                 records, columns, ids=train_ids, retrieval=retrieval, seed=seed, **options
             )
         profiles = fit_profiles(records, columns, train_ids, retrieval=retrieval, seed=seed)
-        return make_policy(name, profiles, **options)
+        return make_policy(name, profiles, retrieval_source=retrieval, **options)
 
     return fit
 
@@ -214,6 +235,7 @@ def run_replay(
     on_image: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run the replay benchmark on one recorded file (see the module docstring)."""
+    refuse_decisions_file(path)
     records = read_records(path, task=task)
     task = task_for(records, task)
     columns, retrieval = replay_columns(records)

@@ -51,8 +51,9 @@ def replay(
 
         trustorch eval replay case3_trust_rag.csv --trust-threshold 0.9 --seed 3
     """
-    from orchestrator.replay import policy_fitter, run_replay
+    from orchestrator.replay import policy_fitter, refuse_decisions_file, run_replay
 
+    refuse_decisions_file(file)
     the_task = load_task(task) if task else None
     if max_rounds < 1:
         raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")

@@ -89,6 +89,7 @@ def run(
     """
     from orchestrator.factory import LlmSettings, RetrievalSettings
 
+    _check_settings(out=out, concurrency=concurrency, max_rounds=max_rounds, timeout=agent_timeout)
     summary, notes = asyncio.run(
         _run(
             paths=paths,
@@ -121,6 +122,20 @@ def run(
             "rerun with --resume to retry them"
         )
         raise typer.Exit(1)
+
+
+def _check_settings(*, out: Path, concurrency: int, max_rounds: int, timeout: float | None) -> None:
+    """Bad numbers and an output folder fail at once, before any model loads."""
+    from agents.errors import InputError
+
+    if concurrency < 1:
+        raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    if max_rounds < 1:
+        raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")
+    if timeout is not None and not timeout > 0:
+        raise InputError(f"--agent-timeout must be positive seconds, got {timeout}")
+    if out.is_dir():
+        raise InputError("--out is a folder; give a .jsonl file", path=str(out))
 
 
 async def _run(
@@ -164,7 +179,12 @@ async def _run(
     profiles, profile_notes = load_profiles(trust, sources, task=task)
     notes += profile_notes
     policy = build_policy(
-        policy_name, task=task, profiles=profiles, llm=llm, retrieval_source=retrieval_name
+        policy_name,
+        task=task,
+        profiles=profiles,
+        llm=llm,
+        retrieval_source=retrieval_name,
+        sources=sources,
     )
     for note in notes:
         console.print(f"note: {note}", highlight=False)

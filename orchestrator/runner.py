@@ -48,14 +48,19 @@ def read_output(path: Path, *, repair: bool) -> ExistingOutput:
     """
     if not path.exists():
         return ExistingOutput(decisions={})
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    dropped = len(data) - end
-    if dropped and repair:
-        with path.open("r+b") as fh:
-            fh.truncate(end)
-            fh.flush()
-            os.fsync(fh.fileno())
+    if path.is_dir():
+        raise InputError("the output is a folder; give a .jsonl file", path=str(path))
+    try:
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        dropped = len(data) - end
+        if dropped and repair:
+            with path.open("r+b") as fh:
+                fh.truncate(end)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as e:
+        raise InputError(f"cannot read the output ({_os_reason(e)})", path=str(path)) from None
     decisions: dict[str, dict[str, Any]] = {}
     for n, raw in enumerate(data[:end].splitlines(), start=1):
         if not raw.strip():
@@ -70,13 +75,28 @@ def read_output(path: Path, *, repair: bool) -> ExistingOutput:
     return ExistingOutput(decisions=decisions, dropped_bytes=dropped)
 
 
+def _os_reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def _make_parent(path: Path, what: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = f"cannot create the {what}'s folder ({_os_reason(e)})"
+        raise InputError(reason, path=str(path)) from None
+
+
 class JsonlWriter:
     """Appends whole lines: one ``os.write`` per line, then ``fsync``."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path, "output")
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise InputError(f"cannot write the output ({_os_reason(e)})", path=str(path)) from None
 
     def write(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -91,13 +111,25 @@ class JsonlWriter:
 
 @asynccontextmanager
 async def sqlite_checkpointer(path: Path) -> AsyncIterator[Any]:
-    """LangGraph's async SQLite checkpointer on ``path`` (created when missing)."""
+    """LangGraph's async SQLite checkpointer on ``path`` (created when missing); InputError
+    naming ``path`` when it cannot be created or is not a SQLite file."""
+    import sqlite3
+
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-        await saver.setup()
-        yield saver
+    _make_parent(path, "checkpoint")
+    if path.is_dir():
+        raise InputError("the checkpoint is a folder; give a .sqlite file", path=str(path))
+    opened = False
+    try:
+        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+            await saver.setup()
+            opened = True
+            yield saver
+    except (sqlite3.Error, OSError) as e:
+        if opened:
+            raise
+        raise InputError(f"not a usable SQLite checkpoint file ({e})", path=str(path)) from None
 
 
 def default_checkpoint_path(out: Path) -> Path:
@@ -280,6 +312,8 @@ async def run_batch(
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
     started = time.perf_counter()
     out = Path(out)
+    if out.is_dir():
+        raise InputError("the output is a folder; give a .jsonl file", path=str(out))
     if not resume and out.exists() and out.stat().st_size > 0:
         raise InputError(
             "output file exists; pass --resume to continue it, or choose another --out",

@@ -33,10 +33,13 @@ ChromaUrlOption = Annotated[
 SplitOption = Annotated[str, typer.Option("--split", help="Split recorded with each item.")]
 
 
-def open_store(index_dir: Path | None, chroma_url: str | None) -> ChromaStore:
+def open_store(
+    index_dir: Path | None, chroma_url: str | None, *, create: bool = True
+) -> ChromaStore:
+    """The store; ``create=False`` for read-only commands (a missing folder is an InputError)."""
     from rag.store import ChromaStore
 
-    return ChromaStore.open(index_dir=index_dir, chroma_url=chroma_url)
+    return ChromaStore.open(index_dir=index_dir, chroma_url=chroma_url, create=create)
 
 
 def _print_report(title: str, report_dict: dict, location: str) -> None:
@@ -150,7 +153,7 @@ def stats(
       trustorch index stats --task apple-leaf --json
       trustorch index stats --chroma-url http://127.0.0.1:8000
     """
-    store = open_store(index_dir, chroma_url)
+    store = open_store(index_dir, chroma_url, create=False)
     infos = [i for i in store.indexes(with_labels=True) if task is None or i.task == task]
     if json_out:
         emit_json({"location": store.location, "indexes": [i.to_dict() for i in infos]})

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from agents.errors import StoreError
+from agents.errors import InputError, StoreError
 from agents.types import Neighbour
 
 INDEX_DIR_ENV = "TRUSTORCH_INDEX_DIR"
@@ -35,6 +35,7 @@ DEFAULT_HNSW: dict[str, Any] = {
     "max_neighbors": 32,
 }
 _PAGE = 5000
+CHROMA_DB_FILE = "chroma.sqlite3"  # what an embedded Chroma folder holds once it is an index
 
 
 def default_index_dir() -> Path:
@@ -102,8 +103,14 @@ class ChromaStore:
 
     @classmethod
     def open(
-        cls, *, index_dir: str | Path | None = None, chroma_url: str | None = None
+        cls,
+        *,
+        index_dir: str | Path | None = None,
+        chroma_url: str | None = None,
+        create: bool = True,
     ) -> ChromaStore:
+        """A server client, or an embedded one in a folder; ``create=False`` (for reading) makes
+        nothing and raises ``InputError`` when the folder holds no index."""
         import chromadb
         from chromadb.config import Settings
 
@@ -126,6 +133,8 @@ class ChromaStore:
                 ) from e
             return cls(client, f"{parsed.scheme}://{parsed.hostname}:{port}")
         folder = Path(index_dir) if index_dir else default_index_dir()
+        if not create and not (folder / CHROMA_DB_FILE).is_file():
+            raise InputError(f"no index at {folder}; build one with `trustorch index build`")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             client = chromadb.PersistentClient(path=str(folder), settings=settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,72 @@ def test_build_agent_rejects_unknown_kinds_and_options(clip: ClipModel, apple_ta
         build_agent("clip", task=apple_task, clip=clip, colour="red")
     with pytest.raises(InputError, match="give a model"):
         build_agent("openai:", task=apple_task)
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("clip", {"batch_size": "abc"}, "option batch_size='abc' must be an integer >= 1"),
+        ("clip", {"batch_size": -1}, "option batch_size=-1 must be an integer >= 1"),
+        ("clip", {"batch_size": True}, "option batch_size=True must be an integer >= 1"),
+        ("clip", {"templates": 3.5}, "option templates=3.5 must be a text or a list of texts"),
+        ("openai:gpt-4o", {"timeout_s": "abc"}, "option timeout_s='abc' must be a number > 0"),
+        ("openai:gpt-4o", {"timeout_s": 0}, "option timeout_s=0 must be a number > 0"),
+        ("openai:gpt-4o", {"max_retries": -2}, "option max_retries=-2 must be an integer >= 0"),
+        ("openai:gpt-4o", {"logprobs": "maybe"}, "option logprobs='maybe' must be true or false"),
+        (
+            "openai:gpt-4o",
+            {"image_detail": "ultra"},
+            "option image_detail='ultra' must be a text (one of",
+        ),
+        (
+            "openai:gpt-4o",
+            {"temperature": "hot"},
+            "option temperature='hot' must be a number >= 0 or",
+        ),
+        ("openai:gpt-4o", {"prices": "cheap"}, "option prices='cheap' must be a mapping"),
+        ("hf-vlm:/nowhere/vlm", {"dtype": "int7"}, "option dtype='int7' must be a torch dtype"),
+        ("hf-vlm:/nowhere/vlm", {"reason_tokens": 1.5}, "option reason_tokens=1.5 must be an"),
+    ],
+)
+def test_build_agent_refuses_option_values_of_the_wrong_type(
+    spec: str, options: dict, message: str, clip: ClipModel, apple_task: Task
+) -> None:
+    with pytest.raises(InputError, match=re.escape(f"agent spec {spec!r}: {message}")):
+        build_agent(spec, task=apple_task, clip=clip, **options)
+
+
+def test_build_agent_coerces_option_values(
+    clip: ClipModel, apple_task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = build_agent("clip", task=apple_task, clip=clip, batch_size="8", templates="a {label}")
+    assert agent.batch_size == 8 and agent.templates == ("a {label}",)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-spec-test-key")
+    vlm = build_agent(
+        "openai:gpt-4o",
+        task=apple_task,
+        timeout_s="2.5",
+        logprobs="false",
+        max_tokens="none",
+        max_retries=2.0,
+        image_detail="LOW",
+    )
+    assert (vlm.client.timeout_s, vlm.client.max_tokens, vlm.client.max_retries) == (2.5, None, 2)
+    assert vlm.client.features.logprobs is False and vlm.image_detail == "low"
+
+
+def test_cli_predict_bad_option_value_is_one_line(
+    images: list[ImageRef], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.cli import main
+
+    for option, shown in (("batch_size=abc", "'abc'"), ("batch_size=-1", "-1")):
+        args = ["agents", "predict", images[0].source, "--clip-model", "/nowhere/clip"]
+        assert main([*args, "-o", option]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"error: agent spec 'clip': option batch_size={shown} must be an integer >= 1"
+        ]
 
 
 def test_build_openai_agent_from_spec(apple_task: Task, monkeypatch: pytest.MonkeyPatch) -> None:

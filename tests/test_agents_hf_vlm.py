@@ -206,3 +206,24 @@ def test_unloadable_folder_is_a_one_line_model_load_error(tmp_path: Path) -> Non
         load_vlm(str(tmp_path / "missing-model"), device="cpu")
     message = str(info.value)
     assert "\n" not in message and "missing-model" in message and "hf-vlm:DIR" in message
+
+
+def test_hub_id_offline_fails_at_once_without_hub_retries(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as info:
+        load_vlm("no-such-org/no-such-vlm", device="cpu")
+    message = str(info.value)
+    assert "not a local folder, not in the Hugging Face cache, and HF_HUB_OFFLINE is set" in message
+    assert "--agent hf-vlm:DIR" in message and "TRUSTORCH_HF_VLM=DIR" in message
+    assert "\n" not in message
+
+
+def test_hub_id_with_unreachable_hub_fails_without_retrying(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ModelLoadError, match=r"http://127\.0\.0\.1:9 cannot be reached"):
+        load_vlm("no-such-org/no-such-vlm", device="cpu")

@@ -167,3 +167,90 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, content, argv, messa
 def test_missing_file(capsys, tmp_path):
     code, _, err = run(capsys, "eval", "calibration", str(tmp_path / "nope.csv"))
     assert code == 1 and err.strip() == f"error: {tmp_path / 'nope.csv'}: no such file"
+
+
+def test_agent_without_valid_predictions_prints_dashes(tmp_path, capsys):
+    f = tmp_path / "long.jsonl"
+    rows = [
+        {"id": str(i), "agent": agent, "truth": truth, "pred": pred, "confidence": 0.9}
+        for i, truth in enumerate(["cat", "dog"] * 5)
+        for agent, pred in (("good", truth), ("mute", ""))
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, out, err = run(capsys, "eval", "calibration", str(f), "--bootstrap", "20")
+    assert code == 0, err
+    ece = next(line for line in out.splitlines() if line.startswith("│ ECE"))
+    assert [c.strip() for c in ece.split("│")[2:4]] == ["0.100", "-"]
+    brier = next(line for line in out.splitlines() if line.startswith("│ Brier"))
+    assert brier.split("│")[3].strip() == "-"
+    code, out, err = run(capsys, "eval", "trust", str(f), "--out", str(tmp_path / "p.json"))
+    assert code == 0, err
+    mute = next(line for line in out.splitlines() if line.startswith("│ mute"))
+    assert [c.strip() for c in mute.split("│")[2:5]] == ["10", "0.000", "-"]
+    assert load_trust_profiles(tmp_path / "p.json")["mute"].ece is None
+
+
+def test_decisions_of_a_three_round_run_fit_without_task(tmp_path, capsys):
+    def pred(label, conf, rnd):
+        scores = {"rust": conf, "healthy": (1 - conf) / 2, "scab": (1 - conf) / 2}
+        if label == "scab":
+            scores = {"scab": conf, "healthy": (1 - conf) / 2, "rust": (1 - conf) / 2}
+        return {"agent": "gpt", "label": label, "confidence": conf, "scores": scores, "round": rnd}
+
+    lines = [
+        {
+            "image": f"{i}.png",
+            "sha256": f"{i:064x}",
+            "task": "apple-leaf",
+            "truth": truth,
+            "predictions": [pred(truth, 0.6, 0), pred("scab", 0.55, 1), pred(truth, 0.8, 2)],
+        }
+        for i, truth in enumerate(["rust", "scab"] * 4)
+    ]
+    f = tmp_path / "c1.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out_file = tmp_path / "p.json"
+    argv = ["--out", str(out_file), "--json", "--bootstrap", "0", "--folds", "2"]
+    code, out, err = run(capsys, "eval", "trust", str(f), *argv)
+    assert code == 0, err
+    summary = json.loads(out)["agents"]
+    assert sorted(summary) == ["gpt", "gpt@reeval"]
+    assert summary["gpt"]["n"] == summary["gpt@reeval"]["n"] == 8
+    assert summary["gpt@reeval"]["accuracy"] == 1.0
+    profiles = load_trust_profiles(out_file)
+    assert profiles["gpt"].labels == ("black-rot", "healthy", "rust", "scab")
+
+
+def test_binary_input_is_one_line(tmp_path, capsys):
+    import numpy as np
+
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(bytes(range(128, 256)))
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.arange(3))
+    for f in (binary, npz):
+        for command in (["calibration", str(f)], ["trust", str(f), "--out", str(tmp_path / "o")]):
+            code, out, err = run(capsys, "eval", *command)
+            assert (code, out) == (1, "")
+            assert err.startswith(f"error: {f}: not a UTF-8 text file (byte 0x")
+            assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--seed", "-1"], 2, "error: Invalid value for '--seed'"),
+        (["--folds", "1"], 1, "error: --folds must be 0 (none) or >= 2, got 1"),
+        (["--bootstrap", "-1"], 1, "error: --bootstrap must be >= 0, got -1"),
+        (["--bins", "-3"], 1, "error: --bins must be >= 1, got -3"),
+    ],
+)
+def test_bad_numeric_options_are_one_line(tmp_path, capsys, argv, code, message):
+    f = tmp_path / "w.csv"
+    f.write_text("id,category,a_pred,a_conf\n1,rust,rust,0.5\n2,scab,rust,0.7\n")
+    for command in (["calibration", str(f)], ["trust", str(f), "--out", str(tmp_path / "o")]):
+        got, out, err = run(capsys, "eval", *command, *argv)
+        assert (got, out) == (code, "")
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "o").exists()

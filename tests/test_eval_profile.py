@@ -227,3 +227,28 @@ def test_profile_is_frozen_and_fit_rejects_bad_input(case1_profiles):
     with pytest.raises(InputError, match="true label 'mildew'"):
         fit_trust_profile("a", [Record("1", "a", "mildew", "rust", 0.5)], LABELS)
     assert isinstance(case1_profiles["gpt"], TrustProfile)
+
+
+def test_agent_without_valid_predictions_has_no_confidence_numbers(tmp_path):
+    records = [Record(str(i), "a", LABELS[i % 4], None, 0.0) for i in range(20)]
+    p = fit_trust_profile("a", records, LABELS, bootstrap=50)
+    assert (p.n, p.n_invalid, p.accuracy, p.default) == (20, 20, 0.0, False)
+    assert p.confusion == [[0, 0, 0, 0, 5]] * 4 and p.confusion_has_invalid
+    for key in ("ece", "mce", "ocr", "ccc", "brier", "mean_confidence", "reliability"):
+        assert getattr(p, key) is None, key
+    assert p.recalibrated == {} and set(p.intervals) == {"accuracy"}
+    assert p.recalibration["method"] == "shrink"
+    sure = Prediction(agent="a", label="rust", confidence=1.0)
+    assert p.calibrated_confidence(sure) == pytest.approx(0.25 + 0.2 * 0.75)
+    scores = p.calibrated_scores(sure)
+    assert sum(scores.values()) == pytest.approx(1.0)
+    assert scores["rust"] == pytest.approx(0.4)
+    assert scores["healthy"] == pytest.approx(0.2)
+    assert p.calibrated_scores(Prediction.failure("a", "x")) == pytest.approx(
+        {lb: 0.25 for lb in LABELS}
+    )
+    target = tmp_path / "p.json"
+    save_trust_profiles(target, {"a": p})
+    assert json.loads(target.read_text())["profiles"]["a"]["ece"] is None
+    loaded = load_trust_profiles(target)["a"]
+    assert loaded == p and loaded.calibrated_scores(sure) == scores

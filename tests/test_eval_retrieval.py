@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from agents.errors import InputError
 from agents.types import Task
 from eval.retrieval import (
     cross_fitted_softmax,
@@ -134,3 +135,50 @@ def test_retrieval_command_json_and_table(
     assert out["ece_bins"] == 10 and out["softmax_folds"] == 10
     table = runner.invoke(app, common)
     assert table.exit_code == 0 and "similarity-share" in table.stdout and "0.953" in table.stdout
+
+
+def synthetic_index(store: ChromaStore, task: Task, n: int, dim: int = 8) -> ImageIndex:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    index = store.index(task.name, "synthetic", dim)
+    ids = [f"item{i}" for i in range(n)]
+    index.add(ids, x, model="synthetic", labels=[task.labels[i % 4] for i in range(n)], sources=ids)
+    return index
+
+
+def test_large_k_is_batched_under_the_sql_variable_limit(tmp_path: Path, apple_task: Task):
+    # 200 queries x 200 results in one Chroma call exceeded SQLite's 32,766 variables
+    store = ChromaStore.open(index_dir=tmp_path / "index")
+    index = synthetic_index(store, apple_task, 200)
+    loo = loo_neighbours(index, apple_task, 199)
+    assert loo.similarities.shape == (200, 199) and (loo.label_idx >= 0).all()
+    ids = np.array(loo.ids)
+    for row in range(0, 200, 37):
+        found = index.query(index.all_vectors().vectors[[row]], 200, model="synthetic")[0]
+        assert len({n.id for n in found} - {ids[row]}) == 199
+    result = evaluate_loo(index, apple_task, k=199, folds=2)
+    assert result.k == 199 and result.n == 200
+
+
+def test_k_of_index_size_or_more_is_an_input_error(tmp_path: Path, apple_task: Task):
+    store = ChromaStore.open(index_dir=tmp_path / "index")
+    index = synthetic_index(store, apple_task, 5)
+    with pytest.raises(InputError, match=r"k=5 is too large: .* holds 5 items.*use -k 4 or less"):
+        evaluate_loo(index, apple_task, k=5)
+    assert evaluate_loo(index, apple_task, k=4, folds=2).k == 4
+
+
+def test_index_under_three_items_is_an_input_error(tmp_path: Path, apple_task: Task):
+    store = ChromaStore.open(index_dir=tmp_path / "index")
+    index = synthetic_index(store, apple_task, 2)
+    with pytest.raises(InputError, match="holds 2 item\\(s\\); leave-one-out needs at least 3"):
+        evaluate_loo(index, apple_task, k=1)
+
+
+def test_retrieval_command_rejects_k_zero(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command()(retrieval)
+    app.command("other")(lambda: None)
+    done = CliRunner().invoke(app, ["retrieval", "-k", "0", "--index-dir", str(tmp_path / "x")])
+    assert done.exit_code == 2 and "greater than or equal to 1" in done.output
+    assert not (tmp_path / "x").exists()

@@ -151,3 +151,116 @@ def test_read_decisions_jsonl_names_second_looks(tmp_path, apple_task):
         ("gpt@reeval", "rust", "rust"),
     ]
     assert "1 decision(s) without a true label left out" in rs.notes
+
+
+def _decision(sha: str, truth: str | None, predictions, task: str = "apple-leaf") -> dict:
+    return {
+        "image": f"{sha}.png",
+        "sha256": sha * 64,
+        "task": task,
+        "truth": truth,
+        "predictions": predictions,
+    }
+
+
+def test_decisions_keep_only_the_last_second_look(tmp_path, apple_task):
+    def pred(label, conf, rnd):
+        return Prediction(agent="gpt", label=label, confidence=conf, round=rnd).to_dict()
+
+    lines = [
+        _decision("a", "rust", [pred("scab", 0.9, 0), pred("scab", 0.7, 1), pred("rust", 0.8, 2)]),
+        _decision("b", "scab", [pred("scab", 0.6, 0), pred("rust", 0.5, 1)]),
+    ]
+    f = tmp_path / "run.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rs = read_records(f, task=apple_task)
+    assert [(r.id[0], r.agent, r.pred, r.confidence) for r in rs.records] == [
+        ("a", "gpt", "scab", 0.9),
+        ("a", "gpt@reeval", "rust", 0.8),
+        ("b", "gpt", "scab", 0.6),
+        ("b", "gpt@reeval", "rust", 0.5),
+    ]
+
+
+def test_non_utf8_file_is_input_error(tmp_path):
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"id,category\n\xff\xfe\x00\x81\n")
+    with pytest.raises(InputError, match=r"bin\.csv: not a UTF-8 text file \(byte 0xff"):
+        read_records(binary)
+    npz = tmp_path / "arrays.npz"
+    np.savez(npz, x=np.arange(3))
+    with pytest.raises(InputError, match=r"arrays\.npz: not a UTF-8 text file"):
+        read_records(npz)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "l.jsonl",
+            '{"id": "1", "agent": "a", "truth": "rust", "pred": "rust", "confidence": 0.5, '
+            '"round": "x"}\n',
+            r"l\.jsonl:1: column 'round': round must be a whole number >= 0, got 'x'",
+        ),
+        (
+            "l.jsonl",
+            '{"id": "1", "agent": "a", "truth": "rust", "pred": "rust", "confidence": 0.5, '
+            '"round": 1.5}\n',
+            r"l\.jsonl:1: column 'round': round must be a whole number >= 0, got 1\.5",
+        ),
+        (
+            "l.csv",
+            "id,agent,truth,pred,confidence,round\n1,a,rust,rust,0.5,-1\n",
+            r"l\.csv:2: column 'round': round must be a whole number >= 0, got '-1'",
+        ),
+        (
+            "d.jsonl",
+            '{"sha256": "a", "truth": "rust", "predictions": "oops"}\n',
+            r"d\.jsonl:1: column 'predictions': must be a list of predictions",
+        ),
+        (
+            "d.jsonl",
+            '{"sha256": "a", "truth": "rust", "predictions": [7]}\n',
+            r"d\.jsonl:1: column 'predictions\[0\]': must be a prediction object",
+        ),
+        (
+            "d.jsonl",
+            '{"sha256": "a", "truth": "rust", "predictions": [{"agent": "a", "label": "rust", '
+            '"confidence": 0.5, "round": 0}, {"agent": "a", "round": "x"}]}\n',
+            r"d\.jsonl:1: column 'predictions\[1\]\.round': round must be a whole number",
+        ),
+        (
+            "d.jsonl",
+            '{"sha256": "a", "truth": "rust", "predictions": [{"agent": "a", "round": 1.5}]}\n',
+            r"d\.jsonl:1: column 'predictions\[0\]\.round': round must be a whole number",
+        ),
+    ],
+)
+def test_malformed_round_and_predictions_name_file_line_field(
+    tmp_path, apple_task, name, content, message
+):
+    f = tmp_path / name
+    f.write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_records(f, task=apple_task)
+
+
+def test_long_round_accepts_whole_numbers(tmp_path, apple_task):
+    f = tmp_path / "l.csv"
+    f.write_text("id,agent,truth,pred,confidence,round\n1,a,rust,rust,0.5,\n1,a,rust,scab,0.4,2\n")
+    assert [r.round for r in read_records(f, task=apple_task).records] == [0, 2]
+
+
+def test_decisions_without_task_use_the_named_preset(tmp_path, apple_task):
+    scores = {"rust": 0.6, "healthy": 0.3, "scab": 0.1}
+    p = Prediction(agent="clip", label="rust", confidence=0.6, scores=scores).to_dict()
+    f = tmp_path / "run.jsonl"
+    f.write_text(json.dumps(_decision("a", "Rust", [p])) + "\n")
+    rs = read_records(f)
+    assert rs.labels == apple_task.labels
+    assert rs.records[0].truth == "rust" and rs.records[0].scores["healthy"] == pytest.approx(0.3)
+    assert "labels of task 'apple-leaf' named in the decisions" in rs.notes
+    f.write_text(json.dumps(_decision("a", "rust", [p], task="my-leaves")) + "\n")
+    rs = read_records(f)
+    assert rs.labels == ("healthy", "rust", "scab")
+    assert rs.records[0].scores == pytest.approx({"healthy": 0.3, "rust": 0.6, "scab": 0.1})

@@ -209,6 +209,52 @@ def test_invalid_replies_and_a_dead_server_fall_back_to_a_vote(apple_task):
     assert "APIConnectionError" in voted.reason and voted.label == "healthy"
 
 
+def test_fallback_counts_the_retrievers_answer_once(apple_task):
+    dead = _policy("http://127.0.0.1:9/v1", apple_task, retrieval_source="retrieval")
+    preds = [
+        Prediction(agent="gpt", label="rust", confidence=0.9),
+        Prediction(agent="retrieval", label="healthy", confidence=0.9),
+    ]
+    evidence = Evidence(neighbours=(), vote={"healthy": 0.6, "rust": 0.4}, k=10)
+    got = asyncio.run(
+        dead.assess(task=apple_task, predictions=preds, evidence=evidence, round=1, max_rounds=2)
+    )
+    # gpt 0.9 + vote 0.4 for rust against the vote's 0.6 for healthy, counted once
+    assert got.label == "rust" and got.confidence == pytest.approx(1.3 / 1.9)
+
+
+class KeyEchoingClient:
+    """FAKE OpenAI client: every call fails with an error that quotes the API key."""
+
+    api_key = "sk-test-0123456789abcdef"
+
+    class _Completions:
+        async def create(self, **kwargs: Any) -> Any:
+            raise openai.OpenAIError(f"Incorrect API key provided: {KeyEchoingClient.api_key}")
+
+    def __init__(self) -> None:
+        self.chat = type("Chat", (), {"completions": self._Completions()})()
+
+    def with_options(self, **kwargs: Any) -> KeyEchoingClient:
+        return self
+
+
+def test_llm_reply_errors_are_agent_errors_without_the_key(apple_task):
+    from agents.errors import AgentError
+    from orchestrator.policies.json_chat import LlmReplyError
+
+    chat = JsonChat(client=KeyEchoingClient(), model="m", mode="json_schema")
+    with pytest.raises(LlmReplyError) as caught:
+        asyncio.run(chat.complete("hi", lambda bounded: {"type": "object"}))
+    assert isinstance(caught.value, AgentError)
+    assert str(caught.value) == "OpenAIError: Incorrect API key provided: ***"
+    policy = LlmPolicy(chat=chat, profiles={})
+    got = asyncio.run(
+        policy.assess(task=apple_task, predictions=_preds(), evidence=None, round=1, max_rounds=2)
+    )
+    assert KeyEchoingClient.api_key not in got.reason and "key provided: ***" in got.reason
+
+
 # --- the real local LLM --------------------------------------------------------------------
 
 

@@ -96,7 +96,10 @@ def test_prediction_set_and_stage_and_keys():
 def test_trust_policy_trusts_fuses_and_asks_again(scab_sayer):
     task = Task(name="t", labels=LABELS, descriptions={y: y for y in LABELS})
     policy = TrustPolicy(
-        profiles={"vlm": scab_sayer}, weights={"first": {"vlm": 1.0}}, thresholds={"first": 0.8}
+        profiles={"vlm": scab_sayer},
+        weights={"first": {"vlm": 1.0}},
+        thresholds={"first": 0.8},
+        retrieval_source="rag",
     )
     healthy = run(
         policy.assess(
@@ -232,7 +235,7 @@ def test_baselines():
     assert maj.trusted and maj.reevaluate == []
     mx = run(MaxConfidencePolicy().assess(predictions=preds, evidence=ev, **kw))
     assert mx.label == "rust" and mx.confidence == pytest.approx(0.99)
-    rag = SinglePolicy(source="rag")
+    rag = SinglePolicy(source="rag", retrieval_source="rag")
     waiting = run(rag.assess(predictions=preds, evidence=None, **kw))
     assert not waiting.trusted and waiting.label is None
     got = run(rag.assess(predictions=preds, evidence=ev, **kw))
@@ -259,3 +262,36 @@ def test_make_policy():
         make_policy("majority", colour="red")
     with pytest.raises(InputError, match="agent_model"):
         make_policy("trust", agent_model="magic")
+
+
+def test_an_agent_named_rag_is_fused_when_no_retriever_is_named():
+    task = Task(name="t", labels=LABELS, descriptions={y: y for y in LABELS})
+    preds = [
+        Prediction(agent="qwen", label="scab", confidence=0.9),
+        Prediction(agent="gpt", label="rust", confidence=0.9),
+        Prediction(agent="rag", label="rust", confidence=0.9),
+    ]
+    kw = {"task": task, "evidence": None, "round": 0, "max_rounds": 2}
+    trust = run(TrustPolicy(profiles={}).assess(predictions=preds, **kw))
+    assert trust.weights == {"qwen": 0.5, "gpt": 0.5, "rag": 0.5}
+    assert trust.label == "rust" and trust.reevaluate == ["qwen", "gpt", "rag"]
+    majority = run(MajorityPolicy().assess(predictions=preds, **kw))
+    assert majority.label == "rust" and majority.confidence == pytest.approx(2 / 3, abs=1e-5)
+
+
+def test_baselines_count_the_retrievers_answer_once_with_the_evidence():
+    task = Task(name="t", labels=LABELS, descriptions={y: y for y in LABELS})
+    preds = [
+        Prediction(agent="a", label="scab", confidence=0.6),
+        Prediction(agent="b", label="scab", confidence=0.7),
+        Prediction(agent="retrieval", label="healthy", confidence=0.9),
+    ]
+    ev = Evidence(neighbours=(), vote={"healthy": 0.8, "rust": 0.2})
+    kw = {"task": task, "round": 0, "max_rounds": 2}
+    policy = MajorityPolicy(retrieval_source="retrieval")
+    with_evidence = run(policy.assess(predictions=preds, evidence=ev, **kw))
+    # a, b and the evidence vote: scab 2 of 3 (the retriever's own answer is not a 4th vote)
+    assert with_evidence.label == "scab"
+    assert with_evidence.confidence == pytest.approx(2 / 3, abs=1e-5)
+    before = run(policy.assess(predictions=preds, evidence=None, **kw))
+    assert before.scores["healthy"] == pytest.approx(1 / 3, abs=1e-5)

@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pytest
 
-from agents.errors import StoreError
+from agents.errors import InputError, StoreError
 from rag.store import DEFAULT_HNSW, ChromaStore, collection_name, default_index_dir
 
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
@@ -179,3 +179,26 @@ def test_unreachable_server_is_one_clear_error() -> None:
         port = s.getsockname()[1]
     with pytest.raises(StoreError, match=f"cannot reach the Chroma server at .*:{port}"):
         ChromaStore.open(chroma_url=f"http://127.0.0.1:{port}")
+
+
+def test_opening_for_reading_creates_nothing(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.cli import main
+
+    missing = tmp_path / "nonexist" / "x"
+    with pytest.raises(InputError, match=r"no index at .*nonexist.x; build one with"):
+        ChromaStore.open(index_dir=missing, create=False)
+    empty = tmp_path / "emptyidx"
+    empty.mkdir()
+    for argv in (
+        ["index", "stats", "--index-dir", str(missing)],
+        ["index", "stats", "--index-dir", str(missing), "--json"],
+        ["eval", "retrieval", "--index-dir", str(missing)],
+        ["eval", "retrieval", "--index-dir", str(empty)],
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: no index at "), err
+    assert not (tmp_path / "nonexist").exists() and list(empty.iterdir()) == []
+    # a built index still opens for reading
+    ChromaStore.open(index_dir=empty).index("t1", "m", 4)
+    assert ChromaStore.open(index_dir=empty, create=False).existing("t1").count() == 0

@@ -102,3 +102,25 @@ def test_fixed_trust_threshold_is_used_in_every_fold(case3: Path):
     )
     assert {d["thresholds"]["evidence"] for d in report["fold_details"]} == {0.9}
     assert report["accuracy"] >= 0.97 and report["reeval_rate"] <= 0.25
+
+
+def test_a_decisions_file_of_run_is_refused(tmp_path: Path, capsys):
+    decisions = tmp_path / "run.jsonl"
+    lines = [
+        {
+            "sha256": f"{i:064x}",
+            "image": f"leaf{i}.png",
+            "truth": truth,
+            "label": truth,
+            "confidence": 0.9,
+            "predictions": [{"agent": "gpt", "label": truth, "confidence": 0.9, "round": 0}],
+        }
+        for i, truth in enumerate(["rust", "scab"] * 10)
+    ]
+    decisions.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    assert main(["eval", "replay", str(decisions), "--folds", "2", "--json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {decisions}: this is a decisions file of trustorch run;")
+    assert "replay needs a recorded wide/long file" in err[-1]
+    with pytest.raises(InputError, match="decisions file"):
+        run_replay(decisions, folds=2)

@@ -202,3 +202,127 @@ def test_run_with_tiny_clip_and_retrieval_over_a_built_index(tmp_path, capsys, t
         assert d["label"] is None or d["label"] in ("black-rot", "healthy", "rust", "scab")
         # the retrieval vote is fused once, as evidence, not again as a first-look answer
         assert set(d["weights"]) == {"clip", "retrieval"}
+
+
+def _run_cli(tmp_path: Path, capsys, *args: str) -> tuple[int, str]:
+    data = make_images(tmp_path / "data", per_label=1)
+    code = main(["run", str(data), "--agent", agent_spec("a"), *args])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--concurrency", "0"), ("--max-rounds", "0"), ("--agent-timeout", "-1")],
+)
+def test_bad_numbers_fail_before_any_model_loads(tmp_path, capsys, option, value):
+    # a CLIP folder that does not exist: building the agent would fail with another message
+    args = ["--agent", f"clip:{tmp_path / 'no-clip'}", option, value]
+    code, err = _run_cli(tmp_path, capsys, *args, "--out", str(tmp_path / "o.jsonl"))
+    assert code == 1
+    assert err.splitlines()[-1].startswith(f"error: {option} must be")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_unusable_output_and_checkpoint_paths_are_one_line_errors(tmp_path, capsys):
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    code, err = _run_cli(tmp_path, capsys, "--out", str(folder), "--resume")
+    assert code == 1 and f"error: {folder}: " in err and "folder" in err
+
+    code, err = _run_cli(tmp_path, capsys, "--out", "/proc/x/o.jsonl")
+    assert code == 1 and err.splitlines()[-1].startswith("error: /proc/x/o.jsonl")
+
+    not_db = tmp_path / "notdb.sqlite"
+    not_db.write_text("this is not a SQLite database, it is just text " * 40)
+    out = tmp_path / "o.jsonl"
+    code, err = _run_cli(tmp_path, capsys, "--out", str(out), "--checkpoint", str(not_db))
+    assert code == 1
+    assert err.splitlines()[-1].startswith(f"error: {not_db}: not a usable SQLite checkpoint")
+
+
+def test_single_policy_must_name_a_source_of_the_run(tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    code, err = _run_cli(tmp_path, capsys, "--policy", "single:nope", "--out", str(out))
+    assert code == 1
+    assert err.splitlines()[-1] == "error: policy 'single:nope': no source 'nope' in this run " + (
+        "(sources: a)"
+    )
+    assert not out.exists()
+
+
+def test_inputs_without_a_readable_image_fail(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "o.jsonl"
+    code = main(["run", str(empty), "--agent", agent_spec("a"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert err.startswith(f"error: no readable images in {empty} (1 unreadable, 0 duplicate")
+    assert "broken.jpg" in err and not out.exists()
+
+
+def _profile_file(tmp_path: Path, profiles: dict) -> Path:
+    from eval.profile import save_trust_profiles
+
+    path = tmp_path / "trust.json"
+    save_trust_profiles(path, profiles)
+    return path
+
+
+def _measured(name: str, labels, **update) -> object:
+    from eval.profile import default_trust_profile
+
+    return default_trust_profile(name, labels).model_copy(update={"default": False, **update})
+
+
+def test_reeval_profiles_are_kept_and_used_for_second_looks(tmp_path, apple_task):
+    import asyncio
+
+    from agents.types import Prediction
+    from orchestrator.factory import build_policy, load_profiles
+
+    labels = apple_task.labels
+    sharp = [[20 if i == j else 0 for j in range(4)] for i in range(4)]  # never wrong again
+    second = _measured("gpt@reeval", labels, confusion=sharp)
+    path = _profile_file(tmp_path, {"gpt": _measured("gpt", labels), "gpt@reeval": second})
+    profiles, notes = load_profiles(path, ["gpt"], task=apple_task)
+    assert sorted(profiles) == ["gpt", "gpt@reeval"] and notes == []
+    policy = build_policy("trust", task=apple_task, profiles=profiles)
+    looks = [Prediction(agent="gpt", label="rust", confidence=0.9, round=r) for r in (0, 1)]
+    got = asyncio.run(
+        policy.assess(task=apple_task, predictions=looks, evidence=None, round=1, max_rounds=2)
+    )
+    # the sharp second-look profile: column 'rust' + 1 = [1, 1, 21, 1] / 24, uniform prior
+    assert got.weights == {"gpt@reeval": 1.0}
+    assert got.confidence == pytest.approx(21 / 24)
+
+
+def test_profile_on_other_labels_or_a_bad_confusion_is_an_input_error(tmp_path, apple_task):
+    from agents.errors import InputError
+    from orchestrator.factory import load_profiles
+
+    path = _profile_file(tmp_path, {"gpt": _measured("gpt", ["cat", "dog"])})
+    with pytest.raises(InputError, match=r"trust\.json: trust profile of agent 'gpt' is for "):
+        load_profiles(path, ["gpt"], task=apple_task)
+    short = _measured("qwen@reeval", apple_task.labels, confusion=[[1, 0], [0, 1]])
+    path = _profile_file(tmp_path, {"qwen@reeval": short})
+    with pytest.raises(InputError, match="agent 'qwen@reeval' has a confusion matrix of 2 x"):
+        load_profiles(path, ["qwen"], task=apple_task)
+
+
+def test_policies_get_the_retrieval_source_and_no_default_one(apple_task):
+    from orchestrator.factory import build_policy
+
+    for name in ("trust", "majority", "max-confidence", "single:a"):
+        assert build_policy(name, task=apple_task, profiles={}).retrieval_source is None
+        named = build_policy(name, task=apple_task, profiles={}, retrieval_source="retrieval")
+        assert named.retrieval_source == "retrieval"
+
+
+def test_name_prefix_renames_replay_agents(paper_dir, apple_task):
+    from orchestrator.factory import build_agents
+
+    spec = f"q=replay:{paper_dir / 'case3_trust_rag.csv'}#qwen"
+    built = build_agents([spec, f"replay:{paper_dir / 'case3_trust_rag.csv'}#gpt"], task=apple_task)
+    assert [a.name for a in built.agents] == ["q", "gpt"]

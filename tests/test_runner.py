@@ -151,7 +151,7 @@ def test_collect_images_folder_manifest_unreadable_and_duplicates(tmp_path, appl
         ("loose.png", "black-rot"),
     ]
     assert [(Path(s.source).name, s.reason) for s in got.skipped] == [
-        ("broken.png", "not a readable image")
+        ("broken.png", "not an image file (unknown format)")
     ]
     assert len(got.duplicates) == 1 and "rust_0.png" in got.duplicates[0].reason
     assert got.labelled == 7
@@ -298,3 +298,50 @@ def test_fresh_run_clears_old_checkpoints(tmp_path, apple_task):
     assert len(agent.calls) == 3
     for d in _lines(tmp_path / "out.jsonl"):
         assert len(d["predictions"]) == 1
+
+
+def test_truncated_jpeg_is_skipped(tmp_path, apple_task):
+    import random
+
+    rng = random.Random(0)
+    data = make_images(tmp_path / "data", per_label=1)
+    noise = Image.new("RGB", (64, 64))
+    noise.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(64 * 64)])
+    whole = tmp_path / "whole.jpg"
+    noise.save(whole, quality=95)
+    cut = whole.read_bytes()
+    (data / "rust" / "cut.jpg").write_bytes(cut[: len(cut) // 2])  # header intact, pixels cut
+    got = collect_images([data], task=apple_task)
+    assert len(got.images) == 3
+    assert [Path(s.source).name for s in got.skipped] == ["cut.jpg"]
+    assert got.skipped[0].reason.startswith("truncated or corrupt image")
+
+
+def test_inputs_without_images_are_an_input_error(tmp_path, apple_task):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match=r"no readable images in .*empty \(0 unreadable, 0 dup"):
+        collect_images([empty], task=apple_task)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nmissing.png,rust\n")
+    with pytest.raises(InputError, match=r"1 unreadable.*missing\.png: no such file"):
+        collect_images([manifest], task=apple_task)
+
+
+def test_output_folder_and_unwritable_paths_are_input_errors(tmp_path, apple_task):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(InputError, match=r"out: the output is a folder"):
+        read_output(folder, repair=True)
+    images = collect_images([make_images(tmp_path / "data", per_label=1)], task=apple_task)
+    with pytest.raises(InputError, match=r"^/proc/x/out\.jsonl: cannot create the output's"):
+        asyncio.run(
+            _run(
+                tmp_path,
+                images.images,
+                [ScriptedAgent("a")],
+                task=apple_task,
+                out=Path("/proc/x/out.jsonl"),
+            )
+        )

@@ -145,7 +145,7 @@ def trust_cards(names: Sequence[str], profiles: Mapping[str, Any]) -> dict[str, 
             agent=name,
             n=int(profile.n),
             accuracy=float(profile.accuracy),
-            ece=float(profile.ece),
+            ece=None if profile.ece is None else float(profile.ece),
             ocr=None if profile.ocr is None else float(profile.ocr),
             note=f"ECE over {profile.ece_bins} bins; OCR at confidence > {profile.ocr_threshold:g}",
             diagram_png=reliability_png(profile),
@@ -190,6 +190,6 @@ def reliability_png(profile: Any) -> bytes | None:
             Path(folder) / "reliability.png",
             bins=len(counts),
             title=str(profile.agent),
-            ece=float(profile.ece),
+            ece=None if profile.ece is None else float(profile.ece),
         )
         return path.read_bytes()

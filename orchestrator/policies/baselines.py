@@ -1,8 +1,9 @@
 """Baseline policies: ``majority``, ``max-confidence`` and ``single:<source>``.
 
 They use the latest answer of each agent and no trust profile, and never ask for
-re-evaluation; the retrieval vote, when present, is
-one more source (``rag``). ``single:rag`` asks for the evidence first (it has nothing else).
+re-evaluation; the retrieval vote, when present, is one more source, named ``retrieval_source``
+(the retriever's agent, whose own answer is then not counted a second time).
+``single:<retrieval_source>`` asks for the evidence first (it has nothing else).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 from agents.types import Prediction, Task
 from orchestrator.decision import Assessment
-from orchestrator.policies.trust import evidence_prediction, prediction_set
+from orchestrator.policies.trust import EVIDENCE_SOURCE, evidence_prediction, prediction_set
 from rag.evidence import Evidence
 
 
@@ -34,11 +35,12 @@ def latest_answers(predictions: Sequence[Prediction]) -> list[Prediction]:
 
 
 def _sources(
-    predictions: Sequence[Prediction], evidence: Evidence | None, retrieval_source: str
+    predictions: Sequence[Prediction], evidence: Evidence | None, retrieval_source: str | None
 ) -> list[Prediction]:
     out = [p for p in latest_answers(predictions) if p.ok]
     if evidence is not None and evidence.vote:
-        out.append(evidence_prediction(evidence, retrieval_source))
+        out = [p for p in out if p.agent != retrieval_source]
+        out.append(evidence_prediction(evidence, retrieval_source or EVIDENCE_SOURCE))
     return out
 
 
@@ -81,7 +83,7 @@ class MajorityPolicy:
     name = "majority"
     assess_after_retrieval = False
 
-    def __init__(self, *, retrieval_source: str = "rag") -> None:
+    def __init__(self, *, retrieval_source: str | None = None) -> None:
         self.retrieval_source = retrieval_source
 
     async def assess(
@@ -110,7 +112,7 @@ class MaxConfidencePolicy:
     name = "max-confidence"
     assess_after_retrieval = False
 
-    def __init__(self, *, retrieval_source: str = "rag") -> None:
+    def __init__(self, *, retrieval_source: str | None = None) -> None:
         self.retrieval_source = retrieval_source
 
     async def assess(
@@ -137,7 +139,7 @@ class SinglePolicy:
 
     assess_after_retrieval = True
 
-    def __init__(self, *, source: str, retrieval_source: str = "rag") -> None:
+    def __init__(self, *, source: str, retrieval_source: str | None = None) -> None:
         self.source = source
         self.retrieval_source = retrieval_source
         self.name = f"single:{source}"

@@ -15,6 +15,9 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
+from agents.errors import AgentError
+from agents.openai_client import Secret
+
 StructuredMode = Literal["json_schema", "json_object_schema", "prompt_only"]
 MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object_schema", "prompt_only")
 SchemaBuilder = Callable[..., dict[str, Any]]
@@ -22,8 +25,10 @@ SchemaBuilder = Callable[..., dict[str, Any]]
 turns the schema into a grammar, so limits there keep a small model from rambling)."""
 
 
-class LlmReplyError(Exception):
-    """The LLM gave no usable reply (transport error, no JSON); ``usage`` when it answered."""
+class LlmReplyError(AgentError):
+    """The LLM gave no usable reply (transport error, no JSON); ``usage`` when it answered.
+
+    ``JsonChat`` redacts its API key from the message (it lands in decision reasons)."""
 
     def __init__(self, message: str, *, usage: Any = None) -> None:
         super().__init__(message)
@@ -104,10 +109,24 @@ class JsonChat:
         client = self.client.with_options(max_retries=0) if probing else self.client
         return await client.chat.completions.create(**kwargs)
 
+    def redact(self, text: str) -> str:
+        """``text`` without the client's API key."""
+        key = getattr(self.client, "api_key", None)
+        return Secret(key).redact(text) if isinstance(key, str) else text
+
     async def complete(
         self, prompt: str, build_schema: SchemaBuilder
     ) -> tuple[dict[str, Any], Any]:
-        """The reply as a dict, and the usage block (or None)."""
+        """The reply as a dict, and the usage block (or None); ``LlmReplyError`` (redacted)
+        when there is none."""
+        try:
+            return await self._complete(prompt, build_schema)
+        except LlmReplyError as e:
+            raise LlmReplyError(self.redact(str(e)), usage=e.usage) from None
+
+    async def _complete(
+        self, prompt: str, build_schema: SchemaBuilder
+    ) -> tuple[dict[str, Any], Any]:
         import openai
 
         if self.mode_ is None:

@@ -142,8 +142,10 @@ class LlmPolicy:
         trust_template: str = "orchestrator_trust",
         final_template: str = "orchestrator_final",
         reason_max_chars: int = REASON_MAX_CHARS,
+        retrieval_source: str | None = None,
     ) -> None:
         self.chat = chat
+        self.retrieval_source = retrieval_source
         self.reason_max_chars = reason_max_chars
         self.profiles = dict(profiles)
         self.usd_per_1m_input = usd_per_1m_input
@@ -276,9 +278,14 @@ class LlmPolicy:
         final: bool,
         why: str,
     ) -> Assessment:
-        """Confidence-weighted vote of the agents (and the retrieval vote), said as such."""
+        """Confidence-weighted vote of the agents (and the retrieval vote), said as such.
+
+        With the evidence in, the retriever's own answer (``retrieval_source``) is not counted
+        again."""
         totals = dict.fromkeys(task.labels, 0.0)
         for p in latest:
+            if evidence is not None and p.agent == self.retrieval_source:
+                continue
             if p.ok and p.label in totals:
                 totals[p.label] += max(p.confidence, 1e-6)
         if evidence is not None:

@@ -29,15 +29,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agents.errors import InputError
+from agents.records import REEVAL_SUFFIX
 from agents.types import Prediction, Task
 from eval.profile import TrustProfile, default_trust_profile
 from orchestrator.decision import Assessment
 from rag.evidence import Evidence
 
-REEVAL_SUFFIX = "@reeval"
 STAGES = ("first", "evidence", "reeval")
 DEFAULT_THRESHOLDS: dict[str, float | None] = {"first": 0.99, "evidence": 0.9, "reeval": 0.9}
 PROB_FLOOR = 1e-4
+EVIDENCE_SOURCE = "retrieval"
+"""The retrieval vote's source name when the policy is not told the retriever's agent name (the
+default name of ``rag.agent.RetrievalAgent``)."""
 AGENT_MODELS = ("calibrated", "confusion", "joint")
 
 
@@ -172,7 +175,7 @@ class TrustPolicy:
         abstain_below: float = 0.5,
         set_coverage: float = 0.95,
         default_weight: float = 0.5,
-        retrieval_source: str = "rag",
+        retrieval_source: str | None = None,
         reevaluate: Sequence[str] | None = None,
         agent_model: str = "confusion",
         keep_first_looks: bool = False,
@@ -233,7 +236,7 @@ class TrustPolicy:
             keep_first_looks=self.keep_first_looks,
         )
         if evidence is not None and evidence.vote:
-            sources.append(evidence_prediction(evidence, self.retrieval_source))
+            sources.append(evidence_prediction(evidence, self.retrieval_source or EVIDENCE_SOURCE))
         ratios: dict[str, dict[str, float]] = {}
         weights: dict[str, float] = {}
         notes: list[str] = []
@@ -271,7 +274,11 @@ class TrustPolicy:
         to_ask: list[str] = []
         if not trusted:
             agents = list(
-                dict.fromkeys(p.agent for p in sources if p.agent != self.retrieval_source)
+                dict.fromkeys(
+                    p.agent
+                    for p in sources
+                    if p.agent not in (self.retrieval_source, EVIDENCE_SOURCE)
+                )
             )
             to_ask = [a for a in agents if self.reevaluate is None or a in self.reevaluate]
         out_label: str | None = label

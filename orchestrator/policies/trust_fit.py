@@ -11,25 +11,43 @@ Everything is fitted on the records given (the training rows) and nothing else:
    accuracy, ``"accuracy"``) when the rows below the cut are re-evaluated, minus
    ``reeval_cost`` per unit of re-evaluation rate, within ``reeval_budget`` (``"budget"``
    spends the whole budget). The cut is placed midway between two observed confidences.
+
+``save_trust_policy`` / ``load_trust_policy_settings``: the fitted settings (weights, thresholds,
+...; not the profiles) as a JSON file, for ``trustorch run --policy-file``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.errors import InputError
-from agents.records import Record, RecordSet
+from agents.records import REEVAL_SUFFIX, Record, RecordSet
 from agents.types import Prediction
 from eval.profile import TrustProfile, fit_trust_profile
-from orchestrator.policies.trust import REEVAL_SUFFIX, TrustPolicy, evidence_prediction, log_ratio
+from orchestrator.policies.trust import TrustPolicy, evidence_prediction, log_ratio
 from rag.evidence import Evidence
 
 MAX_WEIGHT = 5.0
 CRITERIA = ("log_loss", "accuracy", "budget")
+POLICY_FILE_FORMAT = "trustorch-trust-policy"
+POLICY_FILE_VERSION = 1
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "weights": (dict,),
+    "thresholds": (dict,),
+    "abstain_below": (int, float),
+    "set_coverage": (int, float),
+    "default_weight": (int, float),
+    "reevaluate": (list, type(None)),
+    "agent_model": (str,),
+    "keep_first_looks": (bool,),
+}
 
 
 @dataclass(frozen=True)
@@ -262,7 +280,7 @@ def fit_trust_policy(
         profiles=profiles,
         weights=weights,
         thresholds=thresholds,
-        retrieval_source=retrieval or "rag",
+        retrieval_source=retrieval,
         agent_model=agent_model,
         keep_first_looks=keep_first_looks,
         **options,
@@ -274,3 +292,63 @@ def fit_trust_policy(
         "ids": list(ids),
     }
     return policy
+
+
+def save_trust_policy(
+    path: str | Path, policy: TrustPolicy, *, fitted_on: Mapping[str, Any]
+) -> None:
+    """Write the policy's fitted settings (``TrustPolicy.to_dict``) and what they were fitted on."""
+    payload = {
+        "format": POLICY_FILE_FORMAT,
+        "version": POLICY_FILE_VERSION,
+        "fitted_on": dict(fitted_on),
+        "policy": policy.to_dict(),
+    }
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot write the policy file ({e.strerror})", path=str(target)) from None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
+    """The keyword settings of ``TrustPolicy`` saved by ``save_trust_policy`` (without
+    ``retrieval_source``: the run names its own retriever); InputError naming the file if bad."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no such policy file", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the policy file ({e})", path=str(p)) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON ({e.msg})", path=str(p), line=e.lineno) from None
+    if not isinstance(data, dict) or data.get("format") != POLICY_FILE_FORMAT:
+        raise InputError(
+            f"not a trust policy file (expected format {POLICY_FILE_FORMAT!r}; "
+            "write one with trustorch eval replay --save-policy)",
+            path=str(p),
+        )
+    raw = data.get("policy")
+    if not isinstance(raw, dict):
+        raise InputError("'policy' must be an object of settings", path=str(p))
+    settings: dict[str, Any] = {}
+    for key, types in SETTING_TYPES.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, types):
+            raise InputError(f"'policy.{key}' has the wrong type", path=str(p))
+        settings[key] = value
+    for stage, weights in settings.get("weights", {}).items():
+        if not isinstance(weights, dict) or not all(_number(w) for w in weights.values()):
+            raise InputError(f"'policy.weights.{stage}' must map sources to numbers", path=str(p))
+    for stage, cut in settings.get("thresholds", {}).items():
+        if cut is not None and not _number(cut):
+            raise InputError(f"'policy.thresholds.{stage}' must be a number or null", path=str(p))
+    return settings

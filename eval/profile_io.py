@@ -1,0 +1,73 @@
+"""Trust profile files: one JSON object ``{format, version, profiles: {agent: profile}}``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from agents.errors import InputError
+
+if TYPE_CHECKING:
+    from eval.profile import TrustProfile
+
+FILE_FORMAT = "trustorch-trust-profiles"
+FILE_VERSION = 1
+
+
+def save_trust_profiles(path: str | Path, profiles: Mapping[str, TrustProfile]) -> None:
+    """Write profiles as one JSON file, atomically (temporary file in the folder + rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "profiles": {name: p.model_dump(mode="json") for name, p in profiles.items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_trust_profiles(path: str | Path) -> dict[str, TrustProfile]:
+    """Read a file written by ``save_trust_profiles`` (InputError naming the file if bad)."""
+    from eval.profile import TrustProfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such trust profile file", path=str(p))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON ({e.msg})", path=str(p), line=e.lineno) from None
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file", path=str(p)) from None
+    if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+        raise InputError(f"not a trust profile file (expected format {FILE_FORMAT!r})", path=str(p))
+    raw = data.get("profiles")
+    if not isinstance(raw, dict):
+        raise InputError("'profiles' must be an object agent -> profile", path=str(p))
+    out: dict[str, TrustProfile] = {}
+    for name, body in raw.items():
+        try:
+            profile = TrustProfile.model_validate(body)
+            profile.recalibrator  # noqa: B018 - validates the stored map
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in ("profiles", name, *first["loc"]))
+            raise InputError(first["msg"], path=str(p), field=where) from None
+        except ValueError as e:
+            raise InputError(str(e), path=str(p), field=f"profiles.{name}.recalibration") from None
+        out[str(name)] = profile
+    return out
