@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 from agents.clip_model import ClipModel
@@ -26,6 +27,7 @@ class RetrievalAgent:
     """
 
     can_reevaluate = False
+    recent_evidence_size = 256
 
     def __init__(
         self,
@@ -50,6 +52,9 @@ class RetrievalAgent:
         self.vote = vote or SimilarityShareVote()
         self.split = split
         self.name = name
+        # The graph asks twice for the same image (its first-look answer, then the evidence):
+        # the last few answers are kept so it is embedded and queried once.
+        self._recent: OrderedDict[tuple[str, str], Evidence] = OrderedDict()
 
     @classmethod
     def from_store(
@@ -82,7 +87,15 @@ class RetrievalAgent:
         )
 
     async def retrieve(self, image: ImageRef, task: Task) -> Evidence:
-        return await asyncio.to_thread(self.evidence, image, task)
+        key = (image.sha256, task.name)
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key]
+        found = await asyncio.to_thread(self.evidence, image, task)
+        self._recent[key] = found
+        while len(self._recent) > self.recent_evidence_size:
+            self._recent.popitem(last=False)
+        return found
 
     async def predict(
         self,

@@ -140,3 +140,25 @@ def test_agent_refuses_an_index_of_another_model(
     same_store = ChromaStore.open(index_dir=Path(index.location))
     agent = RetrievalAgent.from_store(tiny_clip, same_store, apple_task, k=4)
     assert (agent.index.name, agent.k) == (index.name, 4)
+
+
+def test_answer_then_evidence_embeds_and_queries_once(
+    built: tuple[Path, ImageIndex], tiny_clip: ClipModel, apple_task: Task, monkeypatch
+) -> None:
+    src, index = built
+    agent = RetrievalAgent(tiny_clip, index, k=3)
+    calls: list[int] = []
+    real = agent.embedder.embed_refs
+
+    def counting(refs):
+        calls.append(len(refs))
+        return real(refs)
+
+    monkeypatch.setattr(agent.embedder, "embed_refs", counting)
+    ref = ImageRef.from_path(src / "rust" / "rust-1.png")
+    prediction = asyncio.run(agent.predict(ref, apple_task))
+    evidence = asyncio.run(agent.retrieve(ref, apple_task))
+    assert calls == [1]
+    assert prediction.scores == evidence.vote
+    asyncio.run(agent.retrieve(ImageRef.from_path(src / "scab" / "scab-1.png"), apple_task))
+    assert calls == [1, 1]
