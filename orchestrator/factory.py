@@ -257,16 +257,22 @@ def build_policy(
     llm: LlmSettings | None = None,
     retrieval_source: str | None = None,
     sources: Sequence[str] | None = None,
+    trust_settings: Mapping[str, Any] | None = None,
 ) -> Any:
     """The fusion policy ``name``: ``llm`` here, the others from ``orchestrator.policies``.
 
     ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
     counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
-    (the agents and the retriever) are what ``single:<source>`` may name."""
+    (the agents and the retriever) are what ``single:<source>`` may name. ``trust_settings``:
+    fitted ``TrustPolicy`` settings (``--policy-file``), for the trust policy only."""
     kind, _, single = (part.strip() for part in name.partition(":"))
     if kind == "single" and sources is not None and single and single not in sources:
         raise InputError(
             f"policy {name!r}: no source {single!r} in this run (sources: {', '.join(sources)})"
+        )
+    if trust_settings is not None and name != "trust":
+        raise InputError(
+            f"--policy-file holds trust policy settings: use --policy trust, not {name!r}"
         )
     if name == LLM_POLICY:
         from orchestrator.policies.json_chat import JsonChat
@@ -283,4 +289,5 @@ def build_policy(
         )
     from orchestrator.policies import make_policy
 
-    return make_policy(name, profiles, retrieval_source=retrieval_source)
+    options = {**(trust_settings or {}), "retrieval_source": retrieval_source}
+    return make_policy(name, profiles, **options)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,14 @@ def replay(
             "threshold fitted on the training folds.",
         ),
     ] = None,
+    save_policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-policy",
+            help="trust policy: also fit it on ALL rows and write its settings (weights, "
+            "thresholds) to this JSON file, for trustorch run --policy-file.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Replay recorded agents through the real graph, k-fold: fit on the training folds,
@@ -50,10 +58,18 @@ def replay(
         trustorch eval replay case3_trust_rag.csv --policy single:rag --max-rounds 1
 
         trustorch eval replay case3_trust_rag.csv --trust-threshold 0.9 --seed 3
+
+        trustorch eval replay case3_trust_rag.csv --save-policy trust-policy.json
+
+    --save-policy fits the trust policy once more on every row (the cross-validated numbers
+    above are its estimate on unseen rows) and saves its settings, not the profiles: run with
+    the same agent names (and the retriever named like the file's, e.g. rag=retrieval).
     """
     from orchestrator.replay import policy_fitter, refuse_decisions_file, run_replay
 
     refuse_decisions_file(file)
+    if save_policy is not None and policy != "trust":
+        raise InputError("--save-policy needs --policy trust")
     the_task = load_task(task) if task else None
     if max_rounds < 1:
         raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")
@@ -62,7 +78,8 @@ def replay(
         if policy != "trust" or not 0.0 <= trust_threshold <= 1.0:
             raise InputError("--trust-threshold needs --policy trust and a value in [0, 1]")
         options["trust_threshold"] = trust_threshold
-    n_rows = len(read_records(file, task=the_task).ids())
+    records = read_records(file, task=the_task)
+    n_rows = len(records.ids())
     with progress_bar(disable=json_out) as bar:
         job = bar.add_task(f"replay {file.name} (seed {seed})", total=n_rows)
         report = run_replay(
@@ -75,6 +92,10 @@ def replay(
             fit_policy=policy_fitter(policy, **options),
             on_image=lambda: bar.advance(job),
         )
+    if save_policy is not None:
+        report["saved_policy"] = _save_policy(
+            save_policy, records, policy_fitter(policy, **options), seed
+        )
     if json_out:
         emit_json(report)
         return
@@ -86,3 +107,18 @@ def replay(
         ["source", *keys],
         rows,
     )
+    if save_policy is not None:
+        print(f"trust policy fitted on all {n_rows} rows saved to {save_policy}")
+
+
+def _save_policy(path: Path, records: Any, fit: Any, seed: int) -> str:
+    """Fit on every row of ``records`` and save the settings; the path written."""
+    from orchestrator.policies.trust_fit import save_trust_policy
+    from orchestrator.replay import replay_columns
+
+    columns, retrieval = replay_columns(records)
+    ids = records.ids()
+    fitted = fit(records, columns, ids, retrieval, seed)
+    fitted_on = {"file": records.path, "sha256": records.sha256, "rows": len(ids), "seed": seed}
+    save_trust_policy(path, fitted, fitted_on=fitted_on)
+    return str(path)

@@ -22,6 +22,13 @@ def run(
         Path | None, typer.Option("--trust", help="Trust profiles JSON (trustorch eval trust).")
     ] = None,
     policy: Annotated[str, typer.Option("--policy", help="Fusion policy.")] = "trust",
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy-file",
+            help="Fitted trust policy settings (trustorch eval replay --save-policy).",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an existing --out (skip finished images).")
     ] = False,
@@ -86,6 +93,11 @@ def run(
       trustorch run leaves/ --agent clip --out r.jsonl --resume --concurrency 8 -v
 
       trustorch run leaves/ --agent clip --policy llm --llm-model o3-mini --out r.jsonl --json
+
+      trustorch run leaves/ -a gpt=openai:gpt-4o -a rag=retrieval --policy-file p.json -o r.jsonl
+
+    --policy-file replaces the trust policy's default weights and thresholds by those fitted
+    by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
     """
     from orchestrator.factory import LlmSettings, RetrievalSettings
 
@@ -98,6 +110,7 @@ def run(
             task_name=task,
             trust=trust,
             policy_name=policy,
+            policy_file=policy_file,
             resume=resume,
             concurrency=concurrency,
             max_rounds=max_rounds,
@@ -146,6 +159,7 @@ async def _run(
     task_name: str,
     trust: Path | None,
     policy_name: str,
+    policy_file: Path | None,
     resume: bool,
     concurrency: int,
     max_rounds: int,
@@ -165,6 +179,11 @@ async def _run(
 
     console = stderr_console()
     task = load_task(task_name)
+    trust_settings = None
+    if policy_file is not None:
+        from orchestrator.policies.trust_fit import load_trust_policy_settings
+
+        trust_settings = load_trust_policy_settings(policy_file)
     collected = collect_images(paths, task=task)
     notes: list[str] = []
     for item in collected.skipped:
@@ -185,6 +204,7 @@ async def _run(
         llm=llm,
         retrieval_source=retrieval_name,
         sources=sources,
+        trust_settings=trust_settings,
     )
     for note in notes:
         console.print(f"note: {note}", highlight=False)

@@ -124,3 +124,28 @@ def test_a_decisions_file_of_run_is_refused(tmp_path: Path, capsys):
     assert "replay needs a recorded wide/long file" in err[-1]
     with pytest.raises(InputError, match="decisions file"):
         run_replay(decisions, folds=2)
+
+
+def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path: Path, capsys):
+    from agents.records import read_records
+    from orchestrator.policies.trust_fit import fit_trust_policy, load_trust_policy_settings
+    from orchestrator.replay import replay_columns
+
+    saved = tmp_path / "policy.json"
+    args = ["eval", "replay", str(case3), "--seed", "0", "--save-policy", str(saved), "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["saved_policy"] == str(saved)
+    assert (report["accuracy"], report["reeval_rate"]) == (0.96875, 0.05625)
+    records = read_records(case3)
+    columns, retrieval = replay_columns(records)
+    expected = fit_trust_policy(records, columns, retrieval=retrieval, seed=0).to_dict()
+    data = json.loads(saved.read_text())
+    assert data["policy"] == json.loads(json.dumps(expected))
+    assert data["fitted_on"]["rows"] == len(records.ids()) == 160
+    settings = load_trust_policy_settings(saved)
+    assert settings["thresholds"] == expected["thresholds"]
+    assert settings["weights"]["reeval"] == pytest.approx(expected["weights"]["reeval"])
+    assert "retrieval_source" not in settings
+    assert main(["eval", "replay", str(case3), "--policy", "majority", "--save-policy", "x"]) == 1
+    assert "--save-policy needs --policy trust" in capsys.readouterr().err

@@ -326,3 +326,25 @@ def test_name_prefix_renames_replay_agents(paper_dir, apple_task):
     spec = f"q=replay:{paper_dir / 'case3_trust_rag.csv'}#qwen"
     built = build_agents([spec, f"replay:{paper_dir / 'case3_trust_rag.csv'}#gpt"], task=apple_task)
     assert [a.name for a in built.agents] == ["q", "gpt"]
+
+
+def test_policy_file_settings_replace_the_default_thresholds(tmp_path, capsys):
+    from orchestrator.policies.trust import TrustPolicy
+    from orchestrator.policies.trust_fit import save_trust_policy
+
+    policy_file = tmp_path / "policy.json"
+    fitted = TrustPolicy(profiles={}, thresholds={"first": 0.0}, weights={"first": {"a": 2.0}})
+    save_trust_policy(policy_file, fitted, fitted_on={"rows": 0})
+    out = tmp_path / "o.jsonl"
+    args = ["--policy-file", str(policy_file), "--out", str(out), "--json"]
+    code, _ = _run_cli(tmp_path, capsys, *args)
+    # the scripted answers sit under the default profile: never trusted without the file
+    assert code == 0
+    for d in (json.loads(x) for x in out.read_text().splitlines()):
+        assert d["rounds_used"] == 1 and d["weights"] == {"a": 2.0}
+    majority = ["--policy", "majority", "--out", str(tmp_path / "o2.jsonl")]
+    code, err = _run_cli(tmp_path, capsys, *args[:2], *majority)
+    assert code == 1 and "--policy-file holds trust policy settings" in err
+    policy_file.write_text('{"format": "trustorch-trust-policy", "policy": {"weights": []}}')
+    code, err = _run_cli(tmp_path, capsys, *args[:2], "--out", str(tmp_path / "o3.jsonl"))
+    assert code == 1 and err.endswith(f"{policy_file}: 'policy.weights' has the wrong type")
