@@ -123,7 +123,7 @@ class AgentBuilder:
 
         clip = self.clip()
         store = ChromaStore.open(
-            index_dir=self.retrieval.index_dir, chroma_url=self.retrieval.chroma_url
+            index_dir=self.retrieval.index_dir, chroma_url=self.retrieval.chroma_url, create=False
         )
         index = store.existing(self.task.name, clip.name)
         return RetrievalAgent(clip, index, k=self.retrieval.k, name=name or RETRIEVAL_SPEC)
