@@ -202,12 +202,19 @@ def load_profiles(
     ``path``; an agent without one gets the conservative default, and a note says so. A profile
     on other labels than the task's is an InputError."""
     from agents.records import REEVAL_SUFFIX
+    from agents.replay import INITIAL_SUFFIX
     from eval.profile import default_trust_profile, load_trust_profiles
 
-    loaded = load_trust_profiles(path) if path is not None else {}
+    loaded = dict(load_trust_profiles(path)) if path is not None else {}
     profiles: dict[str, Any] = {}
     notes: list[str] = []
     for name in agents:
+        first = f"{name}{INITIAL_SUFFIX}"
+        if first in loaded and name in loaded and f"{name}{REEVAL_SUFFIX}" not in loaded:
+            # Profiles fitted on a study-style file (X_initial = first look, X = second look),
+            # the convention replay agents read: file them under the names the policy uses.
+            loaded[f"{name}{REEVAL_SUFFIX}"], loaded[name] = loaded[name], loaded[first]
+            notes.append(f"profiles '{first}' and '{name}' read as {name}'s first and second look")
         second = f"{name}{REEVAL_SUFFIX}"
         if second in loaded:
             _check_profile(loaded[second], second, task, path)

@@ -348,3 +348,18 @@ def test_policy_file_settings_replace_the_default_thresholds(tmp_path, capsys):
     policy_file.write_text('{"format": "trustorch-trust-policy", "policy": {"weights": []}}')
     code, err = _run_cli(tmp_path, capsys, *args[:2], "--out", str(tmp_path / "o3.jsonl"))
     assert code == 1 and err.endswith(f"{policy_file}: 'policy.weights' has the wrong type")
+
+
+def test_study_style_profiles_are_read_as_first_and_second_look(tmp_path, apple_task, paper_dir):
+    from agents.records import read_records
+    from eval.profile import fit_trust_profiles, save_trust_profiles
+    from orchestrator.factory import load_profiles
+
+    records = read_records(paper_dir / "case3_trust_rag.csv", task=apple_task)
+    fitted = fit_trust_profiles(records, agents=["qwen_initial", "qwen"], bootstrap=0, cv_folds=0)
+    path = tmp_path / "trust.json"
+    save_trust_profiles(path, fitted)
+    profiles, notes = load_profiles(path, ["qwen"], task=apple_task)
+    assert profiles["qwen"].accuracy == pytest.approx(79 / 160)  # qwen_initial: the first look
+    assert profiles["qwen@reeval"].accuracy == pytest.approx(117 / 160)  # qwen: the second look
+    assert notes == ["profiles 'qwen_initial' and 'qwen' read as qwen's first and second look"]
