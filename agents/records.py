@@ -12,7 +12,9 @@ optional ``scores`` (JSON object label -> probability, or the study's list of
 decisions JSONL: the output of ``trustorch run`` (one Decision per line). Every decision with a
 known truth gives per agent its first look (round 0) under the agent's name and its LAST second
 look (the highest round >= 1; earlier re-evaluations are dropped) under ``<agent>@reeval``, the
-name the trust policy looks its profile up by. Without a task argument the labels are those of
+name the trust policy looks its profile up by. The retrieval vote of the decision's evidence is
+a first look of ``retrieval`` (the name the policy files it under) unless that agent answered
+itself. Without a task argument the labels are those of
 the preset named in the decisions' ``task``, else the truths and the scores' labels together.
 
 Error policy (the README repeats it):
@@ -40,6 +42,7 @@ from agents.types import Task
 
 DEFAULT_TRUTH_COLUMN = "category"
 REEVAL_SUFFIX = "@reeval"
+EVIDENCE_AGENT = "retrieval"
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,17 @@ def _decision_rows(
         for i, (rnd, agent, _) in enumerate(looks):
             if rnd > 0 and (agent not in last or rnd >= looks[last[agent]][0]):
                 last[agent] = i
+        evidence = decision.get("evidence")
+        vote = evidence.get("vote") if isinstance(evidence, dict) else None
+        if (
+            isinstance(vote, dict)
+            and vote
+            and not any(agent == EVIDENCE_AGENT and rnd == 0 for rnd, agent, _ in looks)
+        ):
+            best = max(vote, key=vote.__getitem__)
+            looks.append(
+                (0, EVIDENCE_AGENT, {"label": best, "confidence": vote[best], "scores": vote})
+            )
         for i, (rnd, agent, pred) in enumerate(looks):
             if rnd > 0 and last[agent] != i:
                 continue

@@ -264,3 +264,28 @@ def test_decisions_without_task_use_the_named_preset(tmp_path, apple_task):
     rs = read_records(f)
     assert rs.labels == ("healthy", "rust", "scab")
     assert rs.records[0].scores == pytest.approx({"healthy": 0.3, "rust": 0.6, "scab": 0.1})
+
+
+def test_decisions_evidence_vote_is_a_retrieval_first_look(tmp_path, apple_task):
+    vote = {"black-rot": 0.1, "healthy": 0.0, "rust": 0.7, "scab": 0.2}
+    gpt = Prediction(agent="gpt", label="scab", confidence=0.9).to_dict()
+    own = Prediction(agent="retrieval", label="scab", confidence=0.6).to_dict()
+    lines = [
+        {"sha256": "a" * 64, "truth": "rust", "predictions": [gpt], "evidence": {"vote": vote}},
+        {
+            "sha256": "b" * 64,
+            "truth": "rust",
+            "predictions": [gpt, own],
+            "evidence": {"vote": vote},
+        },
+        {"sha256": "c" * 64, "truth": "rust", "predictions": [gpt], "evidence": None},
+    ]
+    f = tmp_path / "out.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rs = read_records(f, task=apple_task)
+    retrieval = rs.for_agent("retrieval")
+    assert [(r.id[0], r.pred, r.confidence) for r in retrieval] == [
+        ("a", "rust", 0.7),
+        ("b", "scab", 0.6),
+    ]
+    assert retrieval[0].scores == vote
