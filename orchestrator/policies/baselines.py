@@ -12,26 +12,9 @@ from collections.abc import Sequence
 
 from agents.types import Prediction, Task
 from orchestrator.decision import Assessment
+from orchestrator.policies.answers import answer_distribution, latest_answers
 from orchestrator.policies.trust import EVIDENCE_SOURCE, evidence_prediction, prediction_set
 from rag.evidence import Evidence
-
-
-def answer_distribution(prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
-    """The answer's own scores, else its confidence on its label and the rest spread evenly."""
-    if prediction.scores and sum(prediction.scores.values()) > 0:
-        total = sum(prediction.scores.get(y, 0.0) for y in labels)
-        return {y: prediction.scores.get(y, 0.0) / total for y in labels}
-    rest = (1.0 - prediction.confidence) / (len(labels) - 1)
-    return {y: (prediction.confidence if y == prediction.label else rest) for y in labels}
-
-
-def latest_answers(predictions: Sequence[Prediction]) -> list[Prediction]:
-    """The latest answer of every agent, in the order the agents first answered."""
-    latest: dict[str, Prediction] = {}
-    for p in predictions:
-        if p.agent not in latest or p.round >= latest[p.agent].round:
-            latest[p.agent] = p
-    return list(latest.values())
 
 
 def _sources(

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from agents.prompting import load_template, render_text
 from agents.types import Prediction, Task
 from orchestrator.decision import Assessment
+from orchestrator.policies.answers import latest_answers, peaked_scores
 from orchestrator.policies.json_chat import JsonChat, LlmReplyError
 from rag.evidence import Evidence
 
@@ -114,19 +115,6 @@ def _retrieval_text(evidence: Evidence | None) -> str:
     )
 
 
-def _peaked(task: Task, label: str, confidence: float) -> dict[str, float]:
-    rest = (1.0 - confidence) / (len(task.labels) - 1)
-    return {lab: (confidence if lab == label else rest) for lab in task.labels}
-
-
-def _latest(predictions: Sequence[Prediction]) -> list[Prediction]:
-    by_agent: dict[str, Prediction] = {}
-    for p in predictions:
-        if p.agent not in by_agent or p.round >= by_agent[p.agent].round:
-            by_agent[p.agent] = p
-    return list(by_agent.values())
-
-
 class LlmPolicy:
     """The ``llm`` fusion policy (see the module docstring)."""
 
@@ -184,7 +172,7 @@ class LlmPolicy:
         round: int,
         max_rounds: int,
     ) -> Assessment:
-        latest = _latest(predictions)
+        latest = latest_answers(predictions)
         final = round >= max_rounds - 1
         if not any(p.ok for p in latest) and evidence is None and final:
             return self._fallback(task, latest, evidence, round, final, "no agent answered")
@@ -258,7 +246,7 @@ class LlmPolicy:
         return Assessment(
             policy=self.name,
             round=round,
-            scores=_peaked(task, label, confidence),
+            scores=peaked_scores(task.labels, label, confidence),
             label=label,
             confidence=confidence,
             trusted=trusted,

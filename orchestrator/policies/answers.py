@@ -1,0 +1,30 @@
+"""Small readings of the agents' answers that several policies share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agents.types import Prediction
+
+
+def latest_answers(predictions: Sequence[Prediction]) -> list[Prediction]:
+    """The latest answer of every agent, in the order the agents first answered."""
+    latest: dict[str, Prediction] = {}
+    for p in predictions:
+        if p.agent not in latest or p.round >= latest[p.agent].round:
+            latest[p.agent] = p
+    return list(latest.values())
+
+
+def peaked_scores(labels: Sequence[str], label: str, confidence: float) -> dict[str, float]:
+    """``confidence`` on ``label``, the rest spread evenly over the other labels."""
+    rest = (1.0 - confidence) / (len(labels) - 1)
+    return {y: (confidence if y == label else rest) for y in labels}
+
+
+def answer_distribution(prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
+    """The answer's own scores, else its confidence on its label and the rest spread evenly."""
+    if prediction.scores and sum(prediction.scores.values()) > 0:
+        total = sum(prediction.scores.get(y, 0.0) for y in labels)
+        return {y: prediction.scores.get(y, 0.0) / total for y in labels}
+    return peaked_scores(labels, str(prediction.label), prediction.confidence)
