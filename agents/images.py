@@ -16,6 +16,7 @@ from typing import Any
 from agents.errors import InputError
 from agents.types import ImageRef
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_TIMEOUT_S = 10.0

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.errors import InputError
+from agents.images import IMAGE_SUFFIXES, decode_image
 from agents.types import ImageRef, LabelledImage, Task
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 PATH_COLUMNS = ("path", "image", "file")
 LABEL_COLUMNS = ("label", "truth", "category")
 
@@ -50,8 +50,6 @@ class CollectedImages:
 def _readable_image(path: Path) -> str | None:
     """None when the file decodes in full (``agents.images.decode_image``: pixel cap, truncated
     data), else the reason it does not."""
-    from agents.images import decode_image
-
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -19,11 +19,10 @@ import numpy as np
 
 from agents.cli_utils import progress_bar
 from agents.errors import InputError
+from agents.images import IMAGE_SUFFIXES
 from agents.types import ImageRef, LabelledImage, Task
 from rag.embedder import ImageEmbedder, ImageFailure
 from rag.store import ImageIndex
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from typing import Any
 from agents.clip_model import CLIP_MODEL_ENV, DEFAULT_CLIP_MODEL, ClipModel
 from agents.errors import ModelLoadError, StoreError
 from agents.types import Task
+from rag.store import INDEX_DIR_ENV
 
 OPENAI_MODEL_ENV = "TRUSTORCH_OPENAI_MODEL"
 DEFAULT_OPENAI_MODEL = "gpt-4o"
 HF_VLM_ENV = "TRUSTORCH_HF_VLM"
-INDEX_DIR_ENV = "TRUSTORCH_INDEX_DIR"
 
 
 @dataclass(frozen=True)
