@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from agents.errors import InputError
 
+REEVAL_SUFFIX = "@reeval"
+"""Appended to an agent's name for its re-evaluated answers (their own trust profile)."""
+RETRIEVAL_AGENT = "retrieval"
+"""The default name of the retrieval agent, and the source name of a decision's evidence vote."""
+
 
 def _label_key(text: str) -> str:
     return re.sub(r"[\s_\-]+", "-", text.strip().lower())

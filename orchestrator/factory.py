@@ -201,8 +201,8 @@ def load_profiles(
     """Trust profiles of ``agents`` (and their ``<agent>@reeval`` second-look profiles) from
     ``path``; an agent without one gets the conservative default, and a note says so. A profile
     on other labels than the task's is an InputError."""
-    from agents.records import REEVAL_SUFFIX
     from agents.replay import INITIAL_SUFFIX
+    from agents.types import REEVAL_SUFFIX
     from eval.profile import default_trust_profile, load_trust_profiles
 
     loaded = dict(load_trust_profiles(path)) if path is not None else {}

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.decision_rows import is_decisions_header
 from agents.errors import InputError
 from agents.records import RecordSet, read_records
 from agents.replay import INITIAL_SUFFIX, ReplayAgent, recorded_images
@@ -78,7 +79,7 @@ def refuse_decisions_file(path: str | Path) -> None:
         record = json.loads(first)
     except json.JSONDecodeError:
         return
-    if isinstance(record, dict) and {"predictions", "sha256"} <= set(record):
+    if isinstance(record, dict) and is_decisions_header(list(record)):
         raise InputError(
             "this is a decisions file of trustorch run; replay needs a recorded wide/long file "
             "(every agent's answers on every row, e.g. the study's case3 CSV)",

@@ -12,7 +12,7 @@ from typing import Any
 
 from agents.clip_model import ClipModel
 from agents.errors import StoreError, TrustorchError
-from agents.types import EvidenceView, ImageRef, Neighbour, Prediction, Task
+from agents.types import RETRIEVAL_AGENT, EvidenceView, ImageRef, Neighbour, Prediction, Task
 from rag.embedder import ImageEmbedder
 from rag.evidence import Evidence
 from rag.store import ChromaStore, ImageIndex
@@ -37,7 +37,7 @@ class RetrievalAgent:
         k: int = 10,
         vote: VoteRule | None = None,
         split: str | None = None,
-        name: str = "retrieval",
+        name: str = RETRIEVAL_AGENT,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")

@@ -29,8 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agents.errors import InputError
-from agents.records import EVIDENCE_AGENT, REEVAL_SUFFIX
-from agents.types import Prediction, Task
+from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT, Prediction, Task
 from eval.profile import TrustProfile, default_trust_profile
 from orchestrator.decision import Assessment
 from rag.evidence import Evidence
@@ -38,7 +37,7 @@ from rag.evidence import Evidence
 STAGES = ("first", "evidence", "reeval")
 DEFAULT_THRESHOLDS: dict[str, float | None] = {"first": 0.99, "evidence": 0.9, "reeval": 0.9}
 PROB_FLOOR = 1e-4
-EVIDENCE_SOURCE = EVIDENCE_AGENT
+EVIDENCE_SOURCE = RETRIEVAL_AGENT
 """The retrieval vote's source name when the policy is not told the retriever's agent name (the
 default name of ``rag.agent.RetrievalAgent``)."""
 AGENT_MODELS = ("calibrated", "confusion", "joint")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from agents.errors import InputError
-from agents.records import REEVAL_SUFFIX, Record, RecordSet
-from agents.types import Prediction
+from agents.records import Record, RecordSet
+from agents.types import REEVAL_SUFFIX, Prediction
 from eval.profile import TrustProfile, fit_trust_profile
 from orchestrator.policies.trust import TrustPolicy, evidence_prediction, log_ratio
 from rag.evidence import Evidence

@@ -1,0 +1,303 @@
+"""Replay accuracy study: how far the trust policy goes without looking at held-out rows.
+
+The replay target of the orchestrator issue is a mean accuracy >= 0.985 over seeds 0-4 (5-fold,
+fitted on training folds only). This script measures, on the study's case3 file, in one run:
+
+1. every configuration of the trust policy's own options (``agent_model`` x ``keep_first_looks``
+   x threshold fitted / fixed 0.9), each through the real graph (``run_replay``) for seeds 0-4;
+2. an honest selection among them: per outer fold, the configuration with the best inner
+   5-fold cross-validated accuracy (log-likelihood breaks ties) on the TRAINING rows only,
+   then refitted on those rows and run through the graph on the held-out fold. Picking the best
+   row of table 1 instead would choose on the evaluation rows;
+3. the rows wrong most often over every (configuration, seed) run of table 1;
+4. the routing ceiling of the default fusion: per row the better of its first-look answer and
+   its re-evaluated answer (what a perfect re-evaluation rule could reach).
+
+The inner cross-validation uses a vectorised copy of the policy's cascade (evidence stage,
+threshold, re-evaluation stage, abstention); before it is used, the script checks that the copy
+gives the graph's exact decisions for every configuration and seed (``cascade_matches_graph``).
+
+Usage:
+  python bench/replay_selection.py                 # writes bench/results/replay_selection.json
+  python bench/replay_selection.py --seeds 0 1 --no-selection
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.records import RecordSet, read_records  # noqa: E402
+from orchestrator.policies import trust_fit  # noqa: E402
+from orchestrator.policies.trust import TrustPolicy  # noqa: E402
+from orchestrator.policies.trust_fit import SourceColumns, fit_trust_policy  # noqa: E402
+from orchestrator.replay import policy_fitter, run_replay  # noqa: E402
+
+CASE3 = ROOT.parent / "shared/data/paper/case3_trust_rag.csv"
+TARGET = 0.985
+DEFAULT = "confusion/latest/fitted"
+
+
+def configurations() -> dict[str, dict[str, Any]]:
+    """Every combination of the trust policy's options, by name (default first)."""
+    out: dict[str, dict[str, Any]] = {}
+    for model, keep, threshold in itertools.product(
+        ("confusion", "joint", "calibrated"), (False, True), (None, 0.9)
+    ):
+        name = f"{model}/{'keep' if keep else 'latest'}/{'fitted' if threshold is None else 0.9}"
+        options: dict[str, Any] = {"agent_model": model, "keep_first_looks": keep}
+        if threshold is not None:
+            options["trust_threshold"] = threshold
+        out[name] = options
+    return out
+
+
+def cascade(
+    policy: TrustPolicy,
+    records: RecordSet,
+    columns: Sequence[SourceColumns],
+    retrieval: str | None,
+    ids: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the graph decides on recorded rows ``ids``: final probabilities, final label index
+    (-1 for an abstention), re-evaluated flags, and the two stages' probabilities stacked."""
+    labels = list(records.labels)
+    sources = trust_fit.profile_sources(columns, retrieval)
+    rows = trust_fit._by_agent(records, set(ids))
+    ratios = trust_fit._ratios(policy.profiles, sources, rows, ids, labels, policy.agent_model)
+
+    def stage(name: str) -> np.ndarray:
+        weights = policy.weights[name]
+        return trust_fit.fuse_matrix(
+            [ratios[k] for k in weights], np.array([weights[k] for k in weights])
+        )
+
+    first, second = stage("evidence"), stage("reeval")
+    cut = policy.thresholds["evidence"]
+    again = first.max(axis=1) < cut
+    final = np.where(again[:, None], second, first)
+    label = final.argmax(axis=1)
+    trusted = final.max(axis=1) >= policy.thresholds["reeval"]
+    abstain = again & ~trusted & (final.max(axis=1) < policy.abstain_below)
+    return final, np.where(abstain, -1, label), again, np.stack([first, second])
+
+
+def inner_score(
+    records: RecordSet,
+    columns: Sequence[SourceColumns],
+    retrieval: str | None,
+    ids: Sequence[str],
+    options: dict[str, Any],
+    seed: int,
+) -> tuple[float, float]:
+    """Inner 5-fold cross-validated (accuracy, mean log-likelihood) of one configuration."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = list(records.labels)
+    truth_of = {r.id: r.truth for r in records.records}
+    truth = np.array([labels.index(truth_of[i]) for i in ids])
+    probs = np.zeros((len(ids), len(labels)))
+    chosen = np.zeros(len(ids), dtype=int)
+    splitter = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed + 1000)
+    for train, held in splitter.split(np.zeros(len(ids)), truth):
+        policy = fit_trust_policy(
+            records,
+            columns,
+            ids=[ids[i] for i in train],
+            retrieval=retrieval,
+            seed=seed,
+            **options,
+        )
+        p, lab, _, _ = cascade(policy, records, columns, retrieval, [ids[i] for i in held])
+        probs[held], chosen[held] = p, lab
+    ll = float(np.log(np.clip(probs[np.arange(len(ids)), truth], 1e-12, 1.0)).mean())
+    return float((chosen == truth).mean()), ll
+
+
+def selecting_fitter(candidates: dict[str, dict[str, Any]], picks: list[str]) -> Any:
+    """A replay fitter that picks a configuration by inner CV on the training rows it gets."""
+
+    def fit(
+        records: RecordSet,
+        columns: Sequence[SourceColumns],
+        train_ids: Sequence[str],
+        retrieval: str | None,
+        seed: int,
+    ) -> TrustPolicy:
+        scores = {
+            name: inner_score(records, columns, retrieval, train_ids, options, seed)
+            for name, options in candidates.items()
+        }
+        best = max(candidates, key=lambda name: scores[name])
+        picks.append(best)
+        return fit_trust_policy(
+            records, columns, ids=train_ids, retrieval=retrieval, seed=seed, **candidates[best]
+        )
+
+    return fit
+
+
+def cascade_matches_graph(
+    records: RecordSet,
+    columns: Sequence[SourceColumns],
+    retrieval: str | None,
+    options: dict[str, Any],
+    seed: int,
+    graph_errors: set[str],
+    folds: int,
+) -> tuple[bool, list[tuple[str, int, int]]]:
+    """Whether the vectorised cascade makes the graph's errors on every held-out row; and
+    per row (id, first-stage label, re-evaluated label) index for the routing ceiling."""
+    from agents.replay import recorded_images
+    from orchestrator.replay import stratified_folds
+
+    images = recorded_images(records.path, records=records)
+    all_ids = [li.extra["id"] for li in images]
+    labels = list(records.labels)
+    truth_of = {r.id: r.truth for r in records.records}
+    errors: set[str] = set()
+    stages: list[tuple[str, int, int]] = []
+    for held in stratified_folds(images, folds, seed):
+        held_ids = [all_ids[i] for i in held]
+        train = [i for i in all_ids if i not in set(held_ids)]
+        policy = fit_trust_policy(
+            records, columns, ids=train, retrieval=retrieval, seed=seed, **options
+        )
+        _, label, _, both = cascade(policy, records, columns, retrieval, held_ids)
+        for j, rid in enumerate(held_ids):
+            if label[j] != labels.index(truth_of[rid]):
+                errors.add(rid)
+            stages.append((rid, int(both[0, j].argmax()), int(both[1, j].argmax())))
+    image_of = {li.extra["id"]: li.image.source for li in images}
+    return {image_of[i] for i in errors} == graph_errors, stages
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--file", type=Path, default=CASE3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--no-selection", action="store_true", help="skip the nested selection")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/replay_selection.json")
+    args = parser.parse_args(argv)
+    if not args.file.is_file():
+        print(f"error: {args.file}: no such file (the study's case3 CSV)", file=sys.stderr)
+        return 1
+    from orchestrator.replay import replay_columns
+
+    started = time.perf_counter()
+    records = read_records(args.file)
+    columns, retrieval = replay_columns(records)
+    labels = list(records.labels)
+    truth_of = {r.id: r.truth for r in records.records}
+    n_rows = len(records.ids())
+    configs = configurations()
+
+    table: dict[str, dict[str, Any]] = {}
+    wrong = Counter[str]()
+    runs = 0
+    all_match = True
+    ceiling: list[float] = []
+    for name, options in configs.items():
+        accs, rates = [], []
+        for seed in args.seeds:
+            report = run_replay(
+                args.file, folds=args.folds, seed=seed, fit_policy=policy_fitter("trust", **options)
+            )
+            accs.append(report["accuracy"])
+            rates.append(report["reeval_rate"])
+            errors = {e["id"] for e in report["errors"]}
+            wrong.update(errors)
+            runs += 1
+            match, stages = cascade_matches_graph(
+                records, columns, retrieval, options, seed, errors, args.folds
+            )
+            all_match &= match
+            if name == DEFAULT:
+                right = sum(labels.index(truth_of[rid]) in (a, b) for rid, a, b in stages) / len(
+                    stages
+                )
+                ceiling.append(right)
+        table[name] = {
+            "accuracy_per_seed": accs,
+            "accuracy": float(np.mean(accs)),
+            "reeval_rate": float(np.mean(rates)),
+        }
+        print(f"{name:28s} accuracy {np.mean(accs):.4f}  per seed {[round(a, 4) for a in accs]}")
+    print(f"vectorised cascade == graph on every configuration and seed: {all_match}")
+
+    selection: dict[str, Any] | None = None
+    if not args.no_selection and all_match:
+        accs, picks_per_seed = [], []
+        for seed in args.seeds:
+            picks: list[str] = []
+            report = run_replay(
+                args.file,
+                folds=args.folds,
+                seed=seed,
+                fit_policy=selecting_fitter(configs, picks),
+            )
+            accs.append(report["accuracy"])
+            picks_per_seed.append(picks)
+            print(f"nested selection seed {seed}: accuracy {report['accuracy']:.4f} picks {picks}")
+        selection = {
+            "accuracy_per_seed": accs,
+            "accuracy": float(np.mean(accs)),
+            "picks": picks_per_seed,
+        }
+
+    default = table[DEFAULT]["accuracy"]
+    best_name = max(table, key=lambda n: table[n]["accuracy"])
+    hard = {rid: count / runs for rid, count in wrong.most_common() if count / runs >= 0.2}
+    result = {
+        "file": str(args.file),
+        "rows": n_rows,
+        "seeds": args.seeds,
+        "folds": args.folds,
+        "target": TARGET,
+        "default": DEFAULT,
+        "configurations": table,
+        "cascade_matches_graph": all_match,
+        "nested_selection": selection,
+        "best_configuration_chosen_on_evaluation_rows": {
+            "name": best_name,
+            "accuracy": table[best_name]["accuracy"],
+        },
+        "rows_wrong_in_at_least_20pct_of_runs": hard,
+        "default_routing_ceiling_per_seed": ceiling,
+        "seconds": time.perf_counter() - started,
+    }
+    print()
+    print(f"default {DEFAULT}: {default:.4f} ({default / TARGET:.4f} of the target {TARGET})")
+    if selection:
+        acc = selection["accuracy"]
+        print(
+            f"nested selection: {acc:.4f} ({acc / default:.4f}x default, "
+            f"{acc / TARGET:.4f} of the target)"
+        )
+    print(
+        f"best of {len(table)} chosen on the evaluation rows (not a valid estimate): "
+        f"{best_name} {table[best_name]['accuracy']:.4f}"
+    )
+    print(f"routing ceiling of the default fusion per seed: {[round(c, 4) for c in ceiling]}")
+    print("rows wrong in >= 20% of runs:", {k: round(v, 2) for k, v in hard.items()})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
