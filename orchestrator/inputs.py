@@ -3,8 +3,8 @@
 - a file: one image (no true label);
 - a folder: every image below it, sorted; in the ImageFolder layout ``DIR/<label>/*`` the
   first sub-folder names the true label (when it is one of the task's labels);
-- a ``.csv`` file: a manifest with a ``path`` column (or ``image``/``file``) and an optional
-  ``label`` column (or ``truth``/``category``); relative paths are read from the CSV's folder.
+- a ``.csv`` file: a manifest (``agents.manifest``) with a ``path`` column and an optional
+  ``label`` column; relative paths are read from the CSV's folder.
 
 Unreadable images (missing, not decodable in full, over the pixel cap) are reported and skipped;
 a duplicate image (same bytes) is kept once. A path that does not exist, a manifest label outside
@@ -13,17 +13,14 @@ the task, or inputs that leave no image to classify are bad input and raise ``In
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.errors import InputError
 from agents.images import IMAGE_SUFFIXES, decode_image
+from agents.manifest import read_manifest
 from agents.types import ImageRef, LabelledImage, Task
-
-PATH_COLUMNS = ("path", "image", "file")
-LABEL_COLUMNS = ("label", "truth", "category")
 
 
 @dataclass(frozen=True)
@@ -93,38 +90,8 @@ class _Collector:
             self.add(path, truth)
 
     def add_manifest(self, manifest: Path) -> None:
-        text = manifest.read_text(encoding="utf-8-sig")
-        reader = csv.DictReader(text.splitlines())
-        header = [h.strip() for h in reader.fieldnames or []]
-        path_col = next((c for c in PATH_COLUMNS if c in header), None)
-        if path_col is None:
-            raise InputError(
-                f"manifest needs a '{PATH_COLUMNS[0]}' column (columns: {', '.join(header)})",
-                path=str(manifest),
-                line=1,
-            )
-        label_col = next((c for c in LABEL_COLUMNS if c in header), None)
-        for row in reader:
-            line = reader.line_num
-            row = {(k or "").strip(): v for k, v in row.items()}
-            raw_path = (row.get(path_col) or "").strip()
-            if not raw_path:
-                raise InputError("empty image path", path=str(manifest), line=line, field=path_col)
-            image_path = Path(raw_path)
-            if not image_path.is_absolute():
-                image_path = manifest.parent / image_path
-            truth = None
-            raw_label = (row.get(label_col) or "").strip() if label_col else ""
-            if raw_label:
-                truth = self.task.normalise_label(raw_label)
-                if truth is None:
-                    raise InputError(
-                        f"label {raw_label!r} is not one of {list(self.task.labels)}",
-                        path=str(manifest),
-                        line=line,
-                        field=label_col,
-                    )
-            self.add(image_path, truth)
+        for entry in read_manifest(manifest, self.task, labels_required=False):
+            self.add(entry.path, entry.label)
 
 
 def collect_images(paths: Sequence[str | Path], *, task: Task) -> CollectedImages:

@@ -7,7 +7,6 @@ image twice. Images that cannot be read are skipped and listed in the report.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import numpy as np
 from agents.cli_utils import progress_bar
 from agents.errors import InputError
 from agents.images import IMAGE_SUFFIXES
+from agents.manifest import read_manifest
 from agents.types import ImageRef, LabelledImage, Task
 from rag.embedder import ImageEmbedder, ImageFailure
 from rag.store import ImageIndex
@@ -103,29 +103,10 @@ def _scan_folder(root: Path, task: Task) -> list[SourceEntry]:
 
 
 def _scan_manifest(path: Path, task: Task) -> list[SourceEntry]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 CSV manifest", path=str(path)) from None
-    reader = csv.DictReader(text.splitlines())
-    missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
-    if missing:
-        raise InputError(
-            f"manifest needs columns 'path' and 'label' (missing {', '.join(missing)})",
-            path=str(path),
-            line=1,
-        )
-    entries: list[SourceEntry] = []
-    for line, row in enumerate(reader, start=2):
-        raw_path = (row.get("path") or "").strip()
-        if not raw_path:
-            raise InputError("empty path", path=str(path), line=line, field="path")
-        label = _task_label(task, row.get("label") or "", path=str(path), line=line, field="label")
-        file = Path(raw_path)
-        entries.append(SourceEntry(file if file.is_absolute() else path.parent / file, label, line))
-    if not entries:
-        raise InputError("manifest has no rows", path=str(path))
-    return entries
+    return [
+        SourceEntry(e.path, str(e.label), e.line)
+        for e in read_manifest(path, task, labels_required=True)
+    ]
 
 
 def build_index(
