@@ -3,9 +3,11 @@
 Every decision with a known truth gives per agent its first look (round 0) under the agent's
 name and its LAST second look (the highest round >= 1; earlier re-evaluations are dropped) under
 ``<agent>@reeval``, the name the trust policy looks its profile up by. The retrieval vote of the
-decision's evidence is a first look of ``retrieval`` (the name the policy files it under) unless
-that agent answered itself. Without a task the labels are those of the preset named in the
-decisions' ``task``, else the truths and the scores' labels together.
+decision's evidence is a first look of the agent that retrieved it (``evidence.retriever``;
+``retrieval`` in files written before it was recorded) unless that agent answered itself: the
+policy of ``trustorch run`` looks the vote's profile up by that name. Without a task the labels
+are those of the preset named in the decisions' ``task``, else the truths and the scores'
+labels together.
 """
 
 from __future__ import annotations
@@ -59,16 +61,16 @@ def decision_rows(
             if rnd > 0 and (agent not in last or rnd >= looks[last[agent]][0]):
                 last[agent] = i
         evidence = decision.get("evidence")
-        vote = evidence.get("vote") if isinstance(evidence, dict) else None
+        evidence = evidence if isinstance(evidence, dict) else {}
+        vote = evidence.get("vote")
+        source = str(evidence.get("retriever") or RETRIEVAL_AGENT)
         if (
             isinstance(vote, dict)
             and vote
-            and not any(agent == RETRIEVAL_AGENT and rnd == 0 for rnd, agent, _ in looks)
+            and not any(agent == source and rnd == 0 for rnd, agent, _ in looks)
         ):
             best = max(vote, key=vote.__getitem__)
-            looks.append(
-                (0, RETRIEVAL_AGENT, {"label": best, "confidence": vote[best], "scores": vote})
-            )
+            looks.append((0, source, {"label": best, "confidence": vote[best], "scores": vote}))
         for i, (rnd, agent, pred) in enumerate(looks):
             if rnd > 0 and last[agent] != i:
                 continue

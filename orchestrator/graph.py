@@ -28,7 +28,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
 from agents.errors import InputError
-from agents.types import Agent, ImageRef, Prediction, Task
+from agents.types import RETRIEVAL_AGENT, Agent, ImageRef, Prediction, Task
 from orchestrator.decision import Assessment, Decision
 from orchestrator.policy import FusionPolicy
 from orchestrator.state import AgentCall, GraphInput, GraphOutput, GraphState
@@ -172,9 +172,12 @@ def build_graph(
         round_ = state.get("round", 0)
         start = time.perf_counter()
         try:
-            evidence: dict[str, Any] | None = (
-                await retriever.retrieve(ImageRef(**state["image"]), task)
-            ).to_dict()
+            found = await retriever.retrieve(ImageRef(**state["image"]), task)
+            if not found.retriever:
+                found = dataclasses.replace(
+                    found, retriever=str(getattr(retriever, "name", "") or RETRIEVAL_AGENT)
+                )
+            evidence: dict[str, Any] | None = found.to_dict()
             failed = ""
         except Exception as e:
             evidence, failed = None, f"retrieval failed ({type(e).__name__}: {e}); "

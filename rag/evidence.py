@@ -14,6 +14,8 @@ class Evidence:
 
     ``vote_rule`` names how ``vote`` was computed (``similarity-share`` is the reference
     study's rule). A recorded vote without neighbours (replay) has ``neighbours == ()``.
+    ``retriever`` names the agent that retrieved it (the graph fills it in when empty): the
+    vote's trust profile goes by that name.
     """
 
     neighbours: tuple[Neighbour, ...]
@@ -22,6 +24,7 @@ class Evidence:
     k: int = 0
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    retriever: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vote", {str(k): float(v) for k, v in self.vote.items()})
@@ -40,6 +43,7 @@ class Evidence:
             "vote_rule": self.vote_rule,
             "k": self.k,
             "model": self.model,
+            "retriever": self.retriever,
         }
 
     @classmethod
@@ -50,4 +54,5 @@ class Evidence:
             vote_rule=data.get("vote_rule", "similarity-share"),
             k=int(data.get("k", 0)),
             model=data.get("model", ""),
+            retriever=str(data.get("retriever") or ""),
         )

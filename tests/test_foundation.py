@@ -289,3 +289,15 @@ def test_decisions_evidence_vote_is_a_retrieval_first_look(tmp_path, apple_task)
         ("b", "scab", 0.6),
     ]
     assert retrieval[0].scores == vote
+
+
+def test_decisions_evidence_vote_goes_by_the_retrievers_name(tmp_path, apple_task):
+    vote = {"black-rot": 0.1, "healthy": 0.0, "rust": 0.7, "scab": 0.2}
+    gpt = Prediction(agent="gpt", label="scab", confidence=0.9).to_dict()
+    evidence = {"vote": vote, "retriever": "rag"}
+    line = {"sha256": "a" * 64, "truth": "rust", "predictions": [gpt], "evidence": evidence}
+    f = tmp_path / "out.jsonl"
+    f.write_text(json.dumps(line) + "\n")
+    rs = read_records(f, task=apple_task)
+    assert rs.agents == ["gpt", "rag"]
+    assert [(r.pred, r.scores) for r in rs.for_agent("rag")] == [("rust", vote)]

@@ -204,6 +204,28 @@ def test_run_with_tiny_clip_and_retrieval_over_a_built_index(tmp_path, capsys, t
         assert set(d["weights"]) == {"clip", "retrieval"}
 
 
+def test_a_renamed_retriever_names_the_evidence_and_its_profile(tmp_path, capsys, tiny_clip_dir):
+    train = make_images(tmp_path / "train", per_label=2)
+    test = make_images(tmp_path / "test", per_label=1)
+    index_dir, out = tmp_path / "index", tmp_path / "out.jsonl"
+    clip = str(shutil.copytree(tiny_clip_dir, tmp_path / "clip"))
+    config = json.loads((tmp_path / "clip" / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 77
+    (tmp_path / "clip" / "tokenizer_config.json").write_text(json.dumps(config))
+    build = ["index", "build", str(train), "--clip-model", clip]
+    assert main([*build, "--index-dir", str(index_dir), "--json"]) == 0
+    args = ["--agent", f"clip:{clip}", "--agent", "rag=retrieval"]
+    code = main(["run", str(test), *args, "--index-dir", str(index_dir), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    decisions = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {d["evidence"]["retriever"] for d in decisions} == {"rag"}
+    assert all(set(d["weights"]) == {"clip", "rag"} for d in decisions)
+    from agents.records import read_records
+
+    records = read_records(out)
+    assert sorted(records.agents) == ["clip", "rag"]
+
+
 def _run_cli(tmp_path: Path, capsys, *args: str) -> tuple[int, str]:
     data = make_images(tmp_path / "data", per_label=1)
     code = main(["run", str(data), "--agent", agent_spec("a"), *args])
