@@ -14,6 +14,7 @@ from agents.errors import InputError
 
 
 def parse_confidence(text: Any, *, path: str, line: int, column: str) -> float:
+    """A probability in [0, 1]: a number, its text, or a percentage (``"85%"``)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
@@ -95,7 +96,7 @@ def parse_scores(
 
 
 def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
-    """Header fields and (line number, row) pairs of a CSV or JSONL file."""
+    """Header fields and (line number, row) pairs of a CSV or JSONL file (UTF-8, not empty)."""
     if not path.is_file():
         raise InputError("no such file", path=str(path))
     try:

@@ -43,7 +43,7 @@ from agents.records import RecordSet, read_records  # noqa: E402
 from orchestrator.policies import trust_fit  # noqa: E402
 from orchestrator.policies.trust import TrustPolicy  # noqa: E402
 from orchestrator.policies.trust_fit import SourceColumns, fit_trust_policy  # noqa: E402
-from orchestrator.replay import policy_fitter, run_replay  # noqa: E402
+from orchestrator.replay import FitPolicy, policy_fitter, run_replay  # noqa: E402
 
 CASE3 = ROOT.parent / "shared/data/paper/case3_trust_rag.csv"
 TARGET = 0.985
@@ -126,7 +126,7 @@ def inner_score(
     return float((chosen == truth).mean()), ll
 
 
-def selecting_fitter(candidates: dict[str, dict[str, Any]], picks: list[str]) -> Any:
+def selecting_fitter(candidates: dict[str, dict[str, Any]], picks: list[str]) -> FitPolicy:
     """A replay fitter that picks a configuration by inner CV on the training rows it gets."""
 
     def fit(
