@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.errors import ModelLoadError
-from agents.hub import unreachable_hub
+from agents.hub import load_local_first
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_MODEL_ENV = "TRUSTORCH_CLIP_MODEL"
@@ -126,21 +125,5 @@ def load_clip(name_or_path: str | None = None, *, device: str | None = None) -> 
         "on a machine without internet, download the model elsewhere and pass its folder "
         f"with --clip-model DIR or {CLIP_MODEL_ENV}=DIR"
     )
-    try:
-        # A local folder or a cached snapshot loads without touching the network.
-        model, processor = load(local_only=True)
-    except (OSError, ValueError) as local_error:
-        hub = unreachable_hub()
-        if hub is not None:
-            raise ModelLoadError(
-                f"no CLIP weights for '{name}': not a local folder, not in the Hugging Face "
-                f"cache, and {hub}; {hint}"
-            ) from local_error
-        try:
-            model, processor = load(local_only=False)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(
-                f"could not load CLIP weights from '{name}' ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:160]}); {hint}"
-            ) from e
+    model, processor = load_local_first(load, name, what="CLIP", hint=hint)
     return ClipModel(name=name, model=model, processor=processor, device=dev, dtype=dtype)

@@ -17,13 +17,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.errors import ModelLoadError, TrustorchError
-from agents.hub import unreachable_hub
+from agents.errors import TrustorchError
+from agents.hub import load_local_first
 from agents.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, open_image
 from agents.prompting import reevaluation_values, render, task_values
 from agents.types import EvidenceView, ImageRef, Prediction, Task
@@ -73,31 +72,8 @@ def load_vlm(name_or_path: str, *, device: str | None = None, dtype: Any = None)
         "on a machine without internet, download it elsewhere and pass its folder: "
         f"--agent hf-vlm:DIR (or {HF_VLM_ENV}=DIR for the demo)"
     )
-    try:
-        # A local folder or a cached snapshot loads without touching the network.
-        model, processor = load(local_only=True)
-    except (OSError, ValueError, KeyError) as local_error:
-        if Path(name_or_path).expanduser().is_dir():
-            raise _load_error(name_or_path, local_error, hint) from local_error
-        hub = unreachable_hub()
-        if hub is not None:
-            raise ModelLoadError(
-                f"no vision-language model weights for '{name_or_path}': not a local folder, "
-                f"not in the Hugging Face cache, and {hub}; {hint}"
-            ) from local_error
-        try:
-            model, processor = load(local_only=False)
-        except (OSError, ValueError, KeyError) as e:
-            raise _load_error(name_or_path, e, hint) from e
+    model, processor = load_local_first(load, name_or_path, what="vision-language model", hint=hint)
     return LoadedVLM(name=name_or_path, model=model, processor=processor, device=dev, dtype=dtype)
-
-
-def _load_error(name_or_path: str, error: Exception, hint: str) -> ModelLoadError:
-    first = str(error).splitlines()[0][:160] if str(error) else ""
-    return ModelLoadError(
-        f"could not load a vision-language model from '{name_or_path}' "
-        f"({type(error).__name__}: {first}); {hint}"
-    )
 
 
 class HFVLMAgent:

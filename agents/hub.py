@@ -1,6 +1,18 @@
-"""Whether the Hugging Face model hub can be reached, checked once before a download."""
+"""Loading Hugging Face weights local-first: a folder or a cached snapshot without touching the
+network; a hub id not found locally only once the hub answers (checked in seconds, not after
+the hub client's minute of retries)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from agents.errors import ModelLoadError
+
+Loaded = TypeVar("Loaded")
+LOAD_ERRORS = (OSError, ValueError, KeyError)
+"""What transformers raises for missing, partial or foreign model files."""
 
 
 def unreachable_hub(timeout_s: float = 3.0) -> str | None:
@@ -18,3 +30,34 @@ def unreachable_hub(timeout_s: float = 3.0) -> str | None:
     except httpx.HTTPError as e:
         return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__})"
     return None
+
+
+def load_local_first(
+    load: Callable[[bool], Loaded], name_or_path: str, *, what: str, hint: str
+) -> Loaded:
+    """``load(local_only)`` first with ``True``; for a hub id that is not cached, again with
+    ``False`` when the hub can be reached. Every failure is a one-line ModelLoadError naming
+    ``what`` (e.g. "CLIP") and ending with ``hint`` (how to pass a local folder)."""
+    try:
+        return load(True)
+    except LOAD_ERRORS as local_error:
+        if Path(name_or_path).expanduser().is_dir():
+            raise _load_error(what, name_or_path, local_error, hint) from local_error
+        hub = unreachable_hub()
+        if hub is not None:
+            raise ModelLoadError(
+                f"no {what} weights for '{name_or_path}': not a local folder, not in the Hugging "
+                f"Face cache, and {hub}; {hint}"
+            ) from local_error
+        try:
+            return load(False)
+        except LOAD_ERRORS as e:
+            raise _load_error(what, name_or_path, e, hint) from e
+
+
+def _load_error(what: str, name_or_path: str, error: Exception, hint: str) -> ModelLoadError:
+    first = str(error).splitlines()[0][:160] if str(error) else ""
+    return ModelLoadError(
+        f"could not load {what} weights from '{name_or_path}' ({type(error).__name__}: {first}); "
+        f"{hint}"
+    )

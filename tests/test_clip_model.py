@@ -31,3 +31,21 @@ def test_unreachable_hub_fails_without_retrying(monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(ModelLoadError, match=r"http://127\.0\.0\.1:9 cannot be reached"):
         load_clip("no-such-org/no-such-clip")
+
+
+def test_a_broken_local_folder_is_named_as_such_without_a_hub_check(tmp_path, monkeypatch):
+    from agents import hub
+
+    def no_hub_check(*args, **kwargs):
+        raise AssertionError("a local folder must not lead to a hub check")
+
+    monkeypatch.setattr(hub, "unreachable_hub", no_hub_check)
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError) as e:
+        load_clip(str(folder))
+    message = str(e.value)
+    assert message.startswith(f"could not load CLIP weights from '{folder.resolve()}'")
+    assert "not a local folder" not in message and "--clip-model DIR" in message
+    assert "\n" not in message
