@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.output_files import write_atomically
 from eval.metrics import DEFAULT_BINS, check_confidence_correct, nudge, reliability_bins
 
 
@@ -107,12 +108,11 @@ def confidence_histogram(
 
 
 def _save(fig, plt, path: str | Path) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(target, format="png")
-    plt.close(fig)
-    return target
+    try:
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"), what="a plot")
+    finally:
+        plt.close(fig)
 
 
 def agent_plots(

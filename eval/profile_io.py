@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from agents.errors import InputError
+from agents.output_files import write_text_atomically
 
 if TYPE_CHECKING:
     from eval.profile import TrustProfile
@@ -21,23 +20,13 @@ FILE_VERSION = 1
 
 
 def save_trust_profiles(path: str | Path, profiles: Mapping[str, TrustProfile]) -> None:
-    """Write profiles as one JSON file, atomically (temporary file in the folder + rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write profiles as one JSON file, whole (``agents.output_files``)."""
     payload = {
         "format": FILE_FORMAT,
         "version": FILE_VERSION,
         "profiles": {name: p.model_dump(mode="json") for name, p in profiles.items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(payload, indent=2) + "\n", what="the trust profiles")
 
 
 def load_trust_profiles(path: str | Path) -> dict[str, TrustProfile]:

@@ -272,11 +272,6 @@ def build_policy(
     counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
     (the agents and the retriever) are what ``single:<source>`` may name. ``trust_settings``:
     fitted ``TrustPolicy`` settings (``--policy-file``), for the trust policy only."""
-    kind, _, single = (part.strip() for part in name.partition(":"))
-    if kind == "single" and sources is not None and single and single not in sources:
-        raise InputError(
-            f"policy {name!r}: no source {single!r} in this run (sources: {', '.join(sources)})"
-        )
     if trust_settings is not None and name != "trust":
         raise InputError(
             f"--policy-file holds trust policy settings: use --policy trust, not {name!r}"
@@ -297,4 +292,4 @@ def build_policy(
     from orchestrator.policies import make_policy
 
     options = {**(trust_settings or {}), "retrieval_source": retrieval_source}
-    return make_policy(name, profiles, **options)
+    return make_policy(name, profiles, sources=sources, **options)

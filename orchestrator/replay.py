@@ -117,7 +117,8 @@ def policy_fitter(name: str, **options: Any) -> FitPolicy:
                 records, columns, ids=train_ids, retrieval=retrieval, seed=seed, **options
             )
         profiles = fit_profiles(records, columns, train_ids, retrieval=retrieval, seed=seed)
-        return make_policy(name, profiles, retrieval_source=retrieval, **options)
+        sources = [c.agent for c in columns] + ([retrieval] if retrieval else [])
+        return make_policy(name, profiles, sources=sources, retrieval_source=retrieval, **options)
 
     return fit
 

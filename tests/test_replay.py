@@ -80,8 +80,8 @@ def test_graph_reproduces_the_recorded_vote_with_single_rag(case3: Path):
     report = run_replay(case3, folds=2, seed=0, policy="single:rag", max_rounds=1)
     assert report["accuracy"] == pytest.approx(0.9625)
     assert report["reeval_rate"] == 0.0 and report["vlm_calls_per_image"] == 2.0
-    first = run_replay(case3, folds=2, seed=0, policy="single:gpt_initial")
-    assert first["accuracy"] == 0.0  # no agent is named 'gpt_initial' in the graph: abstains
+    with pytest.raises(InputError, match="no source 'gpt_initial' here"):
+        run_replay(case3, folds=2, seed=0, policy="single:gpt_initial")  # a column, not an agent
     gpt = run_replay(case3, folds=2, seed=0, policy="single:gpt", max_rounds=1)
     assert gpt["accuracy"] == pytest.approx(0.5875)  # gpt's first look
 
@@ -149,3 +149,10 @@ def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path:
     assert "retrieval_source" not in settings
     assert main(["eval", "replay", str(case3), "--policy", "majority", "--save-policy", "x"]) == 1
     assert "--save-policy needs --policy trust" in capsys.readouterr().err
+
+
+def test_single_policy_must_name_a_replayed_source(case3: Path, capsys):
+    code = main(["eval", "replay", str(case3), "--policy", "single:nobody", "--json"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: policy 'single:nobody': no source 'nobody' here (sources: qwen, gpt, rag)"

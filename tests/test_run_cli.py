@@ -270,7 +270,7 @@ def test_single_policy_must_name_a_source_of_the_run(tmp_path, capsys):
     out = tmp_path / "o.jsonl"
     code, err = _run_cli(tmp_path, capsys, "--policy", "single:nope", "--out", str(out))
     assert code == 1
-    assert err.splitlines()[-1] == "error: policy 'single:nope': no source 'nope' in this run " + (
+    assert err.splitlines()[-1] == "error: policy 'single:nope': no source 'nope' here " + (
         "(sources: a)"
     )
     assert not out.exists()

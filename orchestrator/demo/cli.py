@@ -60,11 +60,14 @@ def leaf(
 
       trustorch demo leaf --serve --port 7860 --clip-model ~/models/clip-vit-base-patch32
     """
+    from agents.output_files import output_folder
     from agents.tasks import load_task
     from orchestrator.demo.pipeline import build_pipeline
 
     if not serve and not images:
         raise InputError("give at least one image (or --serve for the web page)")
+    if not serve:
+        output_folder(out_dir, what="the reports")
     task = load_task("apple-leaf")
     console = stderr_console()
     with console.status("finding the agents this machine can run"):

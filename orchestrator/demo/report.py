@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agents.output_files import write_text_atomically
 from agents.types import Prediction, Task
 from orchestrator.decision import Assessment, Decision
 
@@ -298,12 +299,8 @@ def render_report(
 
 
 def write_report(html_text: str, path: Path) -> Path:
-    """Write the report whole: to a temporary name first, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(html_text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write the report whole (``agents.output_files``)."""
+    return write_text_atomically(path, html_text, what="the report")
 
 
 CSS = """

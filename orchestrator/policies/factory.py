@@ -7,7 +7,7 @@ Each entry of ``POLICY_FACTORIES`` builds one policy from the part of the name a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agents.errors import InputError
@@ -58,13 +58,25 @@ def policy_names() -> list[str]:
 
 
 def make_policy(
-    name: str, profiles: Mapping[str, TrustProfile] | None = None, **options: Any
+    name: str,
+    profiles: Mapping[str, TrustProfile] | None = None,
+    *,
+    sources: Sequence[str] | None = None,
+    **options: Any,
 ) -> FusionPolicy:
-    """Build the policy ``name`` (``kind`` or ``kind:arg``) with the given profiles/options."""
+    """Build the policy ``name`` (``kind`` or ``kind:arg``) with the given profiles/options.
+
+    ``sources`` (the agents and the retriever of the run, when known) are what
+    ``single:<source>`` may name: another name is an InputError, not a policy that never answers.
+    """
     kind, _, arg = name.partition(":")
     factory = POLICY_FACTORIES.get(kind.strip())
     if factory is None:
         raise InputError(f"unknown policy {name!r} (choose from {', '.join(policy_names())})")
+    if kind.strip() == "single" and sources is not None and arg.strip() not in ("", *sources):
+        raise InputError(
+            f"policy {name!r}: no source {arg.strip()!r} here (sources: {', '.join(sources)})"
+        )
     try:
         return factory(arg.strip() or None, dict(profiles or {}), options)
     except TypeError as e:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from agents.errors import InputError
+from agents.output_files import write_text_atomically
 from agents.records import Record, RecordSet
 from agents.types import REEVAL_SUFFIX, Prediction
 from eval.profile import TrustProfile, fit_trust_profile
@@ -304,12 +305,7 @@ def save_trust_policy(
         "fitted_on": dict(fitted_on),
         "policy": policy.to_dict(),
     }
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"cannot write the policy file ({e.strerror})", path=str(target)) from None
+    write_text_atomically(path, json.dumps(payload, indent=2) + "\n", what="the policy file")
 
 
 def _number(value: Any) -> bool:
