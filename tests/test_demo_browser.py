@@ -19,13 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_demo_report import (
-    COLOURS,
-    clip_with_token_limit,
-    leaf_image,
-    make_index,
-    make_leaf_folder,
-)
+from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
+from tiny_models import clip_with_token_limit
 
 pytestmark = pytest.mark.heavy
 

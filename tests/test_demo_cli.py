@@ -11,13 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_demo_report import (
-    COLOURS,
-    clip_with_token_limit,
-    leaf_image,
-    make_index,
-    make_leaf_folder,
-)
+from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
+from tiny_models import clip_with_token_limit
 
 from agents.errors import TrustorchError
 from orchestrator.cli import main
@@ -252,3 +247,18 @@ def test_vlm_behind_a_local_openai_server_looks_twice(leaf_setup, tmp_path, caps
         assert f'data-agent="test-vlm" data-round="{r}" data-label="{label}"' in page
     assert "dark &lt;b&gt;velvety&lt;/b&gt; spots" in page and "<b>velvety" not in page
     assert 'id="round-1"' in page and '<section id="evidence">' in page
+
+
+def test_an_unwritable_report_folder_is_one_line_before_any_diagnosis(leaf_setup, tmp_path, capsys):
+    clip_dir, _, queries = leaf_setup
+    blocker = tmp_path / "reports"
+    blocker.write_text("a file, not a folder")
+    image = str(queries / "rust" / "q-rust.png")
+    code, out, err = demo(
+        capsys, image, "--clip-model", str(clip_dir), "--out-dir", str(blocker / "leaf")
+    )
+    assert code == 1 and out == ""
+    assert err.strip().splitlines()[-1] == (
+        f"error: {blocker / 'leaf'}: a file is in the way of the folder for the reports"
+    )
+    assert "diagnos" not in err.lower()

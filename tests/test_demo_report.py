@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +44,6 @@ def make_leaf_folder(root: Path, per_class: int = 3) -> Path:
         for j in range(per_class):
             leaf_image(root / label / f"{label}-{j}.png", colour, seed=100 * i + j)
     return root
-
-
-def clip_with_token_limit(tiny_clip_dir: Path, folder: Path) -> Path:
-    """A copy of the tiny CLIP whose tokenizer records the 77-token limit real CLIP folders
-    record (``make_tiny_clip`` leaves it unset; the task's long descriptions need truncation)."""
-    shutil.copytree(tiny_clip_dir, folder)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["model_max_length"] = 77
-    config_path.write_text(json.dumps(config))
-    return folder
 
 
 def make_index(clip, index_dir: Path, images: Path, task) -> object:

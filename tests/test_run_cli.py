@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -174,21 +173,13 @@ def test_llm_policy_without_key_says_how_to_provide_one(tmp_path, capsys, monkey
     assert "OPENAI_API_KEY" in err and "--llm-base-url" in err
 
 
-def _clip_with_text_limit(tiny_clip_dir: Path, folder: Path) -> str:
-    """A copy of the tiny CLIP whose tokenizer truncates at 77 tokens, as real CLIP folders
-    record it (the CLIP agent's long prompts get truncated)."""
-    shutil.copytree(tiny_clip_dir, folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["model_max_length"] = 77
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return str(folder)
-
-
 def test_run_with_tiny_clip_and_retrieval_over_a_built_index(tmp_path, capsys, tiny_clip_dir):
     train = make_images(tmp_path / "train", per_label=3)
     test = make_images(tmp_path / "test", per_label=1)
     index_dir, out = tmp_path / "index", tmp_path / "out.jsonl"
-    clip = _clip_with_text_limit(tiny_clip_dir, tmp_path / "clip")
+    from tiny_models import clip_with_token_limit
+
+    clip = str(clip_with_token_limit(tiny_clip_dir, tmp_path / "clip"))
     build = ["index", "build", str(train), "--clip-model", clip, "--index-dir", str(index_dir)]
     assert main([*build, "--json"]) == 0, capsys.readouterr().err
     capsys.readouterr()
@@ -215,7 +206,9 @@ def test_a_renamed_retriever_names_the_evidence_and_its_profile(tmp_path, capsys
     train = make_images(tmp_path / "train", per_label=2)
     test = make_images(tmp_path / "test", per_label=1)
     index_dir, out = tmp_path / "index", tmp_path / "out.jsonl"
-    clip = _clip_with_text_limit(tiny_clip_dir, tmp_path / "clip")
+    from tiny_models import clip_with_token_limit
+
+    clip = str(clip_with_token_limit(tiny_clip_dir, tmp_path / "clip"))
     build = ["index", "build", str(train), "--clip-model", clip]
     assert main([*build, "--index-dir", str(index_dir), "--json"]) == 0
     args = ["--agent", f"clip:{clip}", "--agent", "rag=retrieval"]

@@ -3,6 +3,8 @@ through the same ``from_pretrained`` path users take. Random weights, real archi
 
 from __future__ import annotations
 
+import json
+import shutil
 import string
 from pathlib import Path
 
@@ -64,4 +66,15 @@ def make_tiny_clip(folder: Path, *, seed: int = 0, image_size: int = 32, dim: in
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    return folder
+
+
+def clip_with_token_limit(tiny_clip_dir: Path, folder: Path) -> Path:
+    """A copy of the tiny CLIP whose tokenizer records the 77-token limit real CLIP folders
+    record (``make_tiny_clip`` leaves it unset; the task's long descriptions need truncation)."""
+    shutil.copytree(tiny_clip_dir, folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_max_length"] = 77
+    config_path.write_text(json.dumps(config))
     return folder

@@ -66,8 +66,6 @@ def leaf(
 
     if not serve and not images:
         raise InputError("give at least one image (or --serve for the web page)")
-    if not serve:
-        output_folder(out_dir, what="the reports")
     task = load_task("apple-leaf")
     console = stderr_console()
     with console.status("finding the agents this machine can run"):
@@ -85,6 +83,7 @@ def leaf(
 
         serve_web(pipeline, host=host, port=port)
         return
+    output_folder(out_dir, what="the reports")
     results = asyncio.run(_diagnose_all(pipeline, images or [], out_dir, quiet=json_out))
     if json_out:
         emit_json(
