@@ -196,16 +196,23 @@ def _check_profile(profile: Any, key: str, task: Task, path: str | Path | None) 
 
 
 def load_profiles(
-    path: str | Path | None, agents: Sequence[str], *, task: Task
+    path: str | Path | None,
+    agents: Sequence[str],
+    *,
+    task: Task,
+    loaded: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Trust profiles of ``agents`` (and their ``<agent>@reeval`` second-look profiles) from
-    ``path``; an agent without one gets the conservative default, and a note says so. A profile
-    on other labels than the task's is an InputError."""
+    ``path`` (or ``loaded``, the profiles already read from it); an agent without one gets the
+    conservative default, and a note says so. A profile on other labels than the task's is an
+    InputError."""
     from agents.replay import INITIAL_SUFFIX
     from agents.types import REEVAL_SUFFIX
     from eval.profile import default_trust_profile, load_trust_profiles
 
-    loaded = dict(load_trust_profiles(path)) if path is not None else {}
+    if loaded is None:
+        loaded = load_trust_profiles(path) if path is not None else {}
+    loaded = dict(loaded)
     profiles: dict[str, Any] = {}
     notes: list[str] = []
     for name in agents:

@@ -172,6 +172,7 @@ async def _run(
     show_progress: bool,
 ) -> tuple[Any, list[str]]:
     from agents.tasks import load_task
+    from eval.profile import load_trust_profiles
     from orchestrator.factory import build_agents, build_policy, load_profiles
     from orchestrator.graph import build_graph
     from orchestrator.inputs import collect_images
@@ -179,6 +180,8 @@ async def _run(
 
     console = stderr_console()
     task = load_task(task_name)
+    # Cheap inputs first: a bad trust or policy file fails before any image is read or model loads.
+    trust_profiles = load_trust_profiles(trust) if trust is not None else None
     trust_settings = None
     if policy_file is not None:
         from orchestrator.policies.trust_fit import load_trust_policy_settings
@@ -195,7 +198,7 @@ async def _run(
     retrieval_name = getattr(built.retriever, "name", None)
     if retrieval_name and retrieval_name not in sources:
         sources.append(retrieval_name)
-    profiles, profile_notes = load_profiles(trust, sources, task=task)
+    profiles, profile_notes = load_profiles(trust, sources, task=task, loaded=trust_profiles)
     notes += profile_notes
     policy = build_policy(
         policy_name,

@@ -242,6 +242,18 @@ def test_bad_numbers_fail_before_any_model_loads(tmp_path, capsys, option, value
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_a_bad_trust_file_fails_before_any_model_loads(tmp_path, capsys):
+    bad = tmp_path / "trust.json"
+    bad.write_text('{"format": "something else"}')
+    args = ["--agent", f"clip:{tmp_path / 'no-clip'}", "--trust", str(bad)]
+    code, err = _run_cli(tmp_path, capsys, *args, "--out", str(tmp_path / "o.jsonl"))
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        f"error: {bad}: not a trust profile file (expected format 'trustorch-trust-profiles')"
+    )
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_unusable_output_and_checkpoint_paths_are_one_line_errors(tmp_path, capsys):
     folder = tmp_path / "outdir"
     folder.mkdir()
