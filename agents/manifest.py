@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.errors import InputError
+from agents.record_fields import check_unique_columns
 from agents.types import Task
 
 PATH_COLUMNS = ("path", "image", "file")
@@ -42,6 +43,7 @@ def read_manifest(path: str | Path, task: Task, *, labels_required: bool) -> lis
         raise InputError(f"cannot read the manifest ({e.strerror})", path=str(manifest)) from None
     reader = csv.DictReader(text.splitlines())
     header = [(h or "").strip() for h in reader.fieldnames or []]
+    check_unique_columns(header, path=str(manifest))
     path_col = next((c for c in PATH_COLUMNS if c in header), None)
     label_col = next((c for c in LABEL_COLUMNS if c in header), None)
     missing = [

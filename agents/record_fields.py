@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]
     header = list(reader.fieldnames or [])
     if not header:
         raise InputError("file has no header row", path=str(path))
+    check_unique_columns(header, path=str(path))
 
     def gen() -> Iterator[tuple[int, dict[str, Any]]]:
         for row in reader:
@@ -138,3 +140,15 @@ def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]
             yield reader.line_num, row
 
     return header, gen()
+
+
+def check_unique_columns(header: Sequence[str], *, path: str) -> None:
+    """InputError (line 1) when a CSV header names a column twice: the reader would keep only
+    the last one's values, silently."""
+    twice = [column for column, n in Counter(header).items() if n > 1]
+    if twice:
+        raise InputError(
+            f"the header names column(s) {', '.join(map(repr, twice))} more than once",
+            path=path,
+            line=1,
+        )

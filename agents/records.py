@@ -14,8 +14,9 @@ rows by ``agents.decision_rows`` (first looks, last second looks as ``<agent>@re
 
 Error policy (the README repeats it):
 - fatal, one line naming file, line and column: an empty file, a missing truth or id column,
-  no agent columns, an unparseable or out-of-range confidence, invalid scores JSON, a truth
-  label outside the task's labels, a duplicated (id, agent, round);
+  a column named twice in the header, no agent columns, an unparseable or out-of-range
+  confidence, invalid scores JSON, a truth label outside the task's labels, a duplicated
+  (id, agent, round);
 - counted and reported, never fatal: an empty prediction or a predicted label outside the
   task's labels (the agent failed to answer in the label set: kept as ``pred=None``, scored as
   wrong).

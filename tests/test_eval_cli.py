@@ -137,6 +137,11 @@ def test_trust_writes_loadable_profiles(paper_dir: Path, tmp_path, capsys):
         ("id,category,a_pred,a_conf\n1,rust,rust,1.5\n", [], "confidence 1.5 outside [0, 1]"),
         ("id,label,a_pred,a_conf\n1,rust,rust,0.5\n", [], "missing truth column 'category'"),
         (
+            "id,category,a_pred,a_conf,a_pred\n1,rust,rust,0.5,scab\n",
+            [],
+            "bad.csv:1: the header names column(s) 'a_pred' more than once",
+        ),
+        (
             "id,category,a_pred,a_conf\n1,mildew,rust,0.5\n",
             ["--task", "apple-leaf"],
             ":2: column 'category': true label 'mildew'",

@@ -42,6 +42,7 @@ def test_line_numbers_count_quoted_newlines(tmp_path: Path, apple_task: Task):
         (b"path\na.png\n", "manifest needs a 'label' column (columns: path)"),
         (b"", "manifest needs a 'path' and a 'label' column (columns: none)"),
         (b"path,label\n", "manifest has no rows"),
+        (b"path,label,label\na.png,rust,scab\n", ":1: the header names column(s) 'label' more"),
         (b"path,label\n ,rust\n", "empty image path"),
         (b"path,label\n\xff\xfe.png,rust\n", "not a UTF-8 CSV manifest"),
     ],
