@@ -100,7 +100,7 @@ def predict(
 
     task_obj = load_task(task)
     options = parse_options(option)
-    refs = [image_ref(source) for source in images]
+    refs = [image_ref(source, decodes=True) for source in images]
     shared: dict[str, Any] = {}
 
     def clip() -> Any:

@@ -167,12 +167,18 @@ def image_to_data_url(
 
 
 def image_ref(
-    source: str, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S
+    source: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    decodes: bool = False,
 ) -> ImageRef:
-    """An ``ImageRef`` for a path or an http(s) URL (fetched once to hash its bytes)."""
-    scheme = url_scheme(source)
-    if scheme is None:
-        return ImageRef.from_path(source)
+    """An ``ImageRef`` for a path or an http(s) URL (read once to hash its bytes). With
+    ``decodes``, bytes that do not decode to an image (``decode_image``) are an InputError."""
     probe = ImageRef(source=source, sha256="")
+    if url_scheme(source) is None and not decodes:
+        return ImageRef.from_path(source)
     data = read_image_bytes(probe, max_bytes=max_bytes, timeout_s=timeout_s)
+    if decodes:
+        decode_image(data, source=source)
     return ImageRef.from_bytes(data, source=source)

@@ -262,6 +262,19 @@ def test_build_openai_agent_from_spec(apple_task: Task, monkeypatch: pytest.Monk
     assert "sk-spec-test-key" not in repr(agent) + repr(agent.client) + repr(vars(agent.client))
 
 
+def test_cli_predict_refuses_a_non_image_before_any_model_loads(
+    images: list[ImageRef], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a leaf")
+    args = ["agents", "predict", images[0].source, str(notes), "--clip-model", "/nowhere/clip"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {notes}: not an image file (unknown format)"]
+
+
 def test_cli_predict_json_with_clip_and_an_openai_agent(
     clip_dir: Path, images: list[ImageRef], monkeypatch: pytest.MonkeyPatch
 ) -> None:

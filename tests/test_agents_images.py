@@ -16,7 +16,14 @@ import pytest
 from PIL import Image
 
 from agents.errors import InputError
-from agents.images import decode_image, fetch_url, image_to_data_url, open_image, url_scheme
+from agents.images import (
+    decode_image,
+    fetch_url,
+    image_ref,
+    image_to_data_url,
+    open_image,
+    url_scheme,
+)
 from agents.types import ImageRef
 
 
@@ -151,6 +158,18 @@ def test_http_url_fetch_with_caps(image_server: str) -> None:
     with pytest.raises(InputError, match=r"timed out after 0\.3 s"):
         fetch_url(f"{image_server}/slow.png", timeout_s=0.3)
     assert time.perf_counter() - start < 1.4
+
+
+def test_image_ref_decodes_on_request(image_server: str, tmp_path: Path) -> None:
+    leaf, notes = tmp_path / "leaf.png", tmp_path / "notes.png"
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(leaf)
+    notes.write_text("not an image")
+    assert image_ref(str(leaf), decodes=True) == ImageRef.from_path(leaf)
+    assert image_ref(str(notes)).sha256 == ImageRef.from_path(notes).sha256
+    with pytest.raises(InputError, match=r"notes\.png: not an image file"):
+        image_ref(str(notes), decodes=True)
+    url = f"{image_server}/leaf.png"
+    assert image_ref(url, decodes=True).sha256 == image_ref(url).sha256
 
 
 def test_data_urls(tmp_path: Path) -> None:
