@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agents.cli_utils import JsonOption, TaskOption, emit_json, print_table, stderr_console
+
+if TYPE_CHECKING:
+    from orchestrator.factory import RetrievalSettings
 
 
 def run(
@@ -151,6 +154,37 @@ def _check_settings(*, out: Path, concurrency: int, max_rounds: int, timeout: fl
         raise InputError("--out is a folder; give a .jsonl file", path=str(out))
 
 
+def run_configuration(
+    *,
+    task: str,
+    specs: list[str],
+    policy: str,
+    trust: Path | None,
+    policy_file: Path | None,
+    max_rounds: int,
+    retrieval: RetrievalSettings,
+    llm_model: str | None,
+) -> dict[str, Any]:
+    """What decides a run's answers, as plain JSON values: a resumed run must match it."""
+    from agents.records import file_sha256
+
+    def where(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
+
+    return {
+        "task": task,
+        "agents": list(specs),
+        "clip_model": retrieval.clip_model,
+        "policy": policy,
+        "llm_model": llm_model,
+        "trust_sha256": file_sha256(trust) if trust is not None else None,
+        "policy_file_sha256": file_sha256(policy_file) if policy_file is not None else None,
+        "max_rounds": max_rounds,
+        "index": where(retrieval.index_dir) or retrieval.chroma_url,
+        "k": retrieval.k,
+    }
+
+
 async def _run(
     *,
     paths: list[Path],
@@ -176,12 +210,31 @@ async def _run(
     from orchestrator.factory import build_agents, build_policy, load_profiles
     from orchestrator.graph import build_graph
     from orchestrator.inputs import collect_images
-    from orchestrator.runner import default_checkpoint_path, run_batch, sqlite_checkpointer
+    from orchestrator.runner import (
+        check_same_run,
+        default_checkpoint_path,
+        read_output,
+        run_batch,
+        sqlite_checkpointer,
+    )
 
     console = stderr_console()
     task = load_task(task_name)
-    # Cheap inputs first: a bad trust or policy file fails before any image is read or model loads.
+    # Cheap inputs first: a bad trust or policy file, or resuming a file another setup wrote,
+    # fails before any image is read or model loads.
     trust_profiles = load_trust_profiles(trust) if trust is not None else None
+    run_config = run_configuration(
+        task=task.name,
+        specs=specs,
+        policy=policy_name,
+        trust=trust,
+        policy_file=policy_file,
+        max_rounds=max_rounds,
+        retrieval=retrieval,
+        llm_model=llm.model if policy_name == "llm" else None,
+    )
+    if resume:
+        check_same_run(read_output(out, repair=False), run_config, out)
     trust_settings = None
     if policy_file is not None:
         from orchestrator.policies.trust_fit import load_trust_policy_settings
@@ -230,6 +283,7 @@ async def _run(
             concurrency=concurrency,
             show_progress=show_progress,
             verbose=verbose,
+            run_config=run_config,
         )
     summary.skipped = [*collected.skipped, *collected.duplicates]
     return summary, notes

@@ -7,7 +7,10 @@ Output file rules:
 - ``resume=True`` reads the existing output, drops a truncated last line (the only damage a
   kill can do) by cutting the file back to its last newline, and skips the images already there;
   an image is never written twice;
-- without ``resume`` an existing, non-empty output is refused (nothing written is lost).
+- without ``resume`` an existing, non-empty output is refused (nothing written is lost);
+- with ``run_config`` (what decides the answers: task, agents, policy, trust file, ...) every
+  line carries it under ``"run"``, and resuming a file written with another configuration is
+  refused, so one file never mixes two setups.
 
 Checkpoints (LangGraph SQLite, ``durability="sync"``): with ``resume`` an image whose thread
 finished returns its stored decision and one interrupted mid-graph resumes from its last
@@ -21,7 +24,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +76,26 @@ def read_output(path: Path, *, repair: bool) -> ExistingOutput:
             raise InputError("not a decision line (no sha256)", path=str(path), line=n)
         decisions.setdefault(record["sha256"], record)
     return ExistingOutput(decisions=decisions, dropped_bytes=dropped)
+
+
+def check_same_run(existing: ExistingOutput, run_config: Mapping[str, Any], out: Path) -> None:
+    """InputError when a line of ``out`` was written with another run configuration (lines
+    without one, from older files, are not checked)."""
+    config = json.loads(json.dumps(dict(run_config)))
+    for before in (d.get("run") for d in existing.decisions.values()):
+        if not isinstance(before, dict) or before == config:
+            continue
+        changed = [
+            f"{key} {before.get(key)!r} -> {config.get(key)!r}"
+            for key in sorted(set(before) | set(config))
+            if before.get(key) != config.get(key)
+        ]
+        raise InputError(
+            "--resume with another configuration than the one that wrote this file ("
+            + "; ".join(changed)
+            + "); choose another --out",
+            path=str(out),
+        )
 
 
 def _os_reason(error: OSError) -> str:
@@ -227,8 +250,15 @@ def _describe_update(node: str, update: Any) -> str:
 
 class _Run:
     def __init__(
-        self, graph: Any, task: Task, writer: JsonlWriter, resume: bool, verbose: bool
+        self,
+        graph: Any,
+        task: Task,
+        writer: JsonlWriter,
+        resume: bool,
+        verbose: bool,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
+        self.run_config = dict(run_config) if run_config is not None else None
         self.graph = graph
         self.task = task
         self.writer = writer
@@ -291,7 +321,8 @@ class _Run:
                     self.progress.advance(bar)
         if item.image.sha256 in self.written:
             return
-        self.writer.write(decision)
+        line = decision if self.run_config is None else {**decision, "run": self.run_config}
+        self.writer.write(line)
         self.written.add(item.image.sha256)
         self.decisions.append(decision)
 
@@ -306,8 +337,10 @@ async def run_batch(
     concurrency: int = 4,
     show_progress: bool = False,
     verbose: bool = False,
+    run_config: Mapping[str, Any] | None = None,
 ) -> RunSummary:
-    """Classify ``images`` with ``graph``, appending one decision line per image to ``out``."""
+    """Classify ``images`` with ``graph``, appending one decision line per image to ``out``
+    (each with ``run_config`` under ``"run"`` when given; see the module docstring)."""
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
     started = time.perf_counter()
@@ -320,9 +353,11 @@ async def run_batch(
             path=str(out),
         )
     existing = read_output(out, repair=True)
+    if run_config is not None:
+        check_same_run(existing, run_config, out)
     todo = [item for item in images if item.image.sha256 not in existing.decisions]
     writer = JsonlWriter(out)
-    run = _Run(graph, task, writer, resume, verbose)
+    run = _Run(graph, task, writer, resume, verbose, run_config)
     run.written.update(existing.decisions)
     gate = asyncio.Semaphore(concurrency)
     progress = progress_bar(disable=not show_progress)

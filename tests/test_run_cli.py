@@ -394,3 +394,29 @@ def test_study_style_profiles_are_read_as_first_and_second_look(tmp_path, apple_
     assert profiles["qwen"].accuracy == pytest.approx(79 / 160)  # qwen_initial: the first look
     assert profiles["qwen@reeval"].accuracy == pytest.approx(117 / 160)  # qwen: the second look
     assert notes == ["profiles 'qwen_initial' and 'qwen' read as qwen's first and second look"]
+
+
+def test_resuming_with_another_configuration_is_refused(tmp_path, capsys):
+    data = make_images(tmp_path / "data", per_label=1)
+    out = tmp_path / "out.jsonl"
+    base = ["run", str(data), "--agent", agent_spec("a"), "--out", str(out), "--json"]
+    assert main([*base, "--policy", "majority"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    lines = out.read_text().splitlines()
+    config = json.loads(lines[0])["run"]
+    assert config["policy"] == "majority" and config["agents"] == [agent_spec("a")]
+    assert config["task"] == "apple-leaf" and config["trust_sha256"] is None
+    assert all(json.loads(x)["run"] == config for x in lines)
+
+    assert main([*base, "--policy", "max-confidence", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: {out}: --resume with another configuration than the one that wrote this file "
+        "(policy 'majority' -> 'max-confidence'); choose another --out"
+    )
+    assert out.read_text().splitlines() == lines
+
+    assert main([*base, "--policy", "majority", "--resume"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["already_done"] == len(lines) and summary["decided"] == 0
+    assert out.read_text().splitlines() == lines
