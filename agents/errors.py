@@ -55,3 +55,8 @@ class StoreError(TrustorchError):
 
 class NotFittedError(TrustorchError):
     """A calibrator or profile was used before ``fit``."""
+
+
+def os_reason(error: OSError) -> str:
+    """The short reason of an OS error (``strerror``), for a one-line message."""
+    return error.strerror or type(error).__name__

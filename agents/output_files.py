@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from agents.errors import InputError
+from agents.errors import InputError, os_reason
 
 
 def output_folder(path: str | Path, *, what: str) -> Path:
@@ -23,7 +23,7 @@ def output_folder(path: str | Path, *, what: str) -> Path:
         ) from None
     except OSError as e:
         raise InputError(
-            f"cannot make the folder for {what} ({_why(e)})", path=str(folder)
+            f"cannot make the folder for {what} ({os_reason(e)})", path=str(folder)
         ) from None
     return folder
 
@@ -40,7 +40,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], None], *, what: s
     except IsADirectoryError:
         raise InputError(f"a folder is in the way of {what}", path=str(target)) from None
     except OSError as e:
-        raise InputError(f"cannot write {what} ({_why(e)})", path=str(target)) from None
+        raise InputError(f"cannot write {what} ({os_reason(e)})", path=str(target)) from None
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -49,7 +49,3 @@ def write_atomically(path: str | Path, write: Callable[[Path], None], *, what: s
 def write_text_atomically(path: str | Path, text: str, *, what: str) -> Path:
     """``write_atomically`` for UTF-8 text."""
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), what=what)
-
-
-def _why(error: OSError) -> str:
-    return error.strerror or type(error).__name__

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.errors import InputError
+from agents.errors import InputError, os_reason
 from agents.images import IMAGE_SUFFIXES, decode_image
 from agents.manifest import read_manifest
 from agents.types import ImageRef, LabelledImage, Task
@@ -52,7 +52,7 @@ def _readable_image(path: Path) -> str | None:
     except FileNotFoundError:
         return "no such file"
     except OSError as e:
-        return f"cannot read the file ({e.strerror or type(e).__name__})"
+        return f"cannot read the file ({os_reason(e)})"
     try:
         decode_image(data, source=str(path))
     except InputError as e:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli_utils import progress_bar, stderr_console
-from agents.errors import InputError
+from agents.errors import InputError, os_reason
+from agents.output_files import output_folder
 from agents.types import LabelledImage, Task
 from orchestrator.inputs import SkippedInput
 
@@ -63,7 +64,7 @@ def read_output(path: Path, *, repair: bool) -> ExistingOutput:
                 fh.flush()
                 os.fsync(fh.fileno())
     except OSError as e:
-        raise InputError(f"cannot read the output ({_os_reason(e)})", path=str(path)) from None
+        raise InputError(f"cannot read the output ({os_reason(e)})", path=str(path)) from None
     decisions: dict[str, dict[str, Any]] = {}
     for n, raw in enumerate(data[:end].splitlines(), start=1):
         if not raw.strip():
@@ -98,28 +99,16 @@ def check_same_run(existing: ExistingOutput, run_config: Mapping[str, Any], out:
         )
 
 
-def _os_reason(error: OSError) -> str:
-    return error.strerror or type(error).__name__
-
-
-def _make_parent(path: Path, what: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        reason = f"cannot create the {what}'s folder ({_os_reason(e)})"
-        raise InputError(reason, path=str(path)) from None
-
-
 class JsonlWriter:
     """Appends whole lines: one ``os.write`` per line, then ``fsync``."""
 
     def __init__(self, path: Path) -> None:
-        _make_parent(path, "output")
+        output_folder(path.parent, what="the output")
         self.path = path
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
-            raise InputError(f"cannot write the output ({_os_reason(e)})", path=str(path)) from None
+            raise InputError(f"cannot write the output ({os_reason(e)})", path=str(path)) from None
 
     def write(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -140,7 +129,7 @@ async def sqlite_checkpointer(path: Path) -> AsyncIterator[Any]:
 
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    _make_parent(path, "checkpoint")
+    output_folder(path.parent, what="the checkpoint")
     if path.is_dir():
         raise InputError("the checkpoint is a folder; give a .sqlite file", path=str(path))
     opened = False

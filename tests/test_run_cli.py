@@ -261,7 +261,7 @@ def test_unusable_output_and_checkpoint_paths_are_one_line_errors(tmp_path, caps
     assert code == 1 and f"error: {folder}: " in err and "folder" in err
 
     code, err = _run_cli(tmp_path, capsys, "--out", "/proc/x/o.jsonl")
-    assert code == 1 and err.splitlines()[-1].startswith("error: /proc/x/o.jsonl")
+    assert code == 1 and err.splitlines()[-1].startswith("error: /proc/x: cannot make the folder")
 
     not_db = tmp_path / "notdb.sqlite"
     not_db.write_text("this is not a SQLite database, it is just text " * 40)

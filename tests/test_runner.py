@@ -335,7 +335,7 @@ def test_output_folder_and_unwritable_paths_are_input_errors(tmp_path, apple_tas
     with pytest.raises(InputError, match=r"out: the output is a folder"):
         read_output(folder, repair=True)
     images = collect_images([make_images(tmp_path / "data", per_label=1)], task=apple_task)
-    with pytest.raises(InputError, match=r"^/proc/x/out\.jsonl: cannot create the output's"):
+    with pytest.raises(InputError, match=r"^/proc/x: cannot make the folder for the output"):
         asyncio.run(
             _run(
                 tmp_path,
