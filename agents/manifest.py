@@ -12,7 +12,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.errors import InputError
+from agents.errors import InputError, os_reason
 from agents.record_fields import check_unique_columns
 from agents.types import Task
 
@@ -40,7 +40,7 @@ def read_manifest(path: str | Path, task: Task, *, labels_required: bool) -> lis
     except UnicodeDecodeError:
         raise InputError("not a UTF-8 CSV manifest", path=str(manifest)) from None
     except OSError as e:
-        raise InputError(f"cannot read the manifest ({e.strerror})", path=str(manifest)) from None
+        raise InputError(f"cannot read the manifest ({os_reason(e)})", path=str(manifest)) from None
     reader = csv.DictReader(text.splitlines())
     header = [(h or "").strip() for h in reader.fieldnames or []]
     check_unique_columns(header, path=str(manifest))
@@ -60,7 +60,6 @@ def read_manifest(path: str | Path, task: Task, *, labels_required: bool) -> lis
         )
     assert path_col is not None
     entries: list[ManifestEntry] = []
-    line = 1
     for row in reader:
         line = reader.line_num
         row = {(k or "").strip(): v for k, v in row.items()}
