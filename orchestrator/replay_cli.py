@@ -17,6 +17,14 @@ def replay(
     file: Annotated[Path, typer.Argument(help="Recorded wide/long file (the study's case3 CSV).")],
     folds: Annotated[int, typer.Option("--folds", help="Cross-validation folds over rows.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split.")] = 0,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            help="Several fold splits, e.g. 0-4 or 0,3,7: per-seed figures and their mean "
+            "(replaces --seed).",
+        ),
+    ] = None,
     policy: Annotated[
         str, typer.Option("--policy", help="trust, majority, max-confidence or single:<agent>.")
     ] = "trust",
@@ -55,6 +63,8 @@ def replay(
 
         trustorch eval replay ../shared/data/paper/case3_trust_rag.csv --folds 5 --seed 0 --json
 
+        trustorch eval replay case3_trust_rag.csv --seeds 0-4
+
         trustorch eval replay case3_trust_rag.csv --policy single:rag --max-rounds 1
 
         trustorch eval replay case3_trust_rag.csv --trust-threshold 0.9 --seed 3
@@ -78,37 +88,82 @@ def replay(
         if policy != "trust" or not 0.0 <= trust_threshold <= 1.0:
             raise InputError("--trust-threshold needs --policy trust and a value in [0, 1]")
         options["trust_threshold"] = trust_threshold
+    seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
     n_rows = len(records.ids())
+    reports = []
     with progress_bar(disable=json_out) as bar:
-        job = bar.add_task(f"replay {file.name} (seed {seed})", total=n_rows)
-        report = run_replay(
-            file,
-            folds=folds,
-            seed=seed,
-            policy=policy,
-            max_rounds=max_rounds,
-            task=the_task,
-            fit_policy=policy_fitter(policy, **options),
-            on_image=lambda: bar.advance(job),
-        )
+        for one_seed in seed_list:
+            job = bar.add_task(f"replay {file.name} (seed {one_seed})", total=n_rows)
+            reports.append(
+                run_replay(
+                    file,
+                    folds=folds,
+                    seed=one_seed,
+                    policy=policy,
+                    max_rounds=max_rounds,
+                    task=the_task,
+                    fit_policy=policy_fitter(policy, **options),
+                    on_image=lambda job=job: bar.advance(job),
+                )
+            )
+    report = reports[0] if len(reports) == 1 else seeds_report(reports)
     if save_policy is not None:
         report["saved_policy"] = _save_policy(
-            save_policy, records, policy_fitter(policy, **options), seed
+            save_policy, records, policy_fitter(policy, **options), seed_list[0]
         )
     if json_out:
         emit_json(report)
         return
-    keys = ("accuracy", "macro_f1", "ece", "reeval_rate", "vlm_calls_per_image")
-    rows = [[f"{policy} (graph)", *(report[k] for k in keys)]]
-    rows += [[name, *(b[k] for k in keys)] for name, b in report["baselines"].items()]
+    if len(reports) == 1:
+        rows = [[f"{policy} (graph)", *(report[k] for k in SUMMARY_KEYS)]]
+    else:
+        rows = [[f"{policy} seed {r['seed']}", *(r[k] for k in SUMMARY_KEYS)] for r in reports]
+        rows.append([f"{policy} mean", *(report["mean"][k] for k in SUMMARY_KEYS)])
+    rows += [[name, *(b[k] for k in SUMMARY_KEYS)] for name, b in report["baselines"].items()]
+    which = f"seed {seed_list[0]}" if len(seed_list) == 1 else f"seeds {seeds}"
     print_table(
-        f"Replay of {file.name}: {folds} folds, seed {seed}, ECE with {report['ece_bins']} bins",
-        ["source", *keys],
+        f"Replay of {file.name}: {folds} folds, {which}, ECE with {reports[0]['ece_bins']} bins",
+        ["source", *SUMMARY_KEYS],
         rows,
     )
     if save_policy is not None:
         print(f"trust policy fitted on all {n_rows} rows saved to {save_policy}")
+
+
+SUMMARY_KEYS = ("accuracy", "macro_f1", "ece", "reeval_rate", "vlm_calls_per_image")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; InputError otherwise."""
+    try:
+        if "-" in text.strip().lstrip("-"):
+            first, last = (int(part) for part in text.split("-", 1))
+            out = list(range(first, last + 1))
+        else:
+            out = [int(part) for part in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or len(set(out)) != len(out) or min(out) < 0:
+        raise InputError(f"--seeds must be a range like 0-4 or a list like 0,3,7, got {text!r}")
+    return out
+
+
+def seeds_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds' replay reports: each under ``per_seed``, the summary keys' means under
+    ``mean``; the file, policy, folds and the (seed-independent) baselines once."""
+    first = reports[0]
+    return {
+        "file": first["file"],
+        "sha256": first["sha256"],
+        "policy": first["policy"],
+        "folds": first["folds"],
+        "max_rounds": first["max_rounds"],
+        "seeds": [r["seed"] for r in reports],
+        "mean": {k: sum(r[k] for r in reports) / len(reports) for k in SUMMARY_KEYS},
+        "per_seed": reports,
+        "baselines": first["baselines"],
+    }
 
 
 def _save_policy(path: Path, records: Any, fit: Any, seed: int) -> str:

@@ -156,3 +156,33 @@ def test_single_policy_must_name_a_replayed_source(case3: Path, capsys):
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == "error: policy 'single:nobody': no source 'nobody' here (sources: qwen, gpt, rag)"
+
+
+def test_several_seeds_give_per_seed_figures_and_their_mean(case3: Path, capsys):
+    assert main(["eval", "replay", str(case3), "--seeds", "0,3", "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["seeds"] == [0, 3] and [r["seed"] for r in both["per_seed"]] == [0, 3]
+    assert main(["eval", "replay", str(case3), "--seed", "3", "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert both["per_seed"][1]["accuracy"] == alone["accuracy"]
+    for key in ("accuracy", "ece", "reeval_rate"):
+        expected = (both["per_seed"][0][key] + both["per_seed"][1][key]) / 2
+        assert both["mean"][key] == pytest.approx(expected)
+    assert both["baselines"]["rag"]["accuracy"] == pytest.approx(0.9625)
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("0-4", [0, 1, 2, 3, 4]), ("7", [7]), ("0,3,7", [0, 3, 7])]
+)
+def test_parse_seeds(text: str, seeds: list[int]):
+    from orchestrator.replay_cli import parse_seeds
+
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "0-x", "-1", "3-1", "1,1", "a"])
+def test_parse_seeds_refuses_bad_lists(text: str):
+    from orchestrator.replay_cli import parse_seeds
+
+    with pytest.raises(InputError, match="--seeds must be a range"):
+        parse_seeds(text)
