@@ -262,3 +262,19 @@ def test_an_unwritable_report_folder_is_one_line_before_any_diagnosis(leaf_setup
         f"error: {blocker / 'leaf'}: a file is in the way of the folder for the reports"
     )
     assert "diagnos" not in err.lower()
+
+
+def test_serve_on_a_busy_port_fails_before_any_model_loads(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["--serve", "--port", str(port), "--clip-model", str(tmp_path / "no-weights")]
+        code, out, err = demo(capsys, *args)
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [
+        f"error: cannot serve on 127.0.0.1:{port} (Address already in use); "
+        "choose another --port or --host"
+    ]

@@ -66,6 +66,10 @@ def leaf(
 
     if not serve and not images:
         raise InputError("give at least one image (or --serve for the web page)")
+    if serve:
+        from orchestrator.demo.web import check_port
+
+        check_port(host, port)
     task = load_task("apple-leaf")
     console = stderr_console()
     with console.status("finding the agents this machine can run"):

@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from agents.errors import TrustorchError
+from agents.errors import InputError, TrustorchError, os_reason
 from agents.types import ImageRef
 from orchestrator.decision import Decision
 from orchestrator.demo.pipeline import DemoPipeline
@@ -98,17 +98,35 @@ def build_app(pipeline: DemoPipeline) -> Any:
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """InputError when ``host:port`` cannot be listened on (in use, not this machine's, ...):
+    checked before any model loads."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as e:
+        raise InputError(
+            f"cannot serve on {host}:{port} ({os_reason(e)}); choose another --port or --host"
+        ) from None
+
+
 def serve(pipeline: DemoPipeline, *, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Serve the page until interrupted (no share link, no telemetry)."""
     app = build_app(pipeline)
     app.queue(default_concurrency_limit=1)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        inbrowser=False,
-        show_error=True,
-        ssr_mode=False,
-        mcp_server=False,
-        pwa=False,
-    )
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            show_error=True,
+            ssr_mode=False,
+            mcp_server=False,
+            pwa=False,
+        )
+    except OSError as e:
+        first = str(e).splitlines()[0] if str(e) else os_reason(e)
+        raise InputError(f"cannot serve on {host}:{port} ({first})") from None
