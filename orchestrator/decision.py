@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +33,29 @@ class Assessment:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def abstention(
+        cls,
+        *,
+        policy: str,
+        labels: Sequence[str],
+        round: int,
+        reason: str,
+        trusted: bool,
+        confidence: float = 0.0,
+    ) -> Assessment:
+        """No label: uniform scores, every label in the prediction set."""
+        return cls(
+            policy=policy,
+            round=round,
+            scores=dict.fromkeys(labels, 1.0 / len(labels)),
+            label=None,
+            confidence=confidence,
+            trusted=trusted,
+            prediction_set=list(labels),
+            reason=reason,
+        )
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,8 @@ def _assessment(
     trusted: bool = True,
 ) -> Assessment:
     if scores is None:
-        return Assessment(
-            policy=name,
-            round=round_,
-            scores={y: 1.0 / len(task.labels) for y in task.labels},
-            label=None,
-            confidence=0.0,
-            trusted=trusted,
-            prediction_set=list(task.labels),
-            reason=reason,
+        return Assessment.abstention(
+            policy=name, labels=task.labels, round=round_, reason=reason, trusted=trusted
         )
     label = max(task.labels, key=scores.__getitem__)
     return Assessment(
@@ -60,14 +53,18 @@ def _assessment(
     )
 
 
-class MajorityPolicy:
-    """Most frequent label among the sources; ties go to the larger summed confidence."""
+class _PooledPolicy:
+    """A baseline over every source's latest answer (and the vote): subclasses say how the
+    answers are pooled (``pool``: scores and the reason)."""
 
-    name = "majority"
+    name = ""
     assess_after_retrieval = False
 
     def __init__(self, *, retrieval_source: str | None = None) -> None:
         self.retrieval_source = retrieval_source
+
+    def pool(self, sources: list[Prediction], task: Task) -> tuple[dict[str, float], str]:
+        raise NotImplementedError
 
     async def assess(
         self,
@@ -81,40 +78,32 @@ class MajorityPolicy:
         sources = _sources(predictions, evidence, self.retrieval_source)
         if not sources:
             return _assessment(self.name, task, round, None, "no usable answer")
+        scores, reason = self.pool(sources, task)
+        return _assessment(self.name, task, round, scores, reason)
+
+
+class MajorityPolicy(_PooledPolicy):
+    """Most frequent label among the sources; ties go to the larger summed confidence."""
+
+    name = "majority"
+
+    def pool(self, sources: list[Prediction], task: Task) -> tuple[dict[str, float], str]:
         votes = {y: 0.0 for y in task.labels}
         for p in sources:
             votes[str(p.label)] += 1.0 + 1e-6 * p.confidence
         total = sum(votes.values())
-        scores = {y: v / total for y, v in votes.items()}
-        return _assessment(self.name, task, round, scores, f"majority of {len(sources)} source(s)")
+        return {y: v / total for y, v in votes.items()}, f"majority of {len(sources)} source(s)"
 
 
-class MaxConfidencePolicy:
+class MaxConfidencePolicy(_PooledPolicy):
     """The single most confident answer."""
 
     name = "max-confidence"
-    assess_after_retrieval = False
 
-    def __init__(self, *, retrieval_source: str | None = None) -> None:
-        self.retrieval_source = retrieval_source
-
-    async def assess(
-        self,
-        *,
-        task: Task,
-        predictions: Sequence[Prediction],
-        evidence: Evidence | None,
-        round: int,
-        max_rounds: int,
-    ) -> Assessment:
-        sources = _sources(predictions, evidence, self.retrieval_source)
-        if not sources:
-            return _assessment(self.name, task, round, None, "no usable answer")
+    def pool(self, sources: list[Prediction], task: Task) -> tuple[dict[str, float], str]:
         best = max(sources, key=lambda p: p.confidence)
-        scores = answer_distribution(best, task.labels)
-        return _assessment(
-            self.name, task, round, scores, f"most confident: {best.agent} {best.confidence:.3f}"
-        )
+        reason = f"most confident: {best.agent} {best.confidence:.3f}"
+        return answer_distribution(best, task.labels), reason
 
 
 class SinglePolicy:

@@ -283,16 +283,13 @@ class LlmPolicy:
         mass = sum(totals.values())
         reason = f"llm fallback ({why}): confidence-weighted vote"
         if mass <= 0:
-            uniform = 1.0 / len(task.labels)
-            return Assessment(
+            return Assessment.abstention(
                 policy=self.name,
+                labels=task.labels,
                 round=round,
-                scores=dict.fromkeys(task.labels, uniform),
-                label=None,
-                confidence=uniform,
-                trusted=True,
-                prediction_set=list(task.labels),
                 reason=reason + " has nothing to count: abstain",
+                trusted=True,
+                confidence=1.0 / len(task.labels),
             )
         scores = {lab: v / mass for lab, v in totals.items()}
         label = max(scores, key=scores.__getitem__)

@@ -298,14 +298,10 @@ class TrustPolicy:
         )
 
     def _abstain(self, task: Task, round_: int, why: str, notes: list[str]) -> Assessment:
-        uniform = {y: 1.0 / len(task.labels) for y in task.labels}
-        return Assessment(
+        return Assessment.abstention(
             policy=self.name,
+            labels=task.labels,
             round=round_,
-            scores=uniform,
-            label=None,
-            confidence=0.0,
-            trusted=False,
-            prediction_set=list(task.labels),
             reason="; ".join([why, *notes]),
+            trusted=False,
         )
