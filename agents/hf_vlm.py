@@ -24,7 +24,7 @@ import numpy as np
 from agents.errors import TrustorchError
 from agents.hub import load_local_first
 from agents.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, open_image
-from agents.prompting import reevaluation_values, render, task_values
+from agents.prompting import agent_instruction
 from agents.types import EvidenceView, ImageRef, Prediction, Task
 
 ANSWER_PREFIX = '{"label": "'
@@ -114,11 +114,7 @@ class HFVLMAgent:
     ) -> str:
         """The model input text up to the answer: chat template, image slot, instruction, and
         the answer's opening ``{"label": "``."""
-        if round > 0 and (previous is not None or evidence is not None):
-            values = reevaluation_values(task, previous, evidence)
-            text = render(task.prompts.get("reevaluate", "reevaluate"), **values)
-        else:
-            text = render(task.prompts.get("agent", "agent"), **task_values(task))
+        text, _ = agent_instruction(task, round=round, previous=previous, evidence=evidence)
         processor = self.vlm.processor
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}

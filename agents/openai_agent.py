@@ -19,7 +19,7 @@ from agents.errors import AgentError, TrustorchError
 from agents.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, image_to_data_url, url_scheme
 from agents.openai_client import ChatResult, OpenAIChatClient
 from agents.pricing import ModelPrice, call_cost_usd, load_price_table
-from agents.prompting import reevaluation_values, render, task_values
+from agents.prompting import agent_instruction
 from agents.types import EvidenceView, ImageRef, Neighbour, Prediction, Task
 
 
@@ -88,16 +88,12 @@ class OpenAIAgent:
         evidence: EvidenceView | None = None,
     ) -> list[dict[str, Any]]:
         """The chat messages of one call: the rendered template, the image, neighbour images."""
-        content: list[dict[str, Any]]
-        if round > 0 and (previous is not None or evidence is not None):
-            template = task.prompts.get("reevaluate", "reevaluate")
-            text = render(template, **reevaluation_values(task, previous, evidence))
-            content = [{"type": "text", "text": text}, self._image_part(image)]
-            if evidence is not None and self.neighbour_images > 0:
-                content += self._neighbour_parts(list(evidence.neighbours))
-        else:
-            text = render(task.prompts.get("agent", "agent"), **task_values(task))
-            content = [{"type": "text", "text": text}, self._image_part(image)]
+        text, second_look = agent_instruction(
+            task, round=round, previous=previous, evidence=evidence
+        )
+        content = [{"type": "text", "text": text}, self._image_part(image)]
+        if second_look and evidence is not None and self.neighbour_images > 0:
+            content += self._neighbour_parts(list(evidence.neighbours))
         return [{"role": "user", "content": content}]
 
     async def predict(

@@ -106,3 +106,19 @@ def reevaluation_values(
         or ("(only their vote is available)" if vote_text else "(no similar images were found)"),
         "vote": vote_text or "(no vote)",
     }
+
+
+def agent_instruction(
+    task: Task,
+    *,
+    round: int,
+    previous: Prediction | None,
+    evidence: EvidenceView | None,
+) -> tuple[str, bool]:
+    """The text an agent is asked, and whether it is a second look: the task's ``reevaluate``
+    template (its previous answer and the evidence) after the first round when there is either,
+    else its ``agent`` template."""
+    if round > 0 and (previous is not None or evidence is not None):
+        values = reevaluation_values(task, previous, evidence)
+        return render(task.prompts.get("reevaluate", "reevaluate"), **values), True
+    return render(task.prompts.get("agent", "agent"), **task_values(task)), False
