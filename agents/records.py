@@ -33,7 +33,7 @@ from typing import Any
 from agents.decision_rows import decision_rows, is_decisions_header, named_preset, score_labels
 from agents.errors import InputError
 from agents.record_fields import parse_confidence, parse_round, parse_scores, read_rows
-from agents.types import Task
+from agents.types import Prediction, Task
 
 DEFAULT_TRUTH_COLUMN = "category"
 
@@ -52,6 +52,23 @@ class Record:
     round: int = 0
     image: str = ""
     line: int = 0
+
+    def to_prediction(self, name: str | None = None, round: int | None = None) -> Prediction:
+        """The Prediction this answer stands for, as agent ``name`` (default: the recorded
+        agent) in ``round`` (default: the recorded round); a failure when it was no label."""
+        agent = self.agent if name is None else name
+        round_ = self.round if round is None else round
+        if self.pred is None:
+            error = f"recorded answer of '{self.agent}' is empty or outside the labels"
+            return Prediction.failure(agent, error, round=round_)
+        return Prediction(
+            agent=agent,
+            label=self.pred,
+            confidence=self.confidence,
+            scores=self.scores,
+            reason=self.reason,
+            round=round_,
+        )
 
 
 @dataclass

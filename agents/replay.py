@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agents.errors import InputError
-from agents.records import Record, RecordSet, read_records
+from agents.records import RecordSet, read_records
 from agents.types import EvidenceView, ImageRef, LabelledImage, Prediction, Task
 
 INITIAL_SUFFIX = "_initial"
@@ -46,20 +46,6 @@ def recorded_images(
         ref = ImageRef(source=r.image or r.id, sha256=recorded_image_sha256(rs.sha256, r.id))
         out[r.id] = LabelledImage(image=ref, truth=r.truth, extra={"id": r.id})
     return list(out.values())
-
-
-def _prediction(record_agent: str, name: str, rec: Record, round_: int) -> Prediction:
-    if rec.pred is None:
-        error = f"recorded answer of '{record_agent}' is empty or outside the labels"
-        return Prediction.failure(name, error, round=round_)
-    return Prediction(
-        agent=name,
-        label=rec.pred,
-        confidence=rec.confidence,
-        scores=rec.scores,
-        reason=rec.reason,
-        round=round_,
-    )
 
 
 class ReplayAgent:
@@ -106,11 +92,11 @@ class ReplayAgent:
             if r.agent == agent:
                 by_round = answers.setdefault(r.id, {})
                 if initial in found:
-                    by_round[max(r.round, 1)] = _prediction(agent, name, r, max(r.round, 1))
+                    by_round[max(r.round, 1)] = r.to_prediction(name, max(r.round, 1))
                 else:
-                    by_round[r.round] = _prediction(agent, name, r, r.round)
+                    by_round[r.round] = r.to_prediction(name, r.round)
             elif r.agent == initial:
-                answers.setdefault(r.id, {})[0] = _prediction(initial, name, r, 0)
+                answers.setdefault(r.id, {})[0] = r.to_prediction(name, 0)
         keys: dict[str, str] = {}
         for r in records.records:
             keys[recorded_image_sha256(records.sha256, r.id)] = r.id

@@ -75,8 +75,8 @@ def cascade(
     (-1 for an abstention), re-evaluated flags, and the two stages' probabilities stacked."""
     labels = list(records.labels)
     sources = trust_fit.profile_sources(columns, retrieval)
-    rows = trust_fit._by_agent(records, set(ids))
-    ratios = trust_fit._ratios(policy.profiles, sources, rows, ids, labels, policy.agent_model)
+    rows = trust_fit.records_by_agent(records, set(ids))
+    ratios = trust_fit.source_ratios(policy.profiles, sources, rows, ids, labels, policy.agent_model)
 
     def stage(name: str) -> np.ndarray:
         weights = policy.weights[name]

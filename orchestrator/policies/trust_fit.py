@@ -64,11 +64,7 @@ def record_prediction(record: Record, *, retrieval: bool = False) -> Prediction:
     """The Prediction a recorded answer stands for (the retrieval vote as the policy sees it)."""
     if retrieval and record.scores:
         return evidence_prediction(Evidence(neighbours=(), vote=record.scores), record.agent)
-    if record.pred is None:
-        return Prediction.failure(record.agent, "recorded answer outside the labels")
-    return Prediction(
-        agent=record.agent, label=record.pred, confidence=record.confidence, scores=record.scores
-    )
+    return record.to_prediction()
 
 
 def profile_sources(
@@ -85,7 +81,8 @@ def profile_sources(
     return out
 
 
-def _by_agent(records: RecordSet, ids: set[str]) -> dict[str, dict[str, Record]]:
+def records_by_agent(records: RecordSet, ids: set[str]) -> dict[str, dict[str, Record]]:
+    """Per recorded agent, its round-0 records of the rows ``ids``, by row id."""
     out: dict[str, dict[str, Record]] = {}
     for r in records.records:
         if r.id in ids and r.round == 0:
@@ -102,7 +99,7 @@ def fit_profiles(
     seed: int = 0,
 ) -> dict[str, TrustProfile]:
     """One profile per source key, fitted on the rows ``ids`` only."""
-    rows = _by_agent(records, set(ids))
+    rows = records_by_agent(records, set(ids))
     out: dict[str, TrustProfile] = {}
     for key, (agent, _) in profile_sources(columns, retrieval).items():
         recs = [rows.get(agent, {}).get(i) for i in ids]
@@ -115,7 +112,7 @@ def fit_profiles(
     return out
 
 
-def _ratios(
+def source_ratios(
     profiles: Mapping[str, TrustProfile],
     sources: Mapping[str, tuple[str, bool]],
     rows: Mapping[str, Mapping[str, Record]],
@@ -234,7 +231,7 @@ def fit_trust_policy(
     ids = list(ids) if ids is not None else records.ids()
     labels = list(records.labels)
     sources = profile_sources(columns, retrieval)
-    rows = _by_agent(records, set(ids))
+    rows = records_by_agent(records, set(ids))
     truth_of = {r.id: r.truth for r in records.records}
     truth = np.array([labels.index(truth_of[i]) for i in ids])
     profiles = fit_profiles(records, columns, ids, retrieval=retrieval, seed=seed)
@@ -247,7 +244,7 @@ def fit_trust_policy(
         inner = fit_profiles(
             records, columns, [ids[i] for i in train], retrieval=retrieval, seed=seed
         )
-        part = _ratios(inner, sources, rows, [ids[i] for i in held], labels, agent_model)
+        part = source_ratios(inner, sources, rows, [ids[i] for i in held], labels, agent_model)
         for key in sources:
             oof[key][held] = part[key]
 
