@@ -76,7 +76,9 @@ def cascade(
     labels = list(records.labels)
     sources = trust_fit.profile_sources(columns, retrieval)
     rows = trust_fit.records_by_agent(records, set(ids))
-    ratios = trust_fit.source_ratios(policy.profiles, sources, rows, ids, labels, policy.agent_model)
+    ratios = trust_fit.source_ratios(
+        policy.profiles, sources, rows, ids, labels, policy.agent_model
+    )
 
     def stage(name: str) -> np.ndarray:
         weights = policy.weights[name]
