@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from agents.errors import TrustorchError
-from agents.types import Agent, ImageRef, Task
+from agents.types import RETRIEVAL_AGENT, Agent, ImageRef, Task
 from orchestrator.decision import Decision
 from orchestrator.demo.availability import Availability, discover_agents
 from orchestrator.demo.report import TrustCard, render_report
-
-RETRIEVAL_SOURCE = "retrieval"  # the retrieval agent's name, as in `trustorch run` profiles
 
 
 class NoAgentError(TrustorchError):
@@ -66,7 +64,9 @@ def build_pipeline(
     device: str | None = None,
 ) -> DemoPipeline:
     """Discover the agents, build them (NoAgentError when none can run) and compile the graph."""
+    from orchestrator.factory import load_profiles
     from orchestrator.graph import build_graph
+    from orchestrator.policies.trust import TrustPolicy
 
     availability, index = discover_agents(
         task=task, clip_model=clip_model, index_dir=index_dir, environ=environ, device=device
@@ -74,14 +74,14 @@ def build_pipeline(
     if not availability.available:
         raise NoAgentError(availability.missing_line())
     agents, retriever = build_agents(availability, index, task)
-    profiles = _load_profiles(trust_file)
-    policy = _trust_policy(profiles)
+    names = [a.name for a in agents]
+    if retriever is not None:
+        names.append(RETRIEVAL_AGENT)
+    profiles, _ = load_profiles(trust_file, names, task=task)
+    policy = TrustPolicy(profiles=profiles, retrieval_source=RETRIEVAL_AGENT)
     graph = build_graph(
         task=task, agents=agents, policy=policy, retriever=retriever, max_rounds=max_rounds
     )
-    names = [a.name for a in agents]
-    if retriever is not None:
-        names.append(RETRIEVAL_SOURCE)
     return DemoPipeline(
         task=task,
         graph=graph,
@@ -107,26 +107,12 @@ def build_agents(
         elif status.name == "retrieval" and clip is not None and index is not None:
             from rag.agent import RetrievalAgent
 
-            retriever = RetrievalAgent(clip, index, name=RETRIEVAL_SOURCE)
+            retriever = RetrievalAgent(clip, index, name=RETRIEVAL_AGENT)
         elif status.spec is not None:
             from agents.spec import build_agent
 
             agents.append(build_agent(status.spec, task=task, clip=lambda: clip))
     return agents, retriever
-
-
-def _load_profiles(trust_file: Path | None) -> dict[str, Any]:
-    if trust_file is None:
-        return {}
-    from eval.profile import load_trust_profiles
-
-    return dict(load_trust_profiles(trust_file))
-
-
-def _trust_policy(profiles: Mapping[str, Any]) -> Any:
-    from orchestrator.policies.trust import TrustPolicy
-
-    return TrustPolicy(profiles=profiles, retrieval_source=RETRIEVAL_SOURCE)
 
 
 def trust_cards(names: Sequence[str], profiles: Mapping[str, Any]) -> dict[str, TrustCard]:
