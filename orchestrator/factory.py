@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from agents.errors import InputError
-from agents.types import Agent, Task
+from agents.types import RETRIEVAL_AGENT, Agent, Task
 
 PY_PREFIX = "py:"
 REPLAY_PREFIX = "replay:"
@@ -126,7 +126,7 @@ class AgentBuilder:
             index_dir=self.retrieval.index_dir, chroma_url=self.retrieval.chroma_url, create=False
         )
         index = store.existing(self.task.name, clip.name)
-        return RetrievalAgent(clip, index, k=self.retrieval.k, name=name or RETRIEVAL_SPEC)
+        return RetrievalAgent(clip, index, k=self.retrieval.k, name=name or RETRIEVAL_AGENT)
 
     def build(self, spec: str) -> Agent:
         """The agent of ``[name=]<spec>`` (``name`` renames it)."""
