@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,10 +120,31 @@ def build_index(
     show_progress: bool = True,
 ) -> BuildReport:
     """Embed and insert the source's images not yet in ``index`` (at most ``limit`` new ones)."""
+    return index_entries(
+        scan_source(source, task),
+        task,
+        embedder,
+        index,
+        split=split,
+        limit=limit,
+        show_progress=show_progress,
+    )
+
+
+def index_entries(
+    entries: Sequence[SourceEntry],
+    task: Task,
+    embedder: ImageEmbedder,
+    index: ImageIndex,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> BuildReport:
+    """``build_index`` on entries already scanned (``scan_source``)."""
     if index.task != task.name:
         raise InputError(f"index '{index.name}' is for task '{index.task}', not '{task.name}'")
     started = time.perf_counter()
-    entries = scan_source(source, task)
     report = BuildReport(seen=len(entries))
     todo: list[LabelledImage] = []
     seen_ids: set[str] = set()
