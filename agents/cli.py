@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from agents.cli_utils import JsonOption, TaskOption, emit_json, print_table, progress_bar
-from agents.errors import InputError
+from core.cli import JsonOption, TaskOption, emit_json, print_table, progress_bar
+from core.errors import InputError
 
 app = typer.Typer(
     help="Vision agents: CLIP zero-shot, OpenAI-compatible VLMs, local VLMs.", no_args_is_help=True
@@ -94,9 +94,9 @@ def predict(
 
       trustorch agents predict leaf.jpg --agent hf-vlm:./Qwen2.5-VL-3B-Instruct -o reason_tokens=40
     """
-    from agents.images import image_ref
     from agents.spec import build_agent, options_for
-    from agents.tasks import load_task
+    from core.images import image_ref
+    from core.task import load_task
 
     task_obj = load_task(task)
     options = parse_options(option)

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from agents.clip_model import ClipModel
-from agents.errors import TrustorchError
-from agents.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, open_image
 from agents.prompting import label_text, render_text, template_lines
-from agents.types import EvidenceView, ImageRef, Prediction, Task
+from agents.types import EvidenceView, Prediction
+from core.errors import TrustorchError
+from core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRef, open_image
+from core.task import Task
 
 
 class ClipAgent:

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.errors import TrustorchError
 from agents.hub import load_local_first
-from agents.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, open_image
 from agents.prompting import agent_instruction
-from agents.types import EvidenceView, ImageRef, Prediction, Task
+from agents.types import EvidenceView, Prediction
+from core.errors import TrustorchError
+from core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRef, open_image
+from core.task import Task
 
 ANSWER_PREFIX = '{"label": "'
 LABEL_SUFFIX = '"'

@@ -14,13 +14,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agents.answers import answer_schema, label_distribution, parse_answer
-from agents.errors import AgentError, TrustorchError
-from agents.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, image_to_data_url, url_scheme
+from agents.errors import AgentError
 from agents.openai_client import ChatResult, OpenAIChatClient
 from agents.pricing import ModelPrice, call_cost_usd, load_price_table
 from agents.prompting import agent_instruction
-from agents.types import EvidenceView, ImageRef, Neighbour, Prediction, Task
+from agents.reply_parsing import answer_schema, label_distribution, parse_answer
+from agents.types import EvidenceView, Neighbour, Prediction
+from core.errors import TrustorchError
+from core.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageRef,
+    image_to_data_url,
+    url_scheme,
+)
+from core.task import Task
 
 
 class OpenAIAgent:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.answers import TokenChoice
-from agents.errors import AgentError, InputError
+from agents.errors import AgentError
+from agents.reply_parsing import TokenChoice
+from core.errors import InputError
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 API_KEY_ENV = "OPENAI_API_KEY"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.errors import InputError
+from core.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from agents.errors import InputError
-from agents.types import EvidenceView, Prediction, Task
+from agents.types import EvidenceView, Prediction
+from core.errors import InputError
+from core.task import Task
 
 
 def template_names() -> list[str]:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.clip_model import ClipModel
-from agents.errors import InputError
-from agents.types import Agent, Task
+from agents.types import Agent
+from core.errors import InputError
+from core.task import Task
 
 KINDS: dict[str, str] = {
     "clip": "clip or clip:<hub id or folder>",

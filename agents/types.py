@@ -1,108 +1,23 @@
-"""Shared types of the ground floor: Task, ImageRef, Prediction, Neighbour, the Agent protocol.
+"""The agents' types: Prediction, Neighbour, the Agent protocol and the evidence it is shown.
 
-This module imports nothing of the project but ``agents.errors``. Everything here holds plain
+This module imports only the foundation (``core``). Everything here holds plain
 Python values (str, float, list, dict) so that LangGraph can checkpoint it with msgpack.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-
-from agents.errors import InputError
+from core.images import ImageRef
+from core.task import Task
 
 REEVAL_SUFFIX = "@reeval"
 """Appended to an agent's name for its re-evaluated answers (their own trust profile)."""
 RETRIEVAL_AGENT = "retrieval"
 """The default name of the retrieval agent, and the source name of a decision's evidence vote."""
-
-
-def _label_key(text: str) -> str:
-    return re.sub(r"[\s_\-]+", "-", text.strip().lower())
-
-
-class Task(BaseModel):
-    """A classification task: ordered labels, a visual description per label, prompt names."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    labels: tuple[str, ...]
-    descriptions: dict[str, str]
-    title: str = ""
-    subject: str = "the image"
-    synonyms: dict[str, str] = {}
-    prompts: dict[str, str] = {"agent": "agent", "reevaluate": "reevaluate", "clip": "clip"}
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_unique(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
-        if len(labels) < 2:
-            raise ValueError("a task needs at least two labels")
-        if len({_label_key(label) for label in labels}) != len(labels):
-            raise ValueError(f"labels must be distinct: {list(labels)}")
-        return labels
-
-    @model_validator(mode="after")
-    def _descriptions_cover_labels(self) -> Task:
-        missing = [label for label in self.labels if label not in self.descriptions]
-        if missing:
-            raise ValueError(f"descriptions missing for labels {missing}")
-        unknown = [t for t in self.synonyms.values() if t not in self.labels]
-        if unknown:
-            raise ValueError(f"synonyms point to unknown labels {unknown}")
-        return self
-
-    def index(self, label: str) -> int:
-        return self.labels.index(label)
-
-    def normalise_label(self, text: str | None) -> str | None:
-        """Map free text ('Black rot', 'BLACK_ROT', 'apple scab') to a label, or None."""
-        if text is None:
-            return None
-        key = _label_key(text.strip().strip("\"'.` "))
-        if not key:
-            return None
-        by_key = {_label_key(label): label for label in self.labels}
-        by_key.update({_label_key(s): target for s, target in self.synonyms.items()})
-        return by_key.get(key)
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """Where an image came from and the sha256 of its bytes (its identity everywhere).
-
-    The decoded image is not held: ``agents.images.open_image`` reads it when an agent needs it.
-    """
-
-    source: str
-    sha256: str
-
-    @classmethod
-    def from_path(cls, path: str | Path) -> ImageRef:
-        p = Path(path)
-        try:
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        except FileNotFoundError:
-            raise InputError("no such image file", path=str(p)) from None
-        except IsADirectoryError:
-            raise InputError("is a folder, not an image file", path=str(p)) from None
-        return cls(source=str(p), sha256=digest)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, source: str) -> ImageRef:
-        return cls(source=source, sha256=hashlib.sha256(data).hexdigest())
-
-    @property
-    def name(self) -> str:
-        return self.source.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _plain_float(value: float | None) -> float | None:
@@ -202,12 +117,3 @@ class Agent(Protocol):
         previous: Prediction | None = None,
         evidence: EvidenceView | None = None,
     ) -> Prediction: ...
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    """An image with its true label, when known (ImageFolder layouts, manifests)."""
-
-    image: ImageRef
-    truth: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)

@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from agents.clip_agent import ClipAgent  # noqa: E402
 from agents.clip_model import ClipModel  # noqa: E402
-from agents.tasks import load_task  # noqa: E402
 from agents.types import ImageRef  # noqa: E402
+from core.task import load_task  # noqa: E402
 
 
 def offline_vit_b32(device: str) -> ClipModel:

@@ -33,14 +33,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.records import read_records  # noqa: E402
-from agents.replay import ReplayAgent, recorded_images  # noqa: E402
-from agents.tasks import load_task  # noqa: E402
-from agents.types import ImageRef, Prediction, Task  # noqa: E402
+from agents.types import Prediction  # noqa: E402
+from core.images import ImageRef  # noqa: E402
+from core.task import Task, load_task  # noqa: E402
+from eval.recorded.records import read_records  # noqa: E402
 from orchestrator.graph import build_graph, classify  # noqa: E402
 from orchestrator.policies.trust_fit import fit_trust_policy  # noqa: E402
-from orchestrator.replay import replay_columns  # noqa: E402
-from rag.recorded import RecordedRetriever  # noqa: E402
+from orchestrator.replay.agent import ReplayAgent, recorded_images  # noqa: E402
+from orchestrator.replay.retriever import RecordedRetriever  # noqa: E402
+from orchestrator.replay.run import replay_columns  # noqa: E402
 
 CASE3 = ROOT.parent / "shared/data/paper/case3_trust_rag.csv"
 

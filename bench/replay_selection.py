@@ -39,11 +39,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.records import RecordSet, read_records  # noqa: E402
+from eval.recorded.records import RecordSet, read_records  # noqa: E402
 from orchestrator.policies import trust_fit  # noqa: E402
 from orchestrator.policies.trust import TrustPolicy  # noqa: E402
 from orchestrator.policies.trust_fit import SourceColumns, fit_trust_policy  # noqa: E402
-from orchestrator.replay import FitPolicy, policy_fitter, run_replay  # noqa: E402
+from orchestrator.replay.run import FitPolicy, policy_fitter, run_replay  # noqa: E402
 
 CASE3 = ROOT.parent / "shared/data/paper/case3_trust_rag.csv"
 TARGET = 0.985
@@ -162,8 +162,8 @@ def cascade_matches_graph(
 ) -> tuple[bool, list[tuple[str, int, int]]]:
     """Whether the vectorised cascade makes the graph's errors on every held-out row; and
     per row (id, first-stage label, re-evaluated label) index for the routing ceiling."""
-    from agents.replay import recorded_images
-    from orchestrator.replay import stratified_folds
+    from orchestrator.replay.agent import recorded_images
+    from orchestrator.replay.run import stratified_folds
 
     images = recorded_images(records.path, records=records)
     all_ids = [li.extra["id"] for li in images]
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.file.is_file():
         print(f"error: {args.file}: no such file (the study's case3 CSV)", file=sys.stderr)
         return 1
-    from orchestrator.replay import replay_columns
+    from orchestrator.replay.run import replay_columns
 
     started = time.perf_counter()
     records = read_records(args.file)

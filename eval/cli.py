@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from agents.cli_utils import JsonOption, emit_json, print_table, progress_bar, stdout_console
-from agents.errors import InputError
-from agents.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
+from core.cli import JsonOption, emit_json, print_table, progress_bar, stdout_console
+from core.errors import InputError
+from eval.recorded.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
 from eval.retrieval_cli import retrieval
 
 app = typer.Typer(
@@ -58,7 +58,7 @@ def _load(
 ) -> tuple[RecordSet, list[str] | None]:
     task_obj = None
     if task is not None:
-        from agents.tasks import load_task
+        from core.task import load_task
 
         task_obj = load_task(task)
     wanted = [a.strip() for a in agents.split(",") if a.strip()] if agents else None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.output_files import write_atomically
+from core.files import write_atomically
 from eval.metrics import DEFAULT_BINS, check_confidence_correct, nudge, reliability_bins
 
 

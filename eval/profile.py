@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from agents.errors import InputError
-from agents.records import Record, RecordSet
 from agents.types import Prediction
+from core.errors import InputError
 from eval.bootstrap import bootstrap_intervals
 from eval.metrics import (
     DEFAULT_BINS,
@@ -40,6 +39,7 @@ from eval.recalibration import (
     pseudo_scores,
     recalibrator_from_dict,
 )
+from eval.recorded.records import Record, RecordSet
 
 DEFAULT_SHRINK_WEIGHT = 0.2
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from agents.errors import InputError
-from agents.output_files import write_text_atomically
+from core.errors import InputError
+from core.files import write_text_atomically
 
 if TYPE_CHECKING:
     from eval.profile import TrustProfile
@@ -20,7 +20,7 @@ FILE_VERSION = 1
 
 
 def save_trust_profiles(path: str | Path, profiles: Mapping[str, TrustProfile]) -> None:
-    """Write profiles as one JSON file, whole (``agents.output_files``)."""
+    """Write profiles as one JSON file, whole (``core.files``)."""
     payload = {
         "format": FILE_FORMAT,
         "version": FILE_VERSION,

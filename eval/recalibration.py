@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agents.errors import InputError, NotFittedError
+from core.errors import InputError, NotFittedError
 from eval.metrics import DEFAULT_BINS, DEFAULT_OCR_THRESHOLD, calibration_metrics, nudge
 
 METHODS = ("auto", "temperature", "isotonic", "histogram")

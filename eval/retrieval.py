@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.cli_utils import progress_bar
-from agents.errors import InputError
-from agents.types import Task
+from core.cli import progress_bar
+from core.errors import InputError
+from core.task import Task
 from eval.metrics import calibration_metrics, classification_metrics
 from rag.store import ImageIndex
 from rag.vote import SimilarityShareVote, SoftmaxVote, neighbour_arrays, share_scores

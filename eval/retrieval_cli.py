@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from agents.cli_utils import JsonOption, TaskOption, emit_json, print_table
-from agents.errors import InputError
+from core.cli import JsonOption, TaskOption, emit_json, print_table
+from core.errors import InputError
 from rag.cli import ChromaUrlOption, IndexDirOption, open_store
 
 
@@ -40,7 +40,7 @@ def retrieval(
       trustorch eval retrieval -k 5 --task apple-leaf --index-dir ./index --json
       trustorch eval retrieval --chroma-url http://127.0.0.1:8000 --model my-clip
     """
-    from agents.tasks import load_task
+    from core.task import load_task
     from eval.retrieval import evaluate_loo
 
     if not loo:

@@ -5,6 +5,6 @@ LangGraph, which the light commands do not need.
 """
 
 from orchestrator.decision import Assessment, Decision
-from orchestrator.policy import FusionPolicy
+from orchestrator.policies.base import FusionPolicy
 
 __all__ = ["Assessment", "Decision", "FusionPolicy"]

@@ -8,10 +8,10 @@ import sys
 import typer
 
 from agents.cli import app as agents_app
-from agents.errors import TrustorchError
+from core.errors import TrustorchError
 from eval.cli import app as eval_app
 from orchestrator.demo.cli import app as demo_app
-from orchestrator.replay_cli import replay
+from orchestrator.replay.cli import replay
 from orchestrator.run_cli import run
 from rag.cli import app as index_app
 

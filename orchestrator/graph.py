@@ -27,10 +27,12 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
-from agents.errors import InputError
-from agents.types import RETRIEVAL_AGENT, Agent, ImageRef, Prediction, Task
+from agents.types import RETRIEVAL_AGENT, Agent, Prediction
+from core.errors import InputError
+from core.images import ImageRef
+from core.task import Task
 from orchestrator.decision import Assessment, Decision
-from orchestrator.policy import FusionPolicy
+from orchestrator.policies.base import FusionPolicy
 from orchestrator.state import AgentCall, GraphInput, GraphOutput, GraphState
 from rag.evidence import Evidence
 from rag.retriever import Retriever

@@ -3,7 +3,7 @@
 - a file: one image (no true label);
 - a folder: every image below it, sorted; in the ImageFolder layout ``DIR/<label>/*`` the
   first sub-folder names the true label (when it is one of the task's labels);
-- a ``.csv`` file: a manifest (``agents.manifest``) with a ``path`` column and an optional
+- a ``.csv`` file: a manifest (``core.manifest``) with a ``path`` column and an optional
   ``label`` column; relative paths are read from the CSV's folder.
 
 Unreadable images (missing, not decodable in full, over the pixel cap) are reported and skipped;
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.errors import InputError, os_reason
-from agents.images import IMAGE_SUFFIXES, decode_image
-from agents.manifest import read_manifest
-from agents.types import ImageRef, LabelledImage, Task
+from core.errors import InputError, os_reason
+from core.images import IMAGE_SUFFIXES, ImageRef, LabelledImage, decode_image
+from core.manifest import read_manifest
+from core.task import Task
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class CollectedImages:
 
 
 def _readable_image(path: Path) -> str | None:
-    """None when the file decodes in full (``agents.images.decode_image``: pixel cap, truncated
+    """None when the file decodes in full (``core.images.decode_image``: pixel cap, truncated
     data), else the reason it does not."""
     try:
         data = path.read_bytes()

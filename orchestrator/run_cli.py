@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from agents.cli_utils import JsonOption, TaskOption, emit_json, print_table, stderr_console
+from core.cli import JsonOption, TaskOption, emit_json, print_table, stderr_console
 
 if TYPE_CHECKING:
-    from orchestrator.factory import RetrievalSettings
+    from orchestrator.components import RetrievalSettings
 
 
 def run(
@@ -102,7 +102,7 @@ def run(
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
     """
-    from orchestrator.factory import LlmSettings, RetrievalSettings
+    from orchestrator.components import LlmSettings, RetrievalSettings
 
     _check_settings(out=out, concurrency=concurrency, max_rounds=max_rounds, timeout=agent_timeout)
     summary, notes = asyncio.run(
@@ -142,7 +142,7 @@ def run(
 
 def _check_settings(*, out: Path, concurrency: int, max_rounds: int, timeout: float | None) -> None:
     """Bad numbers and an output folder fail at once, before any model loads."""
-    from agents.errors import InputError
+    from core.errors import InputError
 
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
@@ -166,7 +166,7 @@ def run_configuration(
     llm_model: str | None,
 ) -> dict[str, Any]:
     """What decides a run's answers, as plain JSON values: a resumed run must match it."""
-    from agents.records import file_sha256
+    from eval.recorded.records import file_sha256
 
     def where(path: str | None) -> str | None:
         return str(Path(path).expanduser().resolve()) if path else None
@@ -205,9 +205,9 @@ async def _run(
     verbose: bool,
     show_progress: bool,
 ) -> tuple[Any, list[str]]:
-    from agents.tasks import load_task
+    from core.task import load_task
     from eval.profile import load_trust_profiles
-    from orchestrator.factory import build_agents, build_policy, load_profiles
+    from orchestrator.components import build_agents, build_policy, load_profiles
     from orchestrator.graph import build_graph
     from orchestrator.inputs import collect_images
     from orchestrator.runner import (

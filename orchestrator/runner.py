@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.cli_utils import progress_bar, stderr_console
-from agents.errors import InputError, os_reason
-from agents.output_files import output_folder
-from agents.types import LabelledImage, Task
+from core.cli import progress_bar, stderr_console
+from core.errors import InputError, os_reason
+from core.files import output_folder
+from core.images import LabelledImage
+from core.task import Task
 from orchestrator.inputs import SkippedInput
 
 

@@ -2,9 +2,9 @@
 
 from rag.agent import RetrievalAgent
 from rag.embedder import ImageEmbedder
+from rag.errors import StoreError
 from rag.evidence import Evidence
 from rag.index import BuildReport, build_index, import_embeddings, read_embeddings_npz
-from rag.recorded import RecordedRetriever
 from rag.retriever import Retriever
 from rag.store import ChromaStore, ImageIndex, IndexInfo, collection_name, default_index_dir
 from rag.vote import SimilarityShareVote, SoftmaxVote, VoteRule, vote_from_dict
@@ -16,11 +16,11 @@ __all__ = [
     "ImageEmbedder",
     "ImageIndex",
     "IndexInfo",
-    "RecordedRetriever",
     "RetrievalAgent",
     "Retriever",
     "SimilarityShareVote",
     "SoftmaxVote",
+    "StoreError",
     "VoteRule",
     "build_index",
     "collection_name",

@@ -11,9 +11,12 @@ from collections import OrderedDict
 from typing import Any
 
 from agents.clip_model import ClipModel
-from agents.errors import StoreError, TrustorchError
-from agents.types import RETRIEVAL_AGENT, EvidenceView, ImageRef, Neighbour, Prediction, Task
+from agents.types import RETRIEVAL_AGENT, EvidenceView, Neighbour, Prediction
+from core.errors import TrustorchError
+from core.images import ImageRef
+from core.task import Task
 from rag.embedder import ImageEmbedder
+from rag.errors import StoreError
 from rag.evidence import Evidence
 from rag.store import ChromaStore, ImageIndex
 from rag.vote import SimilarityShareVote, VoteRule, vote_dict

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agents.cli_utils import JsonOption, TaskOption, emit_json, print_table, stderr_console
+from core.cli import JsonOption, TaskOption, emit_json, print_table, stderr_console
 
 if TYPE_CHECKING:
     from rag.store import ChromaStore
@@ -89,7 +89,7 @@ def build(
       trustorch index build data/train --chroma-url http://127.0.0.1:8000 --json
     """
     from agents.clip_model import load_clip
-    from agents.tasks import load_task
+    from core.task import load_task
     from rag.embedder import ImageEmbedder
     from rag.index import index_entries, scan_source
 
@@ -124,7 +124,7 @@ def import_(
           --model openai/clip-vit-base-patch32 --task apple-leaf
       trustorch index import vectors.npz --model my-clip --index-dir ./index --json
     """
-    from agents.tasks import load_task
+    from core.task import load_task
     from rag.index import import_embeddings, read_embeddings_npz
 
     the_task = load_task(task)

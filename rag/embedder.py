@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from agents.clip_model import ClipModel
-from agents.errors import InputError
-from agents.images import open_image
-from agents.types import ImageRef, LabelledImage
+from core.errors import InputError
+from core.images import ImageRef, LabelledImage, open_image
 
 
 @dataclass(frozen=True)

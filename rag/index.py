@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from agents.cli_utils import progress_bar
-from agents.errors import InputError
-from agents.images import IMAGE_SUFFIXES
-from agents.manifest import read_manifest
-from agents.types import ImageRef, LabelledImage, Task
+from core.cli import progress_bar
+from core.errors import InputError
+from core.images import IMAGE_SUFFIXES, ImageRef, LabelledImage
+from core.manifest import read_manifest
+from core.task import Task
 from rag.embedder import ImageEmbedder, ImageFailure
 from rag.store import ImageIndex
 

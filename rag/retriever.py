@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from agents.types import ImageRef, Task
+from core.images import ImageRef
+from core.task import Task
 from rag.evidence import Evidence
 
 

@@ -21,8 +21,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from agents.errors import InputError, StoreError
 from agents.types import Neighbour
+from core.errors import InputError
+from rag.errors import StoreError
 
 INDEX_DIR_ENV = "TRUSTORCH_INDEX_DIR"
 SCHEMA_VERSION = 1

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agents.errors import InputError, NotFittedError
 from agents.types import Neighbour
+from core.errors import InputError, NotFittedError
 
 _EPS = 1e-12
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.tasks import load_task
-from agents.types import Task
+from core.task import Task, load_task
 
 PAPER_DIR = Path(
     os.environ.get(

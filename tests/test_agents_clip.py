@@ -14,9 +14,12 @@ from PIL import Image
 
 from agents.clip_agent import ClipAgent
 from agents.clip_model import ClipModel, load_clip
-from agents.errors import InputError, ModelLoadError
+from agents.errors import ModelLoadError
 from agents.spec import AgentSpec, build_agent, parse_agent_spec
-from agents.types import Agent, ImageRef, Task
+from agents.types import Agent
+from core.errors import InputError
+from core.images import ImageRef
+from core.task import Task
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_scores_are_a_softmax_and_label_is_the_argmax(
 def test_scores_match_the_ensemble_formula(
     clip: ClipModel, images: list[ImageRef], apple_task: Task
 ) -> None:
-    from agents.images import open_image
+    from core.images import open_image
 
     agent = ClipAgent(clip)
     prompts = agent.prompts(apple_task)

@@ -18,7 +18,9 @@ from PIL import Image
 from agents.errors import ModelLoadError
 from agents.hf_vlm import ANSWER_PREFIX, LABEL_SUFFIX, HFVLMAgent, load_vlm
 from agents.spec import build_agent
-from agents.types import ImageRef, Neighbour, Prediction, Task
+from agents.types import Neighbour, Prediction
+from core.images import ImageRef
+from core.task import Task
 from rag.evidence import Evidence
 
 CHAT_TEMPLATE = (
@@ -141,7 +143,7 @@ def test_scores_are_the_normalised_label_logprobs(agent: HFVLMAgent, leaf, apple
     assert pred.label == max(pred.scores, key=pred.scores.__getitem__)
     assert pred.confidence == pytest.approx(pred.scores[pred.label])
 
-    from agents.images import open_image
+    from core.images import open_image
 
     image = open_image(leaf)
     context = agent.prompt(apple_task)
@@ -157,7 +159,7 @@ def test_scores_are_the_normalised_label_logprobs(agent: HFVLMAgent, leaf, apple
 def test_length_normalisation_uses_the_mean_token_logprob(
     agent: HFVLMAgent, leaf, apple_task: Task
 ) -> None:
-    from agents.images import open_image
+    from core.images import open_image
 
     image = open_image(leaf)
     context = agent.prompt(apple_task)

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agents.errors import InputError
-from agents.images import (
+from core.errors import InputError
+from core.images import (
+    ImageRef,
     decode_image,
     fetch_url,
     image_ref,
@@ -24,7 +25,6 @@ from agents.images import (
     open_image,
     url_scheme,
 )
-from agents.types import ImageRef
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:

@@ -20,12 +20,15 @@ from openai_server import (
 )
 from PIL import Image
 
-from agents.answers import TokenChoice, extract_json_object, label_distribution, parse_answer
-from agents.errors import AgentError, InputError
+from agents.errors import AgentError
 from agents.openai_agent import OpenAIAgent
 from agents.openai_client import OpenAIChatClient
 from agents.pricing import ModelPrice, call_cost_usd, load_price_table, price_for
-from agents.types import ImageRef, Neighbour, Prediction, Task
+from agents.reply_parsing import TokenChoice, extract_json_object, label_distribution, parse_answer
+from agents.types import Neighbour, Prediction
+from core.errors import InputError
+from core.images import ImageRef
+from core.task import Task
 from rag.evidence import Evidence
 
 KEY = "sk-test-secret-0123456789"
@@ -170,7 +173,7 @@ def test_500_every_time_fails_after_the_retries(leaf: ImageRef, apple_task: Task
 def test_adapter_raises_agent_error_chained_to_the_openai_error(apple_task: Task) -> None:
     import openai
 
-    from agents.answers import answer_schema
+    from agents.reply_parsing import answer_schema
 
     async def go(client: OpenAIChatClient) -> None:
         try:

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from agents.errors import InputError
-from agents.records import read_records
-from agents.replay import (
+from agents.types import Agent
+from core.errors import InputError
+from core.images import ImageRef
+from eval.recorded.records import read_records
+from orchestrator.replay.agent import (
     ReplayAgent,
     parse_replay_spec,
     recorded_image_sha256,
     recorded_images,
     replay_agent_from_spec,
 )
-from agents.types import Agent, ImageRef
-from rag.recorded import RecordedRetriever
+from orchestrator.replay.retriever import RecordedRetriever
 
 WIDE = (
     "id,image,category,qwen_initial_pred,qwen_initial_conf,qwen_pred,qwen_conf,"

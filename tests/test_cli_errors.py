@@ -27,7 +27,7 @@ def test_errors_are_one_line(argv, message, code, capsys, tmp_path, monkeypatch)
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
-    from agents.errors import InputError
+    from core.errors import InputError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError):

@@ -147,7 +147,7 @@ def test_upload_a_leaf_and_read_the_decision(server, browser, demo_setup, apple_
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from agents.types import ImageRef
+    from core.images import ImageRef
     from orchestrator.demo import build_pipeline
     from orchestrator.demo.web import summary_text
 

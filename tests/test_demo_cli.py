@@ -14,7 +14,7 @@ import pytest
 from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
 from tiny_models import clip_with_token_limit
 
-from agents.errors import TrustorchError
+from core.errors import TrustorchError
 from orchestrator.cli import main
 
 AGENT_ENV = (
@@ -100,7 +100,7 @@ def test_leaf_writes_one_report_per_image(leaf_setup, tmp_path, capsys):
 
 def test_same_decision_as_the_pipeline_in_process(leaf_setup, apple_task, tmp_path, capsys):
     """The command's answer is the pipeline's answer (deterministic tiny CLIP)."""
-    from agents.types import ImageRef
+    from core.images import ImageRef
     from orchestrator.demo import build_pipeline
 
     clip_dir, index_dir, queries = leaf_setup

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents.types import ImageRef, Prediction
+from agents.types import Prediction
+from core.images import ImageRef
 from orchestrator.decision import Decision
 from orchestrator.demo.pipeline import reliability_png, trust_cards
 from orchestrator.demo.report import IMAGE_MAX_PX, image_data_uri, render_report
@@ -73,7 +74,7 @@ def retriever(clip, apple_task, tmp_path_factory):
 
 
 def replay(name: str, sha: str, first: Prediction, second: Prediction | None):
-    from agents.replay import ReplayAgent
+    from orchestrator.replay.agent import ReplayAgent
 
     answers = {0: first} if second is None else {0: first, 1: second}
     return ReplayAgent(name=name, answers={"row": answers}, keys={sha: "row"})
@@ -216,9 +217,9 @@ def test_failed_agent_is_shown_with_its_error(leaf, apple_task):
 def test_trust_card_draws_the_profiles_reliability_diagram(tmp_path, apple_task):
     """The report's diagram, rebuilt from a fitted profile's per-bin table, is pixel for pixel
     the one ``eval.plots`` draws from the raw predictions; the card shows the profile's numbers."""
-    from agents.records import Record
     from eval.plots import reliability_diagram
     from eval.profile import fit_trust_profile
+    from eval.recorded.records import Record
 
     rng = np.random.default_rng(3)
     labels = apple_task.labels

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.errors import InputError
-from agents.records import Record, read_records
 from agents.types import Prediction
+from core.errors import InputError
 from eval.metrics import expected_calibration_error
 from eval.profile import (
     TrustProfile,
@@ -22,6 +21,7 @@ from eval.profile import (
     load_trust_profiles,
     save_trust_profiles,
 )
+from eval.recorded.records import Record, read_records
 
 LABELS = ("black-rot", "healthy", "rust", "scab")
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.errors import InputError, NotFittedError
+from core.errors import InputError, NotFittedError
 from eval.metrics import expected_calibration_error
 from eval.recalibration import (
     CalibrationData,

@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agents.errors import InputError
-from agents.types import Task
+from core.errors import InputError
+from core.task import Task
 from eval.retrieval import (
     cross_fitted_softmax,
     evaluate_loo,

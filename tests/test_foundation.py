@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.errors import InputError
-from agents.records import read_records
-from agents.tasks import load_task, preset_names
-from agents.types import ImageRef, Prediction
+from agents.types import Prediction
+from core.errors import InputError
+from core.images import ImageRef
+from core.task import load_task, preset_names
+from eval.recorded.records import read_records
 
 
 def test_apple_leaf_preset(apple_task):

@@ -20,7 +20,8 @@ import pytest
 from llm_server import LlmServer, llm_server  # noqa: F401 - the fixture
 from test_runner import ScriptedAgent, make_images
 
-from agents.types import Prediction, Task
+from agents.types import Prediction
+from core.task import Task
 from eval.profile import default_trust_profile
 from orchestrator.graph import build_graph
 from orchestrator.inputs import collect_images

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.errors import InputError
-from agents.manifest import read_manifest
-from agents.types import Task
+from core.errors import InputError
+from core.manifest import read_manifest
+from core.task import Task
 from orchestrator.inputs import collect_images
 
 

@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from agents.errors import InputError
-from agents.records import read_records
-from agents.replay import ReplayAgent, recorded_images
-from agents.types import ImageRef, Prediction, Task
+from agents.types import Prediction
+from core.errors import InputError
+from core.images import ImageRef
+from core.task import Task
+from eval.recorded.records import read_records
 from orchestrator.decision import Assessment, Decision
 from orchestrator.graph import build_graph, classify
 from orchestrator.policies.trust_fit import fit_trust_policy
-from orchestrator.replay import replay_columns
+from orchestrator.replay.agent import ReplayAgent, recorded_images
+from orchestrator.replay.retriever import RecordedRetriever
+from orchestrator.replay.run import replay_columns
 from rag.evidence import Evidence
-from rag.recorded import RecordedRetriever
 
 WIDE = (
     "id,image,category,qwen_initial_pred,qwen_initial_conf,qwen_pred,qwen_conf,"

@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from agents.errors import InputError
-from agents.records import Record
-from agents.types import Prediction, Task
+from agents.types import Prediction
+from core.errors import InputError
+from core.task import Task
 from eval.profile import TrustProfile, fit_trust_profile
+from eval.recorded.records import Record
 from orchestrator.policies import make_policy, policy_names
 from orchestrator.policies.baselines import MajorityPolicy, MaxConfidencePolicy, SinglePolicy
 from orchestrator.policies.trust import (

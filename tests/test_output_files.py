@@ -1,5 +1,5 @@
 """Output files are written whole, with the usual permissions, and a path that cannot be written
-is a one-line error naming it (``agents.output_files``), through every writer of the CLI."""
+is a one-line error naming it (``core.files``), through every writer of the CLI."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.errors import InputError
-from agents.output_files import output_folder, write_atomically, write_text_atomically
+from core.errors import InputError
+from core.files import output_folder, write_atomically, write_text_atomically
 from orchestrator.cli import main
 
 ROWS = [

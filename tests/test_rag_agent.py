@@ -10,10 +10,12 @@ import pytest
 from test_rag_index import make_image_folder
 
 from agents.clip_model import ClipModel, load_clip
-from agents.errors import StoreError
-from agents.types import Agent, ImageRef, LabelledImage, Task
+from agents.types import Agent
+from core.images import ImageRef, LabelledImage
+from core.task import Task
 from rag.agent import RetrievalAgent
 from rag.embedder import ImageEmbedder
+from rag.errors import StoreError
 from rag.index import build_index
 from rag.retriever import Retriever
 from rag.store import ChromaStore, ImageIndex

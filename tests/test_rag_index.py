@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from agents.clip_model import ClipModel, load_clip
-from agents.errors import InputError
-from agents.types import Task
+from core.errors import InputError
+from core.task import Task
 from orchestrator.cli import main
 from rag.embedder import ImageEmbedder
 from rag.index import build_index, import_embeddings, read_embeddings_npz, scan_source
@@ -69,7 +69,7 @@ def test_build_skips_corrupt_images_and_is_idempotent(
     assert index.label_counts() == dict.fromkeys(COLOURS, 3)
     # the stored vectors are the CLIP embeddings of the files, under their sha256 ids
     stored = index.all_vectors()
-    from agents.types import ImageRef
+    from core.images import ImageRef
 
     ref = ImageRef.from_path(src / "rust" / "rust-1.png")
     row = stored.ids.index(ref.sha256)
@@ -185,7 +185,7 @@ def test_import_study_embeddings(paper_dir: Path, tmp_path: Path, apple_task: Ta
     again = import_embeddings(data, index, model="openai/clip-vit-base-patch32")
     assert (again.added, again.already_indexed, index.count()) == (0, 512, 512)
     # the same vectors under another model's name go elsewhere; another dimension is refused
-    from agents.errors import StoreError
+    from rag.errors import StoreError
 
     with pytest.raises(StoreError, match="holds vectors of model"):
         import_embeddings(data, index, model="my/other-clip")

@@ -17,7 +17,7 @@ from test_eval_retrieval import check_study_loo, import_study
 from test_rag_index import COLOURS, make_image_folder
 from test_rag_store import StoreBehaviour
 
-from agents.types import Task
+from core.task import Task
 from orchestrator.cli import main
 from rag.store import ChromaStore
 

@@ -12,7 +12,8 @@ import uuid
 import numpy as np
 import pytest
 
-from agents.errors import InputError, StoreError
+from core.errors import InputError
+from rag.errors import StoreError
 from rag.store import DEFAULT_HNSW, ChromaStore, collection_name, default_index_dir
 
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")

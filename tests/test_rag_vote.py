@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.errors import InputError, NotFittedError
 from agents.types import Neighbour
+from core.errors import InputError, NotFittedError
 from rag.vote import (
     SimilarityShareVote,
     SoftmaxVote,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.errors import InputError
-from agents.tasks import load_task
+from core.errors import InputError
+from core.task import load_task
 from orchestrator.cli import main
-from orchestrator.replay import policy_fitter, run_replay
+from orchestrator.replay.run import policy_fitter, run_replay
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,9 @@ def test_a_decisions_file_of_run_is_refused(tmp_path: Path, capsys):
 
 
 def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path: Path, capsys):
-    from agents.records import read_records
+    from eval.recorded.records import read_records
     from orchestrator.policies.trust_fit import fit_trust_policy, load_trust_policy_settings
-    from orchestrator.replay import replay_columns
+    from orchestrator.replay.run import replay_columns
 
     saved = tmp_path / "policy.json"
     args = ["eval", "replay", str(case3), "--seed", "0", "--save-policy", str(saved), "--json"]
@@ -175,14 +175,14 @@ def test_several_seeds_give_per_seed_figures_and_their_mean(case3: Path, capsys)
     ("text", "seeds"), [("0-4", [0, 1, 2, 3, 4]), ("7", [7]), ("0,3,7", [0, 3, 7])]
 )
 def test_parse_seeds(text: str, seeds: list[int]):
-    from orchestrator.replay_cli import parse_seeds
+    from orchestrator.replay.cli import parse_seeds
 
     assert parse_seeds(text) == seeds
 
 
 @pytest.mark.parametrize("text", ["", "0-x", "-1", "3-1", "1,1", "a"])
 def test_parse_seeds_refuses_bad_lists(text: str):
-    from orchestrator.replay_cli import parse_seeds
+    from orchestrator.replay.cli import parse_seeds
 
     with pytest.raises(InputError, match="--seeds must be a range"):
         parse_seeds(text)

@@ -217,7 +217,7 @@ def test_a_renamed_retriever_names_the_evidence_and_its_profile(tmp_path, capsys
     decisions = [json.loads(x) for x in out.read_text().splitlines()]
     assert {d["evidence"]["retriever"] for d in decisions} == {"rag"}
     assert all(set(d["weights"]) == {"clip", "rag"} for d in decisions)
-    from agents.records import read_records
+    from eval.recorded.records import read_records
 
     records = read_records(out)
     assert sorted(records.agents) == ["clip", "rag"]
@@ -311,7 +311,7 @@ def test_reeval_profiles_are_kept_and_used_for_second_looks(tmp_path, apple_task
     import asyncio
 
     from agents.types import Prediction
-    from orchestrator.factory import build_policy, load_profiles
+    from orchestrator.components import build_policy, load_profiles
 
     labels = apple_task.labels
     sharp = [[20 if i == j else 0 for j in range(4)] for i in range(4)]  # never wrong again
@@ -330,8 +330,8 @@ def test_reeval_profiles_are_kept_and_used_for_second_looks(tmp_path, apple_task
 
 
 def test_profile_on_other_labels_or_a_bad_confusion_is_an_input_error(tmp_path, apple_task):
-    from agents.errors import InputError
-    from orchestrator.factory import load_profiles
+    from core.errors import InputError
+    from orchestrator.components import load_profiles
 
     path = _profile_file(tmp_path, {"gpt": _measured("gpt", ["cat", "dog"])})
     with pytest.raises(InputError, match=r"trust\.json: trust profile of agent 'gpt' is for "):
@@ -343,7 +343,7 @@ def test_profile_on_other_labels_or_a_bad_confusion_is_an_input_error(tmp_path, 
 
 
 def test_policies_get_the_retrieval_source_and_no_default_one(apple_task):
-    from orchestrator.factory import build_policy
+    from orchestrator.components import build_policy
 
     for name in ("trust", "majority", "max-confidence", "single:a"):
         assert build_policy(name, task=apple_task, profiles={}).retrieval_source is None
@@ -352,7 +352,7 @@ def test_policies_get_the_retrieval_source_and_no_default_one(apple_task):
 
 
 def test_name_prefix_renames_replay_agents(paper_dir, apple_task):
-    from orchestrator.factory import build_agents
+    from orchestrator.components import build_agents
 
     spec = f"q=replay:{paper_dir / 'case3_trust_rag.csv'}#qwen"
     built = build_agents([spec, f"replay:{paper_dir / 'case3_trust_rag.csv'}#gpt"], task=apple_task)
@@ -382,9 +382,9 @@ def test_policy_file_settings_replace_the_default_thresholds(tmp_path, capsys):
 
 
 def test_study_style_profiles_are_read_as_first_and_second_look(tmp_path, apple_task, paper_dir):
-    from agents.records import read_records
     from eval.profile import fit_trust_profiles, save_trust_profiles
-    from orchestrator.factory import load_profiles
+    from eval.recorded.records import read_records
+    from orchestrator.components import load_profiles
 
     records = read_records(paper_dir / "case3_trust_rag.csv", task=apple_task)
     fitted = fit_trust_profiles(records, agents=["qwen_initial", "qwen"], bootstrap=0, cv_folds=0)

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agents.errors import InputError
-from agents.types import EvidenceView, ImageRef, Prediction, Task
+from agents.types import EvidenceView, Prediction
+from core.errors import InputError
+from core.images import ImageRef
+from core.task import Task
 from orchestrator.decision import Assessment
 from orchestrator.graph import build_graph
 from orchestrator.inputs import collect_images

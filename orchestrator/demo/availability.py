@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.clip_model import CLIP_MODEL_ENV, DEFAULT_CLIP_MODEL, ClipModel
-from agents.errors import ModelLoadError, StoreError
-from agents.types import Task
+from agents.errors import ModelLoadError
+from core.task import Task
+from rag.errors import StoreError
 from rag.store import INDEX_DIR_ENV
 
 OPENAI_MODEL_ENV = "TRUSTORCH_OPENAI_MODEL"

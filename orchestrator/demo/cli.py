@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from agents.cli_utils import JsonOption, emit_json, print_table, progress_bar, stderr_console
-from agents.errors import InputError
+from core.cli import JsonOption, emit_json, print_table, progress_bar, stderr_console
+from core.errors import InputError
 
 app = typer.Typer(
     help="Demos: one command from a photo to a diagnosis with its whole trace.",
@@ -60,8 +60,8 @@ def leaf(
 
       trustorch demo leaf --serve --port 7860 --clip-model ~/models/clip-vit-base-patch32
     """
-    from agents.output_files import output_folder
-    from agents.tasks import load_task
+    from core.files import output_folder
+    from core.task import load_task
     from orchestrator.demo.pipeline import build_pipeline
 
     if not serve and not images:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.errors import TrustorchError
-from agents.types import RETRIEVAL_AGENT, Agent, ImageRef, Task
+from agents.types import RETRIEVAL_AGENT, Agent
+from core.errors import TrustorchError
+from core.images import ImageRef
+from core.task import Task
 from orchestrator.decision import Decision
 from orchestrator.demo.availability import Availability, discover_agents
 from orchestrator.demo.report import TrustCard, render_report
@@ -64,7 +66,7 @@ def build_pipeline(
     device: str | None = None,
 ) -> DemoPipeline:
     """Discover the agents, build them (NoAgentError when none can run) and compile the graph."""
-    from orchestrator.factory import load_profiles
+    from orchestrator.components import load_profiles
     from orchestrator.graph import build_graph
     from orchestrator.policies.trust import TrustPolicy
 

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agents.output_files import write_text_atomically
-from agents.types import Prediction, Task
+from agents.types import Prediction
+from core.files import write_text_atomically
+from core.task import Task
 from orchestrator.decision import Assessment, Decision
 
 IMAGE_MAX_PX = 448
@@ -299,7 +300,7 @@ def render_report(
 
 
 def write_report(html_text: str, path: Path) -> Path:
-    """Write the report whole (``agents.output_files``)."""
+    """Write the report whole (``core.files``)."""
     return write_text_atomically(path, html_text, what="the report")
 
 

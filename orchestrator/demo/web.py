@@ -11,8 +11,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from agents.errors import InputError, TrustorchError, os_reason
-from agents.types import ImageRef
+from core.errors import InputError, TrustorchError, os_reason
+from core.images import ImageRef
 from orchestrator.decision import Decision
 from orchestrator.demo.pipeline import DemoPipeline
 

@@ -1,3 +1,3 @@
-from orchestrator.policies.factory import POLICY_FACTORIES, make_policy, policy_names
+from orchestrator.policies.registry import POLICY_FACTORIES, make_policy, policy_names
 
 __all__ = ["POLICY_FACTORIES", "make_policy", "policy_names"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.types import Prediction, Task
+from agents.types import Prediction
+from core.task import Task
 from orchestrator.decision import Assessment
-from orchestrator.policies.answers import answer_distribution, latest_answers
+from orchestrator.policies.common import answer_distribution, latest_answers
 from orchestrator.policies.trust import EVIDENCE_SOURCE, evidence_prediction, prediction_set
 from rag.evidence import Evidence
 

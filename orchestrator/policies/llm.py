@@ -21,9 +21,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from agents.prompting import load_template, render_text
-from agents.types import Prediction, Task
+from agents.types import Prediction
+from core.task import Task
 from orchestrator.decision import Assessment
-from orchestrator.policies.answers import latest_answers, peaked_scores
+from orchestrator.policies.common import latest_answers, peaked_scores
 from orchestrator.policies.json_chat import JsonChat, LlmReplyError
 from rag.evidence import Evidence
 

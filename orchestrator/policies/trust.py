@@ -15,7 +15,7 @@ instrument). The fused result is trusted when its confidence reaches the stage's
 otherwise the policy asks for evidence, then for re-evaluation. On the last round it answers, or
 abstains with a prediction set when the confidence stays below ``abstain_below``.
 
-Measured on the study's replay (orchestrator.replay), a second look already folds in the first
+Measured on the study's replay (orchestrator.replay.run), a second look already folds in the first
 one (it was shown it), so fusing both counts the first look twice: ``keep_first_looks`` is off
 by default. ``agent_model="confusion"`` (the default) reads an answer without scores through
 the agent's confusion column (how often each true label lies behind that answer).
@@ -28,8 +28,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agents.errors import InputError
-from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT, Prediction, Task
+from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT, Prediction
+from core.errors import InputError
+from core.task import Task
 from eval.profile import TrustProfile, default_trust_profile
 from orchestrator.decision import Assessment
 from rag.evidence import Evidence

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from agents.errors import InputError
-from agents.output_files import write_text_atomically
-from agents.records import Record, RecordSet
 from agents.types import REEVAL_SUFFIX, Prediction
+from core.errors import InputError
+from core.files import write_text_atomically
 from eval.profile import TrustProfile, fit_trust_profile
+from eval.recorded.records import Record, RecordSet
 from orchestrator.policies.trust import TrustPolicy, evidence_prediction, log_ratio
 from rag.evidence import Evidence
 

@@ -24,18 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from agents.decision_rows import is_decisions_header
-from agents.errors import InputError
-from agents.records import RecordSet, read_records
-from agents.replay import INITIAL_SUFFIX, ReplayAgent, recorded_images
-from agents.types import LabelledImage, Task
+from core.errors import InputError
+from core.images import LabelledImage
+from core.task import Task
 from eval.metrics import DEFAULT_BINS, classification_metrics, expected_calibration_error
+from eval.recorded.decisions import is_decisions_header
+from eval.recorded.records import RecordSet, read_records
 from orchestrator.decision import Decision
 from orchestrator.graph import build_graph, classify
-from orchestrator.policies.factory import make_policy
+from orchestrator.policies.base import FusionPolicy
+from orchestrator.policies.registry import make_policy
 from orchestrator.policies.trust_fit import SourceColumns, fit_profiles, fit_trust_policy
-from orchestrator.policy import FusionPolicy
-from rag.recorded import RecordedRetriever
+from orchestrator.replay.agent import INITIAL_SUFFIX, ReplayAgent, recorded_images
+from orchestrator.replay.retriever import RecordedRetriever
 
 ORCHESTRATOR_SOURCE = "orchestrator"
 REEVAL_FLAG_COLUMN = "orchestrator_requested_reeval"

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from agents.errors import InputError, os_reason
+from core.errors import InputError, os_reason
 
 
 def output_folder(path: str | Path, *, what: str) -> Path:

@@ -12,9 +12,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.errors import InputError, os_reason
-from agents.record_fields import check_unique_columns
-from agents.types import Task
+from core.errors import InputError, os_reason
+from core.tables import check_unique_columns
+from core.task import Task
 
 PATH_COLUMNS = ("path", "image", "file")
 LABEL_COLUMNS = ("label", "truth", "category")

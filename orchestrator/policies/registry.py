@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agents.errors import InputError
+from core.errors import InputError
 from eval.profile import TrustProfile
-from orchestrator.policy import FusionPolicy
+from orchestrator.policies.base import FusionPolicy
 
 PolicyFactory = Callable[[str | None, Mapping[str, TrustProfile], dict[str, Any]], FusionPolicy]
 

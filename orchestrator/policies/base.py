@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from agents.types import Prediction, Task
+from agents.types import Prediction
+from core.task import Task
 from orchestrator.decision import Assessment
 from rag.evidence import Evidence
 

@@ -1,4 +1,5 @@
-"""Reading images safely: a byte cap, a pixel cap (decompression bombs), http(s)-only URLs.
+"""Images: ``ImageRef`` (where an image came from, its sha256 identity), ``LabelledImage``, and
+reading them safely: a byte cap, a pixel cap (decompression bombs), http(s)-only URLs.
 
 Every failure is an ``InputError`` that names the file or URL; nothing here returns a
 half-decoded image.
@@ -7,14 +8,55 @@ half-decoded image.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.errors import InputError
-from agents.types import ImageRef
+from core.errors import InputError
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image came from and the sha256 of its bytes (its identity everywhere).
+
+    The decoded image is not held: ``core.images.open_image`` reads it when an agent needs it.
+    """
+
+    source: str
+    sha256: str
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> ImageRef:
+        p = Path(path)
+        try:
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            raise InputError("no such image file", path=str(p)) from None
+        except IsADirectoryError:
+            raise InputError("is a folder, not an image file", path=str(p)) from None
+        return cls(source=str(p), sha256=digest)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> ImageRef:
+        return cls(source=source, sha256=hashlib.sha256(data).hexdigest())
+
+    @property
+    def name(self) -> str:
+        return self.source.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """An image with its true label, when known (ImageFolder layouts, manifests)."""
+
+    image: ImageRef
+    truth: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024

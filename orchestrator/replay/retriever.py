@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agents.errors import InputError
-from agents.records import RecordSet, read_records
-from agents.replay import recorded_image_sha256
-from agents.types import ImageRef, Task
+from core.errors import InputError
+from core.images import ImageRef
+from core.task import Task
+from eval.recorded.records import RecordSet, read_records
+from orchestrator.replay.agent import recorded_image_sha256
 from rag.evidence import Evidence
 
 DEFAULT_SOURCE = "rag"

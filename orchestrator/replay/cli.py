@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from agents.cli_utils import JsonOption, emit_json, print_table, progress_bar
-from agents.errors import InputError
-from agents.records import read_records
-from agents.tasks import load_task
+from core.cli import JsonOption, emit_json, print_table, progress_bar
+from core.errors import InputError
+from core.task import load_task
+from eval.recorded.records import read_records
 
 
 def replay(
@@ -75,7 +75,7 @@ def replay(
     above are its estimate on unseen rows) and saves its settings, not the profiles: run with
     the same agent names (and the retriever named like the file's, e.g. rag=retrieval).
     """
-    from orchestrator.replay import policy_fitter, refuse_decisions_file, run_replay
+    from orchestrator.replay.run import policy_fitter, refuse_decisions_file, run_replay
 
     refuse_decisions_file(file)
     if save_policy is not None and policy != "trust":
@@ -169,7 +169,7 @@ def seeds_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def _save_policy(path: Path, records: Any, fit: Any, seed: int) -> str:
     """Fit on every row of ``records`` and save the settings; the path written."""
     from orchestrator.policies.trust_fit import save_trust_policy
-    from orchestrator.replay import replay_columns
+    from orchestrator.replay.run import replay_columns
 
     columns, retrieval = replay_columns(records)
     ids = records.ids()

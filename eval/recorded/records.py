@@ -10,7 +10,7 @@ optional ``scores`` (JSON object label -> probability, or the study's list of
 ``{"category", "confidence"}``), ``reason`` and ``round``.
 
 decisions JSONL: the output of ``trustorch run`` (one Decision per line), flattened into long
-rows by ``agents.decision_rows`` (first looks, last second looks as ``<agent>@reeval``).
+rows by ``eval.recorded.decisions`` (first looks, last second looks as ``<agent>@reeval``).
 
 Error policy (the README repeats it):
 - fatal, one line naming file, line and column: an empty file, a missing truth or id column,
@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.decision_rows import decision_rows, is_decisions_header, named_preset, score_labels
-from agents.errors import InputError
-from agents.record_fields import parse_confidence, parse_round, parse_scores, read_rows
-from agents.types import Prediction, Task
+from agents.types import Prediction
+from core.errors import InputError
+from core.tables import read_rows
+from core.task import Task
+from eval.recorded.decisions import decision_rows, is_decisions_header, named_preset, score_labels
+from eval.recorded.fields import parse_confidence, parse_round, parse_scores
 
 DEFAULT_TRUTH_COLUMN = "category"
 

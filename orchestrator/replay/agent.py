@@ -1,7 +1,7 @@
 """Replay agents: recorded predictions played back as an ``Agent``, and the recorded images.
 
-A recorded file (wide or long, see ``agents.records``) holds answers, not images. Each row gets
-an ``ImageRef`` whose sha256 is derived from the file's hash and the row id
+A recorded file (wide or long, see ``eval.recorded.records``) holds answers, not images. Each
+row gets an ``ImageRef`` whose sha256 is derived from the file's hash and the row id
 (``recorded_image_sha256``), so the graph, its checkpoints and the replay agents agree on the
 identity of an image that is not there. A replay agent also finds an answer by the row id or the
 image file name, so real image files with recorded answers work too.
@@ -17,9 +17,11 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from agents.errors import InputError
-from agents.records import RecordSet, read_records
-from agents.types import EvidenceView, ImageRef, LabelledImage, Prediction, Task
+from agents.types import EvidenceView, Prediction
+from core.errors import InputError
+from core.images import ImageRef, LabelledImage
+from core.task import Task
+from eval.recorded.records import RecordSet, read_records
 
 INITIAL_SUFFIX = "_initial"
 SPEC_PREFIX = "replay:"

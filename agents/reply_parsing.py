@@ -15,7 +15,7 @@ from typing import Any
 
 from agents.errors import AgentError
 from agents.prompting import label_text
-from agents.types import Task
+from core.task import Task
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*(.*?)```", re.DOTALL)
 _LABEL_KEYS = ("label", "category", "class", "prediction")

@@ -1,7 +1,7 @@
 """Build what a run needs from command-line strings: agents, trust profiles, the policy.
 
 Agent specs:
-- ``replay:<file>#<agent>``: recorded answers played back (``agents.replay``);
+- ``replay:<file>#<agent>``: recorded answers played back (``orchestrator.replay.agent``);
 - ``retrieval``: the CLIP-neighbour vote over the image index (``rag.agent``); it is also the
   graph's retriever;
 - ``py:<module or file.py>:<callable>[?key=value&...]``: your own ``Agent``, made by calling
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from agents.errors import InputError
-from agents.types import RETRIEVAL_AGENT, Agent, Task
+from agents.types import RETRIEVAL_AGENT, Agent
+from core.errors import InputError
+from core.task import Task
 
 PY_PREFIX = "py:"
 REPLAY_PREFIX = "replay:"
@@ -136,7 +137,7 @@ class AgentBuilder:
         name = parse_agent_spec(spec).name
         body = spec.split("=", 1)[1].strip() if name else spec
         if body.startswith(REPLAY_PREFIX):
-            from agents.replay import replay_agent_from_spec
+            from orchestrator.replay.agent import replay_agent_from_spec
 
             agent = replay_agent_from_spec(body, task=self.task)
             agent.name = name or agent.name
@@ -206,9 +207,9 @@ def load_profiles(
     ``path`` (or ``loaded``, the profiles already read from it); an agent without one gets the
     conservative default, and a note says so. A profile on other labels than the task's is an
     InputError."""
-    from agents.replay import INITIAL_SUFFIX
     from agents.types import REEVAL_SUFFIX
     from eval.profile import default_trust_profile, load_trust_profiles
+    from orchestrator.replay.agent import INITIAL_SUFFIX
 
     if loaded is None:
         loaded = load_trust_profiles(path) if path is not None else {}

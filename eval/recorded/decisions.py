@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from agents.errors import InputError
-from agents.record_fields import parse_round
-from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT, Task
+from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT
+from core.errors import InputError
+from core.task import Task
+from eval.recorded.fields import parse_round
 
 DECISION_FIELDS = frozenset({"predictions", "sha256"})
 
@@ -95,7 +96,7 @@ def decision_rows(
 
 def named_preset(rows: list[tuple[int, dict[str, Any]]]) -> Task | None:
     """The task preset every decision line names, when there is exactly one such preset."""
-    from agents.tasks import load_task, preset_names
+    from core.task import load_task, preset_names
 
     names = {str(d.get("task") or "") for _, d in rows}
     if len(names) != 1:

@@ -1,0 +1,18 @@
+"""The foundation every layer builds on: errors, the task, images, tabular inputs, output files
+and CLI helpers. It imports nothing else of the project."""
+
+from core.errors import InputError, NotFittedError, TrustorchError
+from core.images import ImageRef, LabelledImage, open_image
+from core.task import Task, load_task, preset_names
+
+__all__ = [
+    "ImageRef",
+    "InputError",
+    "LabelledImage",
+    "NotFittedError",
+    "Task",
+    "TrustorchError",
+    "load_task",
+    "open_image",
+    "preset_names",
+]

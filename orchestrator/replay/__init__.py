@@ -1,0 +1,6 @@
+"""Replay: recorded answers played back through the real graph (agents, retriever, k-fold run)."""
+
+from orchestrator.replay.agent import ReplayAgent
+from orchestrator.replay.retriever import RecordedRetriever
+
+__all__ = ["RecordedRetriever", "ReplayAgent"]
