@@ -4,13 +4,13 @@ is refused. Every error is an InputError naming the file and line."""
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
+from core.jsonio import parse_json
 
 
 def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
@@ -33,10 +33,7 @@ def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"invalid JSON ({e.msg})", path=str(path), line=n) from None
+            obj = parse_json(line, source=str(path), line=n)
             if not isinstance(obj, dict):
                 raise InputError("each line must be a JSON object", path=str(path), line=n)
             rows.append((n, obj))

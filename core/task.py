@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from core.errors import InputError
+from core.jsonio import parse_json, read_text_file
 
 
 def _label_key(text: str) -> str:
@@ -79,7 +79,7 @@ def load_task(name_or_path: str | Path) -> Task:
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise InputError("no such task file", path=str(path))
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = read_text_file(path, what="task file"), str(path)
     else:
         preset = resources.files("prompts") / "tasks" / f"{name_or_path}.json"
         if not preset.is_file():
@@ -88,10 +88,9 @@ def load_task(name_or_path: str | Path) -> Task:
                 "or pass a task JSON file)"
             )
         text, source = preset.read_text(encoding="utf-8"), f"preset {name_or_path}"
+    data = parse_json(text, source=source)
     try:
-        return Task.model_validate(json.loads(text))
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON: {e.msg}", path=source, line=e.lineno) from None
+        return Task.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or None

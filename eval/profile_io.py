@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from core.errors import InputError
 from core.files import write_text_atomically
+from core.jsonio import read_json_file
 
 if TYPE_CHECKING:
     from eval.profile import TrustProfile
@@ -36,12 +37,7 @@ def load_trust_profiles(path: str | Path) -> dict[str, TrustProfile]:
     p = Path(path)
     if not p.is_file():
         raise InputError("no such trust profile file", path=str(p))
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON ({e.msg})", path=str(p), line=e.lineno) from None
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 text file", path=str(p)) from None
+    data = read_json_file(p, what="trust profile file")
     if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
         raise InputError(f"not a trust profile file (expected format {FILE_FORMAT!r})", path=str(p))
     raw = data.get("profiles")

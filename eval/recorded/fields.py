@@ -3,12 +3,12 @@ InputError naming the file, line and column."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from core.errors import InputError
+from core.jsonio import parse_json
 
 
 def parse_confidence(text: Any, *, path: str, line: int, column: str) -> float:
@@ -60,12 +60,7 @@ def parse_scores(
         return None
     data = raw
     if isinstance(raw, str):
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InputError(
-                f"invalid scores JSON ({e.msg})", path=path, line=line, field=column
-            ) from None
+        data = parse_json(raw, source=path, line=line, field=column, what="scores JSON")
     pairs: list[tuple[Any, Any]]
     if isinstance(data, dict):
         pairs = list(data.items())

@@ -1,0 +1,108 @@
+"""The one reader of JSON the product did not write itself: files (trust profiles, policies,
+tasks, price tables), JSONL lines and JSON held in CSV cells.
+
+Every failure is an ``InputError`` naming the source (and line), never a ``RecursionError`` or a
+``JSONDecodeError``: nesting deeper than ``max_depth`` is refused before the parser sees it, and a
+file is checked to be a regular file under ``max_bytes`` before it is read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+from core.errors import InputError, os_reason
+
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def nesting_depth(text: str) -> int:
+    """How deep ``[``/``{`` nest in ``text``, brackets inside strings not counted."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_json(
+    text: str,
+    *,
+    source: str | None = None,
+    line: int | None = None,
+    field: str | None = None,
+    what: str = "JSON",
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> Any:
+    """``json.loads(text)``, or an InputError ``invalid {what} (...)`` naming source, line and
+    field. With ``line=None`` the decoder's own line number is reported."""
+    if ("[" in text or "{" in text) and nesting_depth(text) > max_depth:
+        raise InputError(
+            f"invalid {what} (nested deeper than {max_depth} levels)",
+            path=source,
+            line=line,
+            field=field,
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"invalid {what} ({e.msg})",
+            path=source,
+            line=line if line is not None else (e.lineno if source is not None else None),
+            field=field,
+        ) from None
+    except RecursionError:
+        raise InputError(
+            f"invalid {what} (nested too deeply)", path=source, line=line, field=field
+        ) from None
+
+
+def read_text_file(path: str | Path, *, what: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (checked before reading)."""
+    p = Path(path)
+    try:
+        info = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"no such {what}", path=str(p)) from None
+    except OSError as e:
+        raise InputError(f"cannot read the {what} ({os_reason(e)})", path=str(p)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"the {what} is not a regular file", path=str(p))
+    if info.st_size > max_bytes:
+        raise InputError(
+            f"the {what} is {info.st_size} bytes, over the cap of {max_bytes} bytes", path=str(p)
+        )
+    try:
+        with p.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as e:
+        raise InputError(f"cannot read the {what} ({os_reason(e)})", path=str(p)) from None
+    if len(data) > max_bytes:
+        raise InputError(f"the {what} grew over the cap of {max_bytes} bytes", path=str(p))
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file", path=str(p)) from None
+
+
+def read_json_file(
+    path: str | Path,
+    *,
+    what: str,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> Any:
+    """The JSON value of a file (``read_text_file`` then ``parse_json``)."""
+    text = read_text_file(path, what=what, max_bytes=max_bytes)
+    return parse_json(text, source=str(path), max_depth=max_depth)
