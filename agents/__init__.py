@@ -5,7 +5,7 @@ from agents.clip_model import ClipModel, load_clip
 from agents.errors import AgentError, ModelLoadError
 from agents.hf_vlm import HFVLMAgent, load_vlm
 from agents.openai_agent import OpenAIAgent
-from agents.openai_client import OpenAIChatClient
+from agents.openai_compat import OpenAIChatClient
 from agents.spec import AgentSpec, build_agent, parse_agent_spec
 from agents.types import Agent, EvidenceView, Neighbour, Prediction
 

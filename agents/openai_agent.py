@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agents.errors import AgentError
-from agents.openai_client import ChatResult, OpenAIChatClient
-from agents.pricing import ModelPrice, call_cost_usd, load_price_table
+from agents.openai_compat import ChatResult, OpenAIChatClient
 from agents.prompting import agent_instruction
 from agents.reply_parsing import answer_schema, label_distribution, parse_answer
 from agents.types import EvidenceView, Neighbour, Prediction
@@ -32,7 +30,8 @@ from core.task import Task
 
 
 class OpenAIAgent:
-    """One VLM through an ``OpenAIChatClient``; ``predict`` never raises for a model failure."""
+    """One VLM through an ``OpenAIChatClient`` (which also prices each call); ``predict`` never
+    raises for a model failure."""
 
     can_reevaluate = True
 
@@ -41,7 +40,6 @@ class OpenAIAgent:
         client: OpenAIChatClient,
         *,
         name: str | None = None,
-        prices: Mapping[str, ModelPrice] | None = None,
         neighbour_images: int = 0,
         image_detail: str = "auto",
         max_side: int | None = 1024,
@@ -50,7 +48,6 @@ class OpenAIAgent:
     ) -> None:
         self.client = client
         self.name = name or client.model
-        self.prices = dict(prices) if prices is not None else load_price_table()
         self.neighbour_images = neighbour_images
         self.image_detail = image_detail
         self.max_side = max_side
@@ -120,10 +117,8 @@ class OpenAIAgent:
                 self.messages, image, task, round=round, previous=previous, evidence=evidence
             )
             result = await self.client.complete(messages, schema=answer_schema(task))
-            cost = call_cost_usd(
-                self.client.model, result.prompt_tokens, result.completion_tokens, self.prices
-            )
-            return self._prediction(result, task, round, time.perf_counter() - start, cost)
+            cost = result.cost_usd
+            return self._prediction(result, task, round, time.perf_counter() - start)
         except TrustorchError as e:
             return Prediction(
                 agent=self.name,
@@ -135,7 +130,7 @@ class OpenAIAgent:
             )
 
     def _prediction(
-        self, result: ChatResult, task: Task, round: int, latency_s: float, cost_usd: float
+        self, result: ChatResult, task: Task, round: int, latency_s: float
     ) -> Prediction:
         if result.refusal:
             raise AgentError(f"the model refused: {' '.join(result.refusal.split())[:200]}")
@@ -162,6 +157,6 @@ class OpenAIAgent:
             reason=self.client.redact(answer.reason),
             round=round,
             latency_s=latency_s,
-            cost_usd=cost_usd,
+            cost_usd=result.cost_usd,
             reported_confidence=answer.confidence,
         )

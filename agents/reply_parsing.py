@@ -1,5 +1,6 @@
-"""Reading a VLM's answer: the JSON object (bare, fenced or inside prose), the label normalised
-to the task's labels, and a label distribution from token log-probabilities when present.
+"""Reading a VLM's answer: its JSON object (through the adapter's one parser), the label
+normalised to the task's labels, and a label distribution from token log-probabilities when
+present.
 
 Pure functions; a bad answer is an ``AgentError`` whose message says what was wrong.
 """
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.errors import AgentError
+from agents.openai_compat import ReplySchema, TokenChoice, extract_json_object
+from agents.openai_compat.json_text import snippet
 from agents.prompting import label_text
 from core.task import Task
 
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*(.*?)```", re.DOTALL)
 _LABEL_KEYS = ("label", "category", "class", "prediction")
 _LABEL_VALUE_START = re.compile(r'"(?:label|category|class|prediction)"\s*:\s*"', re.IGNORECASE)
 
@@ -32,19 +34,10 @@ class ParsedAnswer:
     raw_label: str
 
 
-@dataclass(frozen=True)
-class TokenChoice:
-    """One generated token, its log-probability and the top alternatives at its position."""
-
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-def answer_schema(task: Task) -> dict[str, Any]:
+def answer_schema(task: Task) -> ReplySchema:
     """The JSON schema of an answer: the label as an enum of the task's labels first (so its
     token log-probabilities are not conditioned on the reason), a reason, a confidence."""
-    return {
+    schema = {
         "type": "object",
         "properties": {
             "label": {"type": "string", "enum": list(task.labels)},
@@ -57,45 +50,7 @@ def answer_schema(task: Task) -> dict[str, Any]:
         "required": ["label", "reason", "confidence"],
         "additionalProperties": False,
     }
-
-
-def _snippet(text: str, limit: int = 120) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def extract_json_object(text: str) -> dict[str, Any]:
-    """The answer's JSON object: the whole text, a fenced block, or the first object in prose
-    (preferring one with a label key)."""
-    stripped = text.strip()
-    candidates: list[dict[str, Any]] = []
-    try:
-        whole = json.loads(stripped)
-        if isinstance(whole, dict):
-            return whole
-    except json.JSONDecodeError:
-        pass
-    for block in _FENCE.findall(stripped):
-        try:
-            obj = json.loads(block.strip())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            candidates.append(obj)
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", stripped):
-        try:
-            obj, _ = decoder.raw_decode(stripped, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            candidates.append(obj)
-    for obj in candidates:
-        if any(k.lower() in _LABEL_KEYS for k in obj):
-            return obj
-    if candidates:
-        return candidates[0]
-    raise AgentError(f"invalid JSON in the answer: {_snippet(text)!r}")
+    return ReplySchema(name="answer", schema=schema)
 
 
 def _confidence(value: Any) -> float | None:
@@ -119,13 +74,11 @@ def _confidence(value: Any) -> float | None:
 
 def parse_answer(text: str | None, task: Task) -> ParsedAnswer:
     """Validate a model's text answer against the task; ``AgentError`` says what is wrong."""
-    if text is None or not text.strip():
-        raise AgentError("empty answer")
-    obj = extract_json_object(text)
+    obj = extract_json_object(text, prefer_keys=_LABEL_KEYS)
     fields = {str(k).lower(): v for k, v in obj.items()}
     raw = next((fields[k] for k in _LABEL_KEYS if k in fields), None)
     if not isinstance(raw, str):
-        raise AgentError(f"the answer has no label field: {_snippet(json.dumps(obj))!r}")
+        raise AgentError(f"the answer has no label field: {snippet(json.dumps(obj))!r}")
     label = task.normalise_label(raw)
     if label is None:
         raise AgentError(

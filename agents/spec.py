@@ -277,20 +277,20 @@ def build_agent(
         return ClipAgent(model, name=parsed.name or "clip", **options)
     if parsed.kind == "openai":
         from agents.openai_agent import OpenAIAgent
-        from agents.openai_client import OpenAIChatClient
-        from agents.pricing import load_price_table
+        from agents.openai_compat import OpenAIChatClient, load_price_table
 
         if not parsed.target:
             raise InputError(f"agent spec {spec!r}: give a model, e.g. openai:gpt-4o")
         options = _options(options, "openai", spec)
-        client = OpenAIChatClient(
-            model=parsed.target, **{k: v for k, v in options.items() if k in _CLIENT_OPTIONS}
-        )
         prices = options.get("prices") or load_price_table(options.get("price_file"))
+        client = OpenAIChatClient(
+            model=parsed.target,
+            prices=prices,
+            **{k: v for k, v in options.items() if k in _CLIENT_OPTIONS},
+        )
         return OpenAIAgent(
             client,
             name=parsed.name,
-            prices=prices,
             **{k: v for k, v in options.items() if k in _OPENAI_AGENT_OPTIONS},
         )
     if parsed.kind == "hf-vlm":

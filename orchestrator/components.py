@@ -53,8 +53,7 @@ class LlmSettings:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 120.0
-    usd_per_1m_input: float = 0.0
-    usd_per_1m_output: float = 0.0
+    price_file: str | None = None
 
 
 @dataclass
@@ -240,28 +239,20 @@ def load_profiles(
     return profiles, notes
 
 
-def llm_client(settings: LlmSettings) -> Any:
-    """The orchestrator LLM's ``openai.AsyncOpenAI``; an InputError says what is missing."""
-    import openai
-
+def _check_llm_settings(settings: LlmSettings) -> tuple[str, str | None]:
+    """The model and API key of the ``llm`` policy; an InputError says what is missing."""
     if not settings.model:
         raise InputError(
             "the llm policy needs --llm-model (the orchestrator model, e.g. o3-mini, or the "
             "model name your OpenAI-compatible server serves)"
         )
     key = os.environ.get(settings.api_key_env)
-    base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
-    if not key and base_url is None:
+    if not key and not (settings.base_url or os.environ.get("OPENAI_BASE_URL")):
         raise InputError(
             f"the llm policy needs an API key: set {settings.api_key_env}, or pass "
             "--llm-base-url for a local OpenAI-compatible server (llama.cpp, vLLM, Ollama)"
         )
-    return openai.AsyncOpenAI(
-        base_url=base_url,
-        api_key=key or "not-needed",
-        timeout=settings.timeout_s,
-        max_retries=2,
-    )
+    return settings.model, key
 
 
 def build_policy(
@@ -285,18 +276,19 @@ def build_policy(
             f"--policy-file holds trust policy settings: use --policy trust, not {name!r}"
         )
     if name == LLM_POLICY:
-        from orchestrator.policies.json_chat import JsonChat
-        from orchestrator.policies.llm import LlmPolicy
+        from agents.openai_compat import load_price_table
+        from orchestrator.policies.llm import LlmPolicy, orchestrator_client
 
         settings = llm or LlmSettings()
-        chat = JsonChat(client=llm_client(settings), model=str(settings.model))
-        return LlmPolicy(
-            chat=chat,
-            profiles=profiles,
-            usd_per_1m_input=settings.usd_per_1m_input,
-            usd_per_1m_output=settings.usd_per_1m_output,
-            retrieval_source=retrieval_source,
+        model, key = _check_llm_settings(settings)
+        client = orchestrator_client(
+            model=model,
+            base_url=settings.base_url,
+            api_key=key,
+            timeout_s=settings.timeout_s,
+            prices=load_price_table(settings.price_file),
         )
+        return LlmPolicy(client=client, profiles=profiles, retrieval_source=retrieval_source)
     from orchestrator.policies import make_policy
 
     options = {**(trust_settings or {}), "retrieval_source": retrieval_source}

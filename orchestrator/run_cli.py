@@ -74,6 +74,14 @@ def run(
             help="OpenAI-compatible server of --policy llm (key: OPENAI_API_KEY).",
         ),
     ] = None,
+    llm_price_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--llm-price-file",
+            help='Token prices of --policy llm, {"model": {"input": ..., "output": ...}} '
+            "(USD per 1M tokens; default: the built-in table).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every graph step.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -123,7 +131,11 @@ def run(
                 index_dir=index_dir, chroma_url=chroma_url, clip_model=clip_model
             ),
             want_retriever=bool(index_dir or chroma_url),
-            llm=LlmSettings(model=llm_model, base_url=llm_base_url),
+            llm=LlmSettings(
+                model=llm_model,
+                base_url=llm_base_url,
+                price_file=str(llm_price_file) if llm_price_file else None,
+            ),
             verbose=verbose,
             show_progress=True,
         )

@@ -22,9 +22,16 @@ from PIL import Image
 
 from agents.errors import AgentError
 from agents.openai_agent import OpenAIAgent
-from agents.openai_client import OpenAIChatClient
-from agents.pricing import ModelPrice, call_cost_usd, load_price_table, price_for
-from agents.reply_parsing import TokenChoice, extract_json_object, label_distribution, parse_answer
+from agents.openai_compat import (
+    ModelPrice,
+    OpenAIChatClient,
+    TokenChoice,
+    call_cost_usd,
+    extract_json_object,
+    load_price_table,
+    price_for,
+)
+from agents.reply_parsing import label_distribution, parse_answer
 from agents.types import Neighbour, Prediction
 from core.errors import InputError
 from core.images import ImageRef
@@ -108,17 +115,18 @@ def test_server_without_structured_output_gets_the_prose_fallback(
 ) -> None:
     replies = [
         error_reply(400, "response_format json_schema is not supported"),
+        error_reply(400, "response_format json_object is not supported"),
         'My answer: {"category": "SCAB", "reason": "velvety olive spots", "confidence": 0.7}',
     ]
     with openai_server(replies) as server:
         agent = make_agent(server)
         pred = run(agent, leaf, apple_task)
     assert pred.label == "scab" and pred.confidence == pytest.approx(0.7)
-    assert "response_format" in server.requests[0].body
-    assert "response_format" not in server.requests[1].body
-    assert "logprobs" in server.requests[1].body
-    assert agent.client.features.response_format is False
-    assert agent.client.features.downgrades == ["response_format"]
+    formats = [r.body.get("response_format", {}).get("type") for r in server.requests]
+    assert formats == ["json_schema", "json_object", None]
+    assert "logprobs" in server.requests[2].body
+    assert agent.client.features.mode == "prompt_only"
+    assert agent.client.features.downgrades == ["json_schema", "json_object_schema"]
 
 
 def test_server_rejecting_logprobs_is_asked_without_them(leaf: ImageRef, apple_task: Task) -> None:
@@ -325,7 +333,9 @@ def test_url_images_pass_through_and_other_schemes_fail(apple_task: Task) -> Non
 
 
 def test_parse_answer_and_json_extraction(apple_task: Task) -> None:
-    assert extract_json_object('noise {"a": 1} then {"label": "rust"}') == {"label": "rust"}
+    prose = 'noise {"a": 1} then {"label": "rust"}'
+    assert extract_json_object(prose, prefer_keys=("label",)) == {"label": "rust"}
+    assert extract_json_object(prose) == {"a": 1}
     answer = parse_answer(
         '{"Label": "cedar apple rust", "Reason": "x", "Confidence": 85}', apple_task
     )

@@ -15,18 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 from llm_server import LlmServer, llm_server  # noqa: F401 - the fixture
+from openai_server import RecordedRequest, error_reply, openai_server
 from test_runner import ScriptedAgent, make_images
 
+from agents.openai_compat import ModelPrice, ReplyFormatError, ReplySchema
 from agents.types import Prediction
 from core.task import Task
 from eval.profile import default_trust_profile
 from orchestrator.graph import build_graph
 from orchestrator.inputs import collect_images
-from orchestrator.policies.json_chat import JsonChat
-from orchestrator.policies.llm import LlmPolicy
+from orchestrator.policies.llm import FinalReply, LlmPolicy, orchestrator_client
 from orchestrator.runner import run_batch, sqlite_checkpointer
 from rag.evidence import Evidence
 
@@ -120,9 +120,15 @@ class ScriptedChatServer:
 
 
 def _policy(base_url: str, task: Task, **kw: Any) -> LlmPolicy:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0, timeout=60)
-    chat = JsonChat(client=client, model=kw.pop("model", "test-model"))
-    return LlmPolicy(chat=chat, profiles=kw.pop("profiles", {}), **kw)
+    client = orchestrator_client(
+        model=kw.pop("model", "test-model"),
+        base_url=base_url,
+        api_key=kw.pop("api_key", "test"),
+        max_retries=0,
+        timeout_s=60,
+        prices=kw.pop("prices", None),
+    )
+    return LlmPolicy(client=client, profiles=kw.pop("profiles", {}), **kw)
 
 
 def test_trust_prompt_shows_answers_and_calibration(apple_task):
@@ -145,13 +151,14 @@ def test_openai_style_server_gets_json_schema_and_a_bad_reply_is_retried(apple_t
         ' "reevaluate": ["qwen", "nobody"], "reason": "they disagree"}',
     ]
     with ScriptedChatServer(replies) as server:
-        policy = _policy(server.base_url, apple_task, usd_per_1m_input=1.0, usd_per_1m_output=10.0)
+        prices = {"test-model": ModelPrice(input=1.0, output=10.0)}
+        policy = _policy(server.base_url, apple_task, prices=prices)
         got = asyncio.run(
             policy.assess(
                 task=apple_task, predictions=_preds(), evidence=None, round=0, max_rounds=2
             )
         )
-    assert policy.chat.mode_ == "json_schema"
+    assert policy.client.features.mode == "json_schema"
     assert [r["response_format"]["type"] for r in server.requests] == ["json_schema"] * 2
     schema = server.requests[0]["response_format"]["json_schema"]["schema"]
     assert schema["properties"]["category"]["enum"] == list(apple_task.labels)
@@ -170,7 +177,7 @@ def test_server_rejecting_json_schema_switches_to_json_object(apple_task):
                 task=apple_task, predictions=_preds(), evidence=None, round=1, max_rounds=2
             )
         )
-    assert policy.chat.mode_ == "json_object_schema"
+    assert policy.client.features.mode == "json_object_schema"
     formats = [r["response_format"] for r in server.requests]
     assert [f["type"] for f in formats] == ["json_schema", "json_object"]
     assert formats[1]["schema"]["properties"]["reason"]["maxLength"] == 400
@@ -207,7 +214,7 @@ def test_invalid_replies_and_a_dead_server_fall_back_to_a_vote(apple_task):
     voted = asyncio.run(
         dead.assess(task=apple_task, predictions=failed, evidence=evidence, round=1, max_rounds=2)
     )
-    assert "APIConnectionError" in voted.reason and voted.label == "healthy"
+    assert "connection error" in voted.reason and voted.label == "healthy"
 
 
 def test_fallback_counts_the_retrievers_answer_once(apple_task):
@@ -224,45 +231,50 @@ def test_fallback_counts_the_retrievers_answer_once(apple_task):
     assert got.label == "rust" and got.confidence == pytest.approx(1.3 / 1.9)
 
 
-class KeyEchoingClient:
-    """FAKE OpenAI client: every call fails with an error that quotes the API key."""
-
-    api_key = "sk-test-0123456789abcdef"
-
-    class _Completions:
-        async def create(self, **kwargs: Any) -> Any:
-            raise openai.OpenAIError(f"Incorrect API key provided: {KeyEchoingClient.api_key}")
-
-    def __init__(self) -> None:
-        self.chat = type("Chat", (), {"completions": self._Completions()})()
-
-    def with_options(self, **kwargs: Any) -> KeyEchoingClient:
-        return self
-
-
 def test_llm_reply_errors_are_agent_errors_without_the_key(apple_task):
     from agents.errors import AgentError
-    from orchestrator.policies.json_chat import LlmReplyError
 
-    chat = JsonChat(client=KeyEchoingClient(), model="m", mode="json_schema")
-    with pytest.raises(LlmReplyError) as caught:
-        asyncio.run(chat.complete("hi", lambda bounded: {"type": "object"}))
-    assert isinstance(caught.value, AgentError)
-    assert str(caught.value) == "OpenAIError: Incorrect API key provided: ***"
-    policy = LlmPolicy(chat=chat, profiles={})
-    got = asyncio.run(
-        policy.assess(task=apple_task, predictions=_preds(), evidence=None, round=1, max_rounds=2)
-    )
-    assert KeyEchoingClient.api_key not in got.reason and "key provided: ***" in got.reason
+    key = "sk-test-0123456789abcdef"
+
+    def echo_key(request: RecordedRequest):
+        auth = request.headers.get("authorization", "")
+        return error_reply(401, f"Incorrect API key provided: {auth.removeprefix('Bearer ')}")
+
+    with openai_server(echo_key) as server:
+        policy = _policy(server.base_url, apple_task, api_key=key)
+        with pytest.raises(AgentError) as caught:
+            asyncio.run(policy.client.complete([{"role": "user", "content": "hi"}]))
+        got = asyncio.run(
+            policy.assess(
+                task=apple_task, predictions=_preds(), evidence=None, round=1, max_rounds=2
+            )
+        )
+    assert str(caught.value) == "HTTP 401: Error code: 401 - Incorrect API key provided: ***"
+    assert key not in got.reason and "key provided: ***" in got.reason
+
+
+def test_a_reply_without_json_is_priced_and_redacted(apple_task):
+    key = "sk-test-0123456789abcdef"
+    with ScriptedChatServer([f"no idea, my key is {key}"]) as server:
+        prices = {"test-model": ModelPrice(input=1.0, output=10.0)}
+        policy = _policy(server.base_url, apple_task, api_key=key, prices=prices)
+        schema_reply = policy.client.complete_json(
+            [{"role": "user", "content": "hi"}],
+            schema=ReplySchema(name="r", schema={"type": "object"}),
+            model=FinalReply,
+        )
+        with pytest.raises(ReplyFormatError) as caught:
+            asyncio.run(schema_reply)
+    assert str(caught.value) == "invalid JSON in the answer: 'no idea, my key is ***'"
+    assert caught.value.cost_usd == pytest.approx((1000 * 1.0 + 100 * 10.0) / 1e6)
 
 
 # --- the real local LLM --------------------------------------------------------------------
 
 
 def _llm_policy(server: LlmServer, task: Task, names: list[str], **kw: Any) -> LlmPolicy:
-    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="local", timeout=120)
-    chat = JsonChat(client=client, model=server.model)
-    return LlmPolicy(chat=chat, profiles=_profiles(task, names), reason_max_chars=120, **kw)
+    client = orchestrator_client(model=server.model, base_url=server.base_url, api_key="local")
+    return LlmPolicy(client=client, profiles=_profiles(task, names), reason_max_chars=120, **kw)
 
 
 async def _graph_run(
@@ -285,7 +297,7 @@ async def _graph_run(
 def test_graph_with_the_study_prompts_on_a_real_llm(llm_server, tmp_path, apple_task):  # noqa: F811
     policy = _llm_policy(llm_server, apple_task, ["gpt", "qwen"])
     decisions = asyncio.run(_graph_run(tmp_path, apple_task, policy, max_rounds=2, n_images=2))
-    assert policy.chat.mode_ == "json_object_schema"  # llama.cpp rejects json_schema
+    assert policy.client.features.mode == "json_object_schema"  # llama.cpp rejects json_schema
     for d in decisions:
         assert d["policy"] == "llm" and d["label"] in apple_task.labels
         assert 0.0 <= d["confidence"] <= 1.0

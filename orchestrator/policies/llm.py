@@ -4,11 +4,10 @@ It uses the reference study's two prompts (``prompts/templates/orchestrator_*.tx
 last round the LLM reads the agents' answers and their measured calibration (accuracy, ECE, OCR,
 CCC) and either decides or asks named agents to re-evaluate; on the last round it decides.
 
-Replies are constrained by a JSON schema. Servers differ in how they take one: OpenAI takes
-``{"type": "json_schema", ...}``; llama.cpp's server takes ``{"type": "json_object", "schema":
-...}`` and rejects the former. ``JsonChat`` detects that once per server and adapts. A reply that
-is still not valid is asked for once more, then the policy falls back to a confidence-weighted
-vote and says so in the reason: it never raises into the graph.
+Replies are constrained by a JSON schema, sent in the way the server takes one (the adapter,
+``agents.openai_compat``, learns that once per server and model) and priced from its one price
+table. A reply that is still not valid is asked for once more, then the policy falls back to a
+confidence-weighted vote and says so in the reason: it never raises into the graph.
 """
 
 from __future__ import annotations
@@ -18,17 +17,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from agents.openai_compat import ChatError, ModelPrice, OpenAIChatClient, ReplySchema
 from agents.prompting import load_template, render_text
 from agents.types import Prediction
 from core.task import Task
 from orchestrator.decision import Assessment
 from orchestrator.policies.common import latest_answers, peaked_scores
-from orchestrator.policies.json_chat import JsonChat, LlmReplyError
 from rag.evidence import Evidence
 
 REASON_MAX_CHARS = 400
+REPLY_MAX_TOKENS = 320
 METRIC_NAMES = (("accuracy", "accuracy"), ("ece", "ECE"), ("ocr", "OCR"), ("ccc", "CCC"))
 
 
@@ -70,6 +70,31 @@ def _reply_schema(
         "required": list(props),
         "additionalProperties": False,
     }
+
+
+def orchestrator_client(
+    *,
+    model: str,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 120.0,
+    max_retries: int = 2,
+    prices: Mapping[str, ModelPrice] | None = None,
+) -> OpenAIChatClient:
+    """The orchestrator LLM's client: short replies at temperature 0 with a fixed seed, no
+    log-probabilities."""
+    return OpenAIChatClient(
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=timeout_s,
+        max_retries=max_retries,
+        logprobs=False,
+        temperature=0.0,
+        max_tokens=REPLY_MAX_TOKENS,
+        seed=0,
+        prices=prices,
+    )
 
 
 def _profile_number(profile: Any, name: str) -> float | None:
@@ -124,21 +149,17 @@ class LlmPolicy:
     def __init__(
         self,
         *,
-        chat: JsonChat,
+        client: OpenAIChatClient,
         profiles: Mapping[str, Any],
-        usd_per_1m_input: float = 0.0,
-        usd_per_1m_output: float = 0.0,
         trust_template: str = "orchestrator_trust",
         final_template: str = "orchestrator_final",
         reason_max_chars: int = REASON_MAX_CHARS,
         retrieval_source: str | None = None,
     ) -> None:
-        self.chat = chat
+        self.client = client
         self.retrieval_source = retrieval_source
         self.reason_max_chars = reason_max_chars
         self.profiles = dict(profiles)
-        self.usd_per_1m_input = usd_per_1m_input
-        self.usd_per_1m_output = usd_per_1m_output
         self.trust_template = trust_template
         self.final_template = final_template
         self._trust = load_template(trust_template)
@@ -180,46 +201,39 @@ class LlmPolicy:
         agents = [p.agent for p in latest]
         prompt = self.render(task=task, predictions=latest, evidence=evidence, final=final)
 
-        def build_schema(*, bounded: bool) -> dict[str, Any]:
-            limit = self.reason_max_chars if bounded else None
-            return _reply_schema(task, agents, final=final, reason_max_chars=limit)
-
+        schema = ReplySchema(
+            name="orchestrator_reply",
+            schema=_reply_schema(task, agents, final=final, reason_max_chars=None),
+            bounded=_reply_schema(
+                task, agents, final=final, reason_max_chars=self.reason_max_chars
+            ),
+        )
+        messages = [{"role": "user", "content": prompt}]
         started = time.perf_counter()
         cost = 0.0
         problems: list[str] = []
         for _attempt in range(2):
             try:
-                data, usage = await self.chat.complete(prompt, build_schema)
-            except LlmReplyError as e:
+                reply = await self.client.complete_json(
+                    messages, schema=schema, model=FinalReply if final else TrustReply
+                )
+            except ChatError as e:
                 problems.append(str(e))
-                cost += self._cost(e.usage)
+                cost += e.cost_usd
                 continue
-            cost += self._cost(usage)
-            try:
-                reply = (FinalReply if final else TrustReply).model_validate(data)
-            except ValidationError as e:
-                first = e.errors()[0]
-                where = ".".join(str(x) for x in first["loc"]) or "reply"
-                problems.append(f"reply does not fit the schema ({where}: {first['msg']})")
-                continue
-            label = task.normalise_label(reply.category)
+            cost += reply.completion.cost_usd
+            label = task.normalise_label(reply.value.category)
             if label is None:
-                problems.append(f"reply names unknown category {reply.category!r}")
+                problems.append(f"reply names unknown category {reply.value.category!r}")
                 continue
             latency = time.perf_counter() - started
-            return self._from_reply(task, agents, reply, label, round, final, cost, latency)
+            mode = reply.completion.mode or "?"
+            return self._from_reply(
+                task, agents, reply.value, label, round, final, cost, latency, mode
+            )
         assessment = self._fallback(task, latest, evidence, round, final, "; ".join(problems))
         latency = time.perf_counter() - started
         return Assessment(**{**assessment.to_dict(), "cost_usd": cost, "latency_s": latency})
-
-    def _cost(self, usage: Any) -> float:
-        if usage is None:
-            return 0.0
-        prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
-        completion_tokens = getattr(usage, "completion_tokens", 0) or 0
-        return (
-            prompt_tokens * self.usd_per_1m_input + completion_tokens * self.usd_per_1m_output
-        ) / 1e6
 
     def _from_reply(
         self,
@@ -231,13 +245,13 @@ class LlmPolicy:
         final: bool,
         cost: float,
         latency: float,
+        mode: str,
     ) -> Assessment:
         confidence = min(1.0, max(0.0, float(reply.confidence)))
         reevaluate: list[str] = []
         if isinstance(reply, TrustReply) and reply.action == "reevaluate":
             reevaluate = [a for a in dict.fromkeys(reply.reevaluate) if a in agents] or agents
         trusted = final or not reevaluate
-        mode = self.chat.mode_ or "?"
         if final:
             route = "final decision"
         elif trusted:

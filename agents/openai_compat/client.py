@@ -1,0 +1,278 @@
+"""``OpenAIChatClient``: the one adapter to OpenAI and OpenAI-compatible servers (vLLM, Ollama,
+llama.cpp). It owns retries with backoff (honouring ``Retry-After``), a concurrency limit, what
+each server accepts (``modes``), the cost of each call (``pricing``) and keeping the API key
+out of every message. Callers get a ``ChatResult`` or a ``JsonReply``, or a ``ChatError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from agents.openai_compat.errors import ChatError, ReplyFormatError
+from agents.openai_compat.json_text import extract_json_object
+from agents.openai_compat.modes import (
+    MODES,
+    OPTIONAL_PARAMS,
+    ReplySchema,
+    ServerFeatures,
+    StructuredMode,
+    server_features,
+)
+from agents.openai_compat.pricing import ModelPrice, call_cost_usd, load_price_table
+from agents.openai_compat.results import ChatResult, JsonReply, ReplyModel, TokenChoice
+from agents.openai_compat.secret import Secret
+from agents.openai_compat.transport import backoff_s, describe, is_retryable
+from core.errors import InputError
+
+BASE_URL_ENV = "OPENAI_BASE_URL"
+API_KEY_ENV = "OPENAI_API_KEY"
+_MAX_ADAPTATIONS = len(OPTIONAL_PARAMS) + len(MODES)
+
+
+@dataclass
+class _LoopResources:
+    client: Any
+    slots: asyncio.Semaphore
+    detecting: asyncio.Lock
+
+
+class OpenAIChatClient:
+    """Chat completions of one model. ``api_key`` / ``base_url`` default to ``OPENAI_API_KEY``
+    / ``OPENAI_BASE_URL``; a local server (a base URL without a key) gets a placeholder key.
+
+    ``structured_output``, ``logprobs``, ``temperature`` (None: not sent) and ``seed`` (None:
+    not sent) are what this caller asks for; what the server accepts is learnt per server and
+    model (``features``). ``prices`` (default: the built-in table) gives ``cost_usd``."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        max_concurrency: int = 4,
+        structured_output: bool = True,
+        logprobs: bool = True,
+        top_logprobs: int = 10,
+        temperature: float | None = 0.0,
+        max_tokens: int | None = 400,
+        seed: int | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+    ) -> None:
+        if not model:
+            raise InputError("an OpenAI-compatible client needs a model name (openai:<model>)")
+        if max_concurrency < 1 or max_retries < 0:
+            raise InputError("max_concurrency must be >= 1 and max_retries >= 0")
+        self.model = model
+        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        key = api_key or os.environ.get(API_KEY_ENV)
+        if not key:
+            if self.base_url is None:
+                raise InputError(
+                    f"no API key: set {API_KEY_ENV}, or {BASE_URL_ENV} for a local "
+                    "OpenAI-compatible server that needs none"
+                )
+            key = "not-needed"
+        self._key = Secret(key)
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_concurrency = max_concurrency
+        self.structured_output = structured_output
+        self.logprobs = logprobs
+        self.top_logprobs = top_logprobs
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.prices = dict(prices) if prices is not None else load_price_table()
+        self._per_loop: weakref.WeakKeyDictionary[Any, _LoopResources] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatClient(model={self.model!r}, base_url={self.base_url!r})"
+
+    @property
+    def features(self) -> ServerFeatures:
+        """What this client's server and model were found to accept (shared per server)."""
+        return server_features(self.base_url, self.model)
+
+    def redact(self, text: str) -> str:
+        """``text`` without the API key."""
+        return self._key.redact(text)
+
+    def _resources(self) -> _LoopResources:
+        # An httpx pool, a semaphore and a lock belong to one event loop: one set per loop.
+        from openai import AsyncOpenAI
+
+        loop = asyncio.get_running_loop()
+        resources = self._per_loop.get(loop)
+        if resources is None:
+            client = AsyncOpenAI(
+                api_key=self._key.reveal(),
+                base_url=self.base_url,
+                timeout=self.timeout_s,
+                max_retries=0,
+            )
+            resources = _LoopResources(
+                client, asyncio.Semaphore(self.max_concurrency), asyncio.Lock()
+            )
+            self._per_loop[loop] = resources
+        return resources
+
+    async def aclose(self) -> None:
+        """Close the connection pool of the running event loop."""
+        resources = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if resources is not None:
+            await resources.client.close()
+
+    def _mode(self, schema: ReplySchema | None) -> StructuredMode | None:
+        if schema is None:
+            return None
+        return self.features.mode if self.structured_output else "prompt_only"
+
+    def _request(
+        self, messages: Sequence[dict[str, Any]], schema: ReplySchema | None
+    ) -> tuple[dict[str, Any], StructuredMode | None]:
+        features = self.features
+        kwargs: dict[str, Any] = {"model": self.model, "messages": list(messages)}
+        if self.max_tokens is not None:
+            kwargs[features.max_tokens_param] = self.max_tokens
+        if self.temperature is not None and features.temperature is not False:
+            kwargs["temperature"] = self.temperature
+        if self.seed is not None and features.seed is not False:
+            kwargs["seed"] = self.seed
+        mode = self._mode(schema)
+        response_format = schema.response_format(mode) if schema and mode else None
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        if self.logprobs and features.logprobs is not False:
+            kwargs["logprobs"] = True
+            if self.top_logprobs > 0:
+                kwargs["top_logprobs"] = self.top_logprobs
+        return kwargs, mode
+
+    async def complete(
+        self, messages: Sequence[dict[str, Any]], *, schema: ReplySchema | None = None
+    ) -> ChatResult:
+        """One chat completion, its reply asked to fit ``schema`` in the best mode the server
+        takes. Retried on 429 / 5xx / connection errors and timeouts with exponential backoff;
+        a ``ChatError`` (its cause chained) when it cannot succeed."""
+        resources = self._resources()
+        if schema is not None and self.structured_output and not self.features.mode_confirmed:
+            # Until a mode is confirmed, one call at a time finds it; the rest then use it.
+            async with resources.detecting:
+                if not self.features.mode_confirmed:
+                    return await self._complete(resources, messages, schema)
+        return await self._complete(resources, messages, schema)
+
+    async def complete_json(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        schema: ReplySchema,
+        model: type[ReplyModel],
+    ) -> JsonReply[ReplyModel]:
+        """A completion whose JSON object (found in prose when the server took no schema)
+        validates as ``model``; ``ReplyFormatError`` (with the completion) when it does not."""
+        result = await self.complete(messages, schema=schema)
+        try:
+            value = model.model_validate(extract_json_object(result.content))
+        except ReplyFormatError as e:
+            raise ReplyFormatError(self.redact(str(e)), completion=result) from None
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "reply"
+            message = f"reply does not fit the schema ({where}: {first['msg']})"
+            raise ReplyFormatError(message, completion=result) from None
+        return JsonReply(value=value, completion=result)
+
+    async def _complete(
+        self,
+        resources: _LoopResources,
+        messages: Sequence[dict[str, Any]],
+        schema: ReplySchema | None,
+    ) -> ChatResult:
+        import openai
+
+        attempt = 0
+        adaptations = 0
+        while True:
+            kwargs, mode = self._request(messages, schema)
+            try:
+                async with resources.slots:
+                    response = await resources.client.chat.completions.create(**kwargs)
+            except (openai.APIConnectionError, openai.APIStatusError) as e:
+                status = getattr(e, "status_code", None)
+                if (
+                    isinstance(status, int)
+                    and adaptations < _MAX_ADAPTATIONS
+                    and self.features.adapt(kwargs, status, str(e.message))
+                ):
+                    adaptations += 1
+                    continue
+                if status in (400, 422):
+                    message = f"request rejected: {describe(e)}"
+                    raise ChatError(self.redact(message), attempts=attempt + 1) from e
+                if not is_retryable(e) or attempt >= self.max_retries:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    message = f"{describe(e, self.timeout_s)}{tries}"
+                    raise ChatError(self.redact(message), attempts=attempt + 1) from e
+                await asyncio.sleep(
+                    backoff_s(attempt, e, base_s=self.backoff_s, max_s=self.max_backoff_s)
+                )
+                attempt += 1
+                continue
+            except openai.OpenAIError as e:
+                raise ChatError(self.redact(describe(e)), attempts=attempt + 1) from e
+            return self._result(response, mode, attempt + 1)
+
+    def _result(self, response: Any, mode: StructuredMode | None, attempts: int) -> ChatResult:
+        if not getattr(response, "choices", None):
+            raise ChatError("the server returned no choices", attempts=attempts)
+        features = self.features
+        if mode is not None and self.structured_output and mode == features.mode:
+            features.mode_confirmed = True
+        choice = response.choices[0]
+        message = choice.message
+        tokens = _token_choices(getattr(choice, "logprobs", None))
+        if tokens is not None:
+            features.logprobs = True
+        usage = getattr(response, "usage", None)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        return ChatResult(
+            content=message.content,
+            refusal=getattr(message, "refusal", None),
+            finish_reason=choice.finish_reason,
+            tokens=tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=call_cost_usd(self.model, prompt_tokens, completion_tokens, self.prices),
+            attempts=attempts,
+            mode=mode,
+        )
+
+
+def _token_choices(logprobs: Any) -> tuple[TokenChoice, ...] | None:
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if not content:
+        return None
+    return tuple(
+        TokenChoice(
+            token=str(item.token),
+            logprob=float(item.logprob),
+            top=tuple((str(t.token), float(t.logprob)) for t in (item.top_logprobs or [])),
+        )
+        for item in content
+    )
