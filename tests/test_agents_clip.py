@@ -236,7 +236,7 @@ def test_build_agent_coerces_option_values(
         image_detail="LOW",
     )
     assert (vlm.client.timeout_s, vlm.client.max_tokens, vlm.client.max_retries) == (2.5, None, 2)
-    assert vlm.client.features.logprobs is False and vlm.image_detail == "low"
+    assert vlm.client.logprobs is False and vlm.image_detail == "low"
 
 
 def test_cli_predict_bad_option_value_is_one_line(
