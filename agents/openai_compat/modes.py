@@ -17,7 +17,7 @@ from typing import Any, Literal
 StructuredMode = Literal["json_schema", "json_object_schema", "prompt_only"]
 MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object_schema", "prompt_only")
 OPTIONAL_PARAMS = ("response_format", "logprobs", "temperature", "seed")
-OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_API_URL = "https://api.openai.com/v1"
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ _LEARNT: dict[tuple[str, str], ServerFeatures] = {}
 def server_features(base_url: str | None, model: str) -> ServerFeatures:
     """The features learnt so far for ``model`` on ``base_url`` (None: OpenAI), shared by every
     client of this process."""
-    key = ((base_url or OPENAI_BASE_URL).rstrip("/"), model)
+    key = ((base_url or OPENAI_API_URL).rstrip("/"), model)
     features = _LEARNT.get(key)
     if features is None:
         features = _LEARNT[key] = ServerFeatures()
