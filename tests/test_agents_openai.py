@@ -378,6 +378,11 @@ def test_price_table_and_override_file(tmp_path: Path) -> None:
     path.write_text('{"x": {"input": "cheap"}}')
     with pytest.raises(InputError, match=r"prices.json: column 'x'"):
         load_price_table(path)
+    path.write_text('{"x": ')
+    with pytest.raises(InputError, match=r"prices.json:1: invalid JSON"):
+        load_price_table(path)
+    with pytest.raises(InputError, match="no such price file"):
+        load_price_table(tmp_path / "absent.json")
 
 
 def test_reasoning_model_parameters_are_adapted(leaf: ImageRef, apple_task: Task) -> None:

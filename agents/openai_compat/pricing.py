@@ -8,12 +8,12 @@ server) costs 0.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InputError
+from core.jsonio import read_json_file
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,7 @@ def load_price_table(
     if path is None:
         return table
     source = str(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such price file", path=source) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON: {e.msg}", path=source, line=e.lineno) from None
+    data = read_json_file(path, what="price file")
     if not isinstance(data, dict):
         raise InputError('expected an object {"model": {"input": ..., "output": ...}}', path=source)
     for model, entry in data.items():
