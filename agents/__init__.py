@@ -6,13 +6,25 @@ from agents.errors import AgentError, ModelLoadError
 from agents.hf_vlm import HFVLMAgent, load_vlm
 from agents.openai_agent import OpenAIAgent
 from agents.openai_compat import OpenAIChatClient
-from agents.spec import AgentSpec, build_agent, parse_agent_spec
+from agents.options import OptionType
+from agents.registry import (
+    AgentKind,
+    AgentRegistry,
+    AgentSpec,
+    BuildContext,
+    build_agent,
+    default_registry,
+    parse_agent_spec,
+)
 from agents.types import Agent, EvidenceView, Neighbour, Prediction
 
 __all__ = [
     "Agent",
     "AgentError",
+    "AgentKind",
+    "AgentRegistry",
     "AgentSpec",
+    "BuildContext",
     "ClipAgent",
     "ClipModel",
     "EvidenceView",
@@ -21,8 +33,10 @@ __all__ = [
     "Neighbour",
     "OpenAIAgent",
     "OpenAIChatClient",
+    "OptionType",
     "Prediction",
     "build_agent",
+    "default_registry",
     "load_clip",
     "load_vlm",
     "parse_agent_spec",

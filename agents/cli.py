@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any
 
 import typer
 
+from agents.registry import BuildContext, default_registry
 from core.cli import JsonOption, TaskOption, emit_json, print_table, progress_bar
 from core.errors import InputError
 
@@ -23,8 +23,8 @@ AgentOpt = Annotated[
     typer.Option(
         "--agent",
         "-a",
-        help="Agent spec, repeatable: clip, clip:<hub id or folder>, openai:<model>, "
-        "hf-vlm:<hub id or folder>; prefix name= to name it (gpt=openai:gpt-4o).",
+        help=f"Agent spec, repeatable: {default_registry().syntaxes()}; prefix name= to name it "
+        "(gpt=openai:gpt-4o).",
     ),
 ]
 ClipModelOpt = Annotated[
@@ -43,8 +43,10 @@ OptionOpt = Annotated[
     typer.Option(
         "--option",
         "-o",
-        help="key=value passed to every agent built (timeout_s=30, max_concurrency=8, "
-        "neighbour_images=2, reason_tokens=32, price_file=prices.json); values are JSON or text.",
+        "--agent-option",
+        help="key=value for every agent whose kind takes key (timeout_s=30, max_concurrency=8, "
+        "neighbour_images=2, reason_tokens=32, price_file=prices.json), or kind.key=value / "
+        "name.key=value for some agents only; values are JSON or text.",
     ),
 ]
 
@@ -52,21 +54,6 @@ OptionOpt = Annotated[
 @app.callback()
 def agents_group() -> None:
     """Vision agents: CLIP zero-shot, OpenAI-compatible VLMs, local VLMs."""
-
-
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``["timeout_s=30", "logprobs=false"]`` -> ``{"timeout_s": 30, "logprobs": False}``."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--option must be key=value, got {item!r}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip().replace("-", "_")] = value
-    return out
 
 
 @app.command("predict")
@@ -93,13 +80,17 @@ def predict(
       --agent openai:Qwen/Qwen2.5-VL-7B-Instruct -o timeout_s=120
 
       trustorch agents predict leaf.jpg --agent hf-vlm:./Qwen2.5-VL-3B-Instruct -o reason_tokens=40
+
+      trustorch agents predict leaf.jpg -a clip -a gpt=openai:gpt-4o -o gpt.timeout_s=30
     """
-    from agents.spec import build_agent, options_for
+    from agents.options import parse_option_items
     from core.images import image_ref
     from core.task import load_task
 
     task_obj = load_task(task)
-    options = parse_options(option)
+    registry = default_registry()
+    specs = [registry.parse(spec) for spec in agent]
+    options = registry.assign_options(specs, parse_option_items(option))
     refs = [image_ref(source, decodes=True) for source in images]
     shared: dict[str, Any] = {}
 
@@ -110,20 +101,8 @@ def predict(
             shared["clip"] = load_clip(clip_model, device=device)
         return shared["clip"]
 
-    used = {key for spec in agent for key in options_for(spec, options)}
-    if set(options) - used:
-        raise InputError(f"no agent takes option(s) {sorted(set(options) - used)}")
-    built = [
-        build_agent(
-            spec,
-            task=task_obj,
-            clip=clip,
-            clip_model=clip_model,
-            device=device,
-            **options_for(spec, options),
-        )
-        for spec in agent
-    ]
+    context = BuildContext(task=task_obj, clip=clip, clip_model=clip_model, device=device)
+    built = [registry.build(s, context, o) for s, o in zip(specs, options, strict=True)]
     names = [a.name for a in built]
     if len(set(names)) != len(names):
         raise InputError(f"two agents share a name {names}; name them with name=spec")

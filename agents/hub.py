@@ -15,6 +15,20 @@ LOAD_ERRORS = (OSError, ValueError, KeyError)
 """What transformers raises for missing, partial or foreign model files."""
 
 
+def local_weights_folder(name: str) -> Path | None:
+    """``name`` itself when it is a folder, else its snapshot in the Hugging Face cache, else
+    None. Never touches the network."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
 def unreachable_hub(timeout_s: float = 3.0) -> str | None:
     """Why the model hub cannot be used right now, or None when it answers.
 

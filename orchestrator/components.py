@@ -1,48 +1,26 @@
 """Build what a run needs from command-line strings: agents, trust profiles, the policy.
 
-Agent specs:
-- ``replay:<file>#<agent>``: recorded answers played back (``orchestrator.replay.agent``);
-- ``retrieval``: the CLIP-neighbour vote over the image index (``rag.agent``); it is also the
-  graph's retriever;
-- ``py:<module or file.py>:<callable>[?key=value&...]``: your own ``Agent``, made by calling
-  ``callable(**params)`` (params are strings);
-- anything else (``clip``, ``clip:<id>``, ``openai:<model>``, ``hf-vlm:<id>``) goes to
-  ``agents.spec.build_agent``.
-
-Any spec may start with ``<name>=`` to name the agent (``q=replay:case3.csv#qwen``).
+Agents come from the registry of ``orchestrator.agent_kinds.agent_registry`` (the agents layer's
+kinds plus ``retrieval``, ``replay:`` and ``py:``); any spec may start with ``<name>=`` to name the
+agent (``q=replay:case3.csv#qwen``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
-from agents.types import RETRIEVAL_AGENT, Agent
+from agents.registry import AgentSpec, BuildContext
+from agents.types import Agent
 from core.errors import InputError
 from core.task import Task
+from orchestrator.agent_kinds import RetrievalSettings, agent_registry
 
-PY_PREFIX = "py:"
-REPLAY_PREFIX = "replay:"
-RETRIEVAL_SPEC = "retrieval"
 LLM_POLICY = "llm"
-
-
-@dataclass(frozen=True)
-class RetrievalSettings:
-    """Where the image index lives and which CLIP embeds the query images."""
-
-    index_dir: str | None = None
-    chroma_url: str | None = None
-    clip_model: str | None = None
-    k: int = 10
 
 
 @dataclass(frozen=True)
@@ -63,115 +41,41 @@ class BuiltAgents:
     notes: list[str] = field(default_factory=list)
 
 
-def _load_callable(target: str, attr: str, spec: str) -> Any:
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise InputError(f"agent spec {spec!r}: no such Python file", path=str(path))
-        module_name = f"trustorch_plugin_{abs(hash(path.resolve()))}"
-        loader_spec = importlib.util.spec_from_file_location(module_name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise InputError(f"agent spec {spec!r}: cannot import {path}")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module
-        loader_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise InputError(f"agent spec {spec!r}: cannot import module {target!r} ({e})") from e
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise InputError(f"agent spec {spec!r}: {target} has no callable {attr!r}")
-    return factory
-
-
-def plugin_agent(spec: str) -> Agent:
-    """``py:<module or file.py>:<callable>[?key=value&...]`` -> ``callable(**params)``."""
-    body = spec[len(PY_PREFIX) :]
-    body, _, query = body.partition("?")
-    target, sep, attr = body.rpartition(":")
-    if not sep or not target or not attr:
-        raise InputError(
-            f"agent spec must be 'py:<module or file.py>:<callable>[?key=value]', got {spec!r}"
-        )
-    params = dict(parse_qsl(query, keep_blank_values=True))
-    agent = _load_callable(target, attr, spec)(**params)
-    if not isinstance(agent, Agent):
-        raise InputError(f"agent spec {spec!r} did not return an Agent ({type(agent).__name__})")
-    return agent
-
-
-class AgentBuilder:
-    """Turns specs into agents, sharing one CLIP model between the agents that need it."""
-
-    def __init__(self, *, task: Task, retrieval: RetrievalSettings | None = None) -> None:
-        self.task = task
-        self.retrieval = retrieval or RetrievalSettings()
-        self._clip: Any = None
-
-    def clip(self) -> Any:
-        if self._clip is None:
-            from agents.clip_model import load_clip
-
-            self._clip = load_clip(self.retrieval.clip_model)
-        return self._clip
-
-    def retrieval_agent(self, name: str | None = None) -> Any:
-        from rag.agent import RetrievalAgent
-        from rag.store import ChromaStore
-
-        clip = self.clip()
-        store = ChromaStore.open(
-            index_dir=self.retrieval.index_dir, chroma_url=self.retrieval.chroma_url, create=False
-        )
-        index = store.existing(self.task.name, clip.name)
-        return RetrievalAgent(clip, index, k=self.retrieval.k, name=name or RETRIEVAL_AGENT)
-
-    def build(self, spec: str) -> Agent:
-        """The agent of ``[name=]<spec>`` (``name`` renames it)."""
-        from agents.spec import build_agent, parse_agent_spec
-
-        spec = spec.strip()
-        name = parse_agent_spec(spec).name
-        body = spec.split("=", 1)[1].strip() if name else spec
-        if body.startswith(REPLAY_PREFIX):
-            from orchestrator.replay.agent import replay_agent_from_spec
-
-            agent = replay_agent_from_spec(body, task=self.task)
-            agent.name = name or agent.name
-            return agent
-        if body == RETRIEVAL_SPEC:
-            return self.retrieval_agent(name)
-        if spec.startswith(PY_PREFIX):
-            return plugin_agent(spec)
-        return build_agent(
-            spec, task=self.task, clip=self.clip, clip_model=self.retrieval.clip_model
-        )
-
-
 def build_agents(
-    specs: Sequence[str],
+    specs: Sequence[str | AgentSpec],
     *,
     task: Task,
     retrieval: RetrievalSettings | None = None,
     want_retriever: bool = False,
+    options: Sequence[Mapping[str, Any]] | None = None,
 ) -> BuiltAgents:
-    """Agents in spec order; the retrieval agent (or, with ``want_retriever``, a new one over the
-    index) doubles as the graph's retriever."""
+    """Agents in spec order, ``options[i]`` going to the i-th (checked by its kind), sharing one
+    CLIP model; the retrieval agent (or, with ``want_retriever``, a new one over the index)
+    doubles as the graph's retriever."""
     if not specs:
         raise InputError("give at least one --agent (e.g. --agent clip)")
     settings = retrieval or RetrievalSettings()
+    registry = agent_registry(settings)
+    parsed = [s if isinstance(s, AgentSpec) else registry.parse(s) for s in specs]
     if settings.clip_model is None:
-        named = [s.split("=", 1)[-1].strip() for s in specs]
-        targets = [s.split(":", 1)[1] for s in named if s.startswith("clip:")]
+        targets = [s.target for s in parsed if s.kind == "clip" and s.target]
         if targets:  # the first clip:<model> is the shared CLIP (retrieval embeds with it)
             settings = dataclasses.replace(settings, clip_model=targets[0])
-    builder = AgentBuilder(task=task, retrieval=settings)
-    agents = [builder.build(spec) for spec in specs]
+    shared: list[Any] = []
+
+    def clip() -> Any:
+        if not shared:
+            from agents.clip_model import load_clip
+
+            shared.append(load_clip(settings.clip_model))
+        return shared[0]
+
+    context = BuildContext(task=task, clip=clip, clip_model=settings.clip_model)
+    chosen = list(options) if options is not None else [{} for _ in parsed]
+    agents = [registry.build(s, context, o) for s, o in zip(parsed, chosen, strict=True)]
     retriever = next((a for a in agents if hasattr(a, "retrieve")), None)
     if retriever is None and want_retriever:
-        retriever = builder.retrieval_agent()
+        retriever = registry.build("retrieval", context)
     return BuiltAgents(agents=agents, retriever=retriever)
 
 

@@ -9,15 +9,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from core.cli import JsonOption, TaskOption, emit_json, print_table, stderr_console
+from orchestrator.agent_kinds import agent_registry
 
 if TYPE_CHECKING:
-    from orchestrator.components import RetrievalSettings
+    from orchestrator.agent_kinds import RetrievalSettings
 
 
 def run(
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or CSV manifests.")],
     agent: Annotated[
-        list[str], typer.Option("--agent", "-a", help="Agent spec (repeat for several).")
+        list[str],
+        typer.Option(
+            "--agent",
+            "-a",
+            help=f"Agent spec, repeatable: {agent_registry().syntaxes()}; prefix name= to name "
+            "it (gpt=openai:gpt-4o).",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file.")],
     task: TaskOption = "apple-leaf",
@@ -43,6 +50,15 @@ def run(
         Path | None,
         typer.Option(
             "--checkpoint", help="SQLite checkpoint file (default: OUT.checkpoints.sqlite)."
+        ),
+    ] = None,
+    agent_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-option",
+            help="key=value for every agent whose kind takes key (timeout_s=30), or "
+            "kind.key=value / name.key=value for some agents only (openai.max_concurrency=8, "
+            "gpt.neighbour_images=2); values are JSON or text. Repeatable.",
         ),
     ] = None,
     agent_timeout: Annotated[
@@ -92,8 +108,8 @@ def run(
     Each image gets one JSON line in --out, written whole or not at all.
     --resume continues a killed run; finished images are not sent to any agent again.
 
-    Agents: clip, clip:<id>, openai:<model>, hf-vlm:<id>, retrieval, replay:<file>#<agent>,
-    py:<module or file.py>:<callable>[?key=value].
+    Agents: see --agent; their options (the same as trustorch agents predict -o) go with
+    --agent-option and are part of the run's configuration that --resume checks.
 
     Policies: trust (default), llm, majority, max-confidence, single:<agent>.
 
@@ -107,16 +123,20 @@ def run(
 
       trustorch run leaves/ -a gpt=openai:gpt-4o -a rag=retrieval --policy-file p.json -o r.jsonl
 
+      trustorch run leaves/ -a clip -a gpt=openai:gpt-4o --agent-option gpt.timeout_s=30 -o r.jsonl
+
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
     """
-    from orchestrator.components import LlmSettings, RetrievalSettings
+    from orchestrator.agent_kinds import RetrievalSettings
+    from orchestrator.components import LlmSettings
 
     _check_settings(out=out, concurrency=concurrency, max_rounds=max_rounds, timeout=agent_timeout)
     summary, notes = asyncio.run(
         _run(
             paths=paths,
             specs=agent,
+            agent_options=agent_option or [],
             out=out,
             task_name=task,
             trust=trust,
@@ -170,6 +190,7 @@ def run_configuration(
     *,
     task: str,
     specs: list[str],
+    agent_options: dict[str, dict[str, Any]],
     policy: str,
     trust: Path | None,
     policy_file: Path | None,
@@ -177,13 +198,15 @@ def run_configuration(
     retrieval: RetrievalSettings,
     llm_model: str | None,
 ) -> dict[str, Any]:
-    """What decides a run's answers, as plain JSON values: a resumed run must match it."""
+    """What decides a run's answers, as plain JSON values: a resumed run must match it.
+    ``agent_options`` (checked option values by agent spec) is left out when empty, so files
+    written before agents took options on ``run`` still resume."""
     from eval.recorded.records import file_sha256
 
     def where(path: str | None) -> str | None:
         return str(Path(path).expanduser().resolve()) if path else None
 
-    return {
+    config: dict[str, Any] = {
         "task": task,
         "agents": list(specs),
         "clip_model": retrieval.clip_model,
@@ -195,12 +218,16 @@ def run_configuration(
         "index": where(retrieval.index_dir) or retrieval.chroma_url,
         "k": retrieval.k,
     }
+    if agent_options:
+        config["agent_options"] = agent_options
+    return config
 
 
 async def _run(
     *,
     paths: list[Path],
     specs: list[str],
+    agent_options: list[str],
     out: Path,
     task_name: str,
     trust: Path | None,
@@ -217,6 +244,7 @@ async def _run(
     verbose: bool,
     show_progress: bool,
 ) -> tuple[Any, list[str]]:
+    from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
     from orchestrator.components import build_agents, build_policy, load_profiles
@@ -235,9 +263,14 @@ async def _run(
     # Cheap inputs first: a bad trust or policy file, or resuming a file another setup wrote,
     # fails before any image is read or model loads.
     trust_profiles = load_trust_profiles(trust) if trust is not None else None
+    registry = agent_registry(retrieval)
+    parsed = [registry.parse(spec) for spec in specs]
+    items = parse_option_items(agent_options, flag="--agent-option")
+    options = registry.assign_options(parsed, items, flag="--agent-option")
     run_config = run_configuration(
         task=task.name,
         specs=specs,
+        agent_options={s.text: o for s, o in zip(parsed, options, strict=True) if o},
         policy=policy_name,
         trust=trust,
         policy_file=policy_file,
@@ -258,7 +291,9 @@ async def _run(
         notes.append(f"skipped {item.source}: {item.reason}")
     for item in collected.duplicates:
         notes.append(f"skipped {item.source}: {item.reason}")
-    built = build_agents(specs, task=task, retrieval=retrieval, want_retriever=want_retriever)
+    built = build_agents(
+        parsed, task=task, retrieval=retrieval, want_retriever=want_retriever, options=options
+    )
     sources = [a.name for a in built.agents]
     retrieval_name = getattr(built.retriever, "name", None)
     if retrieval_name and retrieval_name not in sources:

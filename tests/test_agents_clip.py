@@ -15,7 +15,7 @@ from PIL import Image
 from agents.clip_agent import ClipAgent
 from agents.clip_model import ClipModel, load_clip
 from agents.errors import ModelLoadError
-from agents.spec import AgentSpec, build_agent, parse_agent_spec
+from agents.registry import AgentSpec, build_agent, parse_agent_spec
 from agents.types import Agent
 from core.errors import InputError
 from core.images import ImageRef

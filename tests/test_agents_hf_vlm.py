@@ -17,7 +17,7 @@ from PIL import Image
 
 from agents.errors import ModelLoadError
 from agents.hf_vlm import ANSWER_PREFIX, LABEL_SUFFIX, HFVLMAgent, load_vlm
-from agents.spec import build_agent
+from agents.registry import build_agent
 from agents.types import Neighbour, Prediction
 from core.images import ImageRef
 from core.task import Task

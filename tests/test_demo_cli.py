@@ -177,14 +177,14 @@ def test_images_are_required_without_serve(capsys):
 
 
 def test_openai_endpoint_counts_as_a_vlm():
-    from orchestrator.demo.availability import discover_vlms
+    from agents.registry import default_registry
 
-    (status,) = discover_vlms(
+    (status,) = default_registry().probe(
         {"OPENAI_BASE_URL": "http://localhost:11434/v1", "TRUSTORCH_OPENAI_MODEL": "qwen2.5vl"}
     )
     assert status.available and status.spec == "openai:qwen2.5vl"
     assert "http://localhost:11434/v1" in status.detail
-    statuses = discover_vlms({"TRUSTORCH_HF_VLM": "/nowhere/model"})
+    statuses = default_registry().probe({"TRUSTORCH_HF_VLM": "/nowhere/model"})
     assert [s.available for s in statuses] == [False, False]
 
 

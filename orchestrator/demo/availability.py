@@ -1,9 +1,10 @@
 """Which agents this machine can run for the demo, and why the others were skipped.
 
 Nothing is ever downloaded: CLIP loads from a local folder or from weights already in the
-Hugging Face cache; a VLM counts as available when an OpenAI-compatible endpoint or a local
-model folder is configured; retrieval needs CLIP and an index built for the task with that model.
-CLIP is loaded at most once, here, and shared by the CLIP agent and the retrieval agent.
+Hugging Face cache; retrieval needs CLIP and an index built for the task with that model. CLIP is
+loaded at most once, here, and shared by the CLIP agent and the retrieval agent. Every other kind
+of the agent registry says for itself whether it can run here (``AgentKind.probe``: a VLM when an
+OpenAI-compatible endpoint or a local model folder is configured).
 """
 
 from __future__ import annotations
@@ -17,27 +18,12 @@ from typing import Any
 
 from agents.clip_model import CLIP_MODEL_ENV, DEFAULT_CLIP_MODEL, ClipModel
 from agents.errors import ModelLoadError
+from agents.hf_vlm import HF_VLM_ENV
+from agents.hub import local_weights_folder
+from agents.registry import AgentRegistry, AgentStatus
 from core.task import Task
 from rag.errors import StoreError
 from rag.store import INDEX_DIR_ENV
-
-OPENAI_MODEL_ENV = "TRUSTORCH_OPENAI_MODEL"
-DEFAULT_OPENAI_MODEL = "gpt-4o"
-HF_VLM_ENV = "TRUSTORCH_HF_VLM"
-
-
-@dataclass(frozen=True)
-class AgentStatus:
-    """One candidate agent: the spec it runs as when available, else why it was skipped."""
-
-    name: str
-    available: bool
-    detail: str
-    spec: str | None = None
-
-    def line(self) -> str:
-        verb = "runs" if self.available else "skipped"
-        return f"{self.name} {verb}: {self.detail}"
 
 
 @dataclass
@@ -75,20 +61,6 @@ def _one_line(text: str, limit: int = 220) -> str:
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
-def local_weights_folder(name: str) -> Path | None:
-    """``name`` itself when it is a folder, else its snapshot in the Hugging Face cache, else
-    None. Never touches the network."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(name, "config.json")
-    return Path(cached).parent if isinstance(cached, str) else None
-
-
 def discover_clip(name: str, *, device: str | None = None) -> tuple[ClipModel | None, AgentStatus]:
     """Load CLIP from local weights only; the status says what was loaded or why not."""
     from agents.clip_model import load_clip
@@ -97,51 +69,17 @@ def discover_clip(name: str, *, device: str | None = None) -> tuple[ClipModel | 
     if folder is None:
         return None, AgentStatus(
             "clip",
-            False,
             f"no local weights for '{name}' (the demo never downloads; pass a folder with "
             f"--clip-model DIR or {CLIP_MODEL_ENV}=DIR)",
         )
     try:
         clip = load_clip(str(folder), device=device)
     except ModelLoadError as e:
-        return None, AgentStatus("clip", False, _one_line(str(e)))
+        return None, AgentStatus("clip", _one_line(str(e)))
     # A hub id keeps its name (the index records vectors under it), not the cache path.
     if folder != Path(name).expanduser():
         clip = dataclasses.replace(clip, name=name)
-    return clip, AgentStatus("clip", True, f"CLIP zero-shot with '{name}' on {clip.device}", "clip")
-
-
-def discover_vlms(environ: Mapping[str, str]) -> list[AgentStatus]:
-    """An OpenAI-compatible VLM when a key or base URL is set; a local VLM when configured."""
-    out: list[AgentStatus] = []
-    model = environ.get(OPENAI_MODEL_ENV) or DEFAULT_OPENAI_MODEL
-    base_url = environ.get("OPENAI_BASE_URL")
-    if environ.get("OPENAI_API_KEY") or base_url:
-        where = f"the server at {base_url}" if base_url else "the OpenAI API"
-        out.append(AgentStatus("openai", True, f"'{model}' through {where}", f"openai:{model}"))
-    else:
-        out.append(
-            AgentStatus(
-                "openai",
-                False,
-                "set OPENAI_API_KEY (GPT-4o) or OPENAI_BASE_URL (a local vLLM or Ollama server) "
-                f"and {OPENAI_MODEL_ENV}=<model>",
-            )
-        )
-    hf_vlm = environ.get(HF_VLM_ENV)
-    if hf_vlm:
-        folder = local_weights_folder(hf_vlm)
-        if folder is None:
-            out.append(
-                AgentStatus(
-                    "hf-vlm",
-                    False,
-                    f"no local weights for '{hf_vlm}' ({HF_VLM_ENV}; the demo never downloads)",
-                )
-            )
-        else:
-            out.append(AgentStatus("hf-vlm", True, f"local VLM from {folder}", f"hf-vlm:{folder}"))
-    return out
+    return clip, AgentStatus("clip", f"CLIP zero-shot with '{name}' on {clip.device}", "clip")
 
 
 def resolve_index_dir(index_dir: Path | None, environ: Mapping[str, str]) -> Path:
@@ -167,11 +105,10 @@ def discover_retrieval(
 ) -> tuple[Any | None, AgentStatus]:
     """The index of (task, CLIP model) at ``folder`` when it exists and holds images."""
     if clip is None:
-        return None, AgentStatus("retrieval", False, "needs CLIP weights to embed the image")
+        return None, AgentStatus("retrieval", "needs CLIP weights to embed the image")
     if not (folder / "chroma.sqlite3").is_file():
         return None, AgentStatus(
             "retrieval",
-            False,
             f"no index at {folder} (build one: `trustorch index build DIR --task {task.name}`, "
             "or pass --index-dir)",
         )
@@ -186,23 +123,23 @@ def discover_retrieval(
         index = store.existing(task.name, model=model)
         count = index.count()
     except StoreError as e:
-        return None, AgentStatus("retrieval", False, _one_line(str(e)))
+        return None, AgentStatus("retrieval", _one_line(str(e)))
     if not count:
-        return None, AgentStatus("retrieval", False, f"the index at {folder} is empty")
-    return index, AgentStatus(
-        "retrieval", True, f"{count} labelled images at {folder}", "retrieval"
-    )
+        return None, AgentStatus("retrieval", f"the index at {folder} is empty")
+    return index, AgentStatus("retrieval", f"{count} labelled images at {folder}", "retrieval")
 
 
 def discover_agents(
     *,
+    registry: AgentRegistry,
     task: Task,
     clip_model: str | None = None,
     index_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     device: str | None = None,
 ) -> tuple[Availability, Any | None]:
-    """Every agent the demo could use, the loaded CLIP, and the opened index (or None)."""
+    """Every agent the demo could use, the loaded CLIP, and the opened index (or None): CLIP
+    and retrieval found here, the other kinds of ``registry`` by their own probe."""
     env = os.environ if environ is None else environ
     name = clip_model or env.get(CLIP_MODEL_ENV) or DEFAULT_CLIP_MODEL
     clip, clip_status = discover_clip(name, device=device)
@@ -211,7 +148,7 @@ def discover_agents(
     if clip is not None and index is not None and index.model != clip.name:
         clip = dataclasses.replace(clip, name=index.model)  # the index's spelling of the folder
     found = Availability(
-        statuses=[clip_status, retrieval_status, *discover_vlms(env)],
+        statuses=[clip_status, retrieval_status, *registry.probe(env)],
         clip=clip,
         index_dir=folder,
     )

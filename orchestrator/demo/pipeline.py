@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.registry import AgentRegistry, BuildContext
 from agents.types import RETRIEVAL_AGENT, Agent
 from core.errors import TrustorchError
 from core.images import ImageRef
@@ -66,16 +67,28 @@ def build_pipeline(
     device: str | None = None,
 ) -> DemoPipeline:
     """Discover the agents, build them (NoAgentError when none can run) and compile the graph."""
+    from orchestrator.agent_kinds import RetrievalSettings, agent_registry
     from orchestrator.components import load_profiles
     from orchestrator.graph import build_graph
     from orchestrator.policies.trust import TrustPolicy
 
+    registry = agent_registry()
     availability, index = discover_agents(
-        task=task, clip_model=clip_model, index_dir=index_dir, environ=environ, device=device
+        registry=registry,
+        task=task,
+        clip_model=clip_model,
+        index_dir=index_dir,
+        environ=environ,
+        device=device,
     )
     if not availability.available:
         raise NoAgentError(availability.missing_line())
-    agents, retriever = build_agents(availability, index, task)
+    if index is not None:
+        registry = agent_registry(
+            RetrievalSettings(index_dir=str(availability.index_dir)), index=index
+        )
+    context = BuildContext(task=task, clip=availability.clip, device=device)
+    agents, retriever = build_agents(availability, registry, context)
     names = [a.name for a in agents]
     if retriever is not None:
         names.append(RETRIEVAL_AGENT)
@@ -95,25 +108,20 @@ def build_pipeline(
 
 
 def build_agents(
-    availability: Availability, index: Any | None, task: Task
+    availability: Availability, registry: AgentRegistry, context: BuildContext
 ) -> tuple[list[Agent], Any | None]:
-    """The runnable agents and the retriever, built around the one loaded CLIP."""
+    """The runnable agents and the retriever, built by ``registry`` around the one loaded CLIP
+    (``context.clip``)."""
     agents: list[Agent] = []
     retriever = None
-    clip = availability.clip
     for status in availability.available:
-        if status.name == "clip" and clip is not None:
-            from agents.clip_agent import ClipAgent
-
-            agents.append(ClipAgent(clip))
-        elif status.name == "retrieval" and clip is not None and index is not None:
-            from rag.agent import RetrievalAgent
-
-            retriever = RetrievalAgent(clip, index, name=RETRIEVAL_AGENT)
-        elif status.spec is not None:
-            from agents.spec import build_agent
-
-            agents.append(build_agent(status.spec, task=task, clip=lambda: clip))
+        if status.spec is None or (status.name == "clip" and context.clip is None):
+            continue
+        agent = registry.build(status.spec, context)
+        if hasattr(agent, "retrieve"):
+            retriever = agent
+        else:
+            agents.append(agent)
     return agents, retriever
 
 
