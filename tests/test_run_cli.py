@@ -420,3 +420,48 @@ def test_resuming_with_another_configuration_is_refused(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["already_done"] == len(lines) and summary["decided"] == 0
     assert out.read_text().splitlines() == lines
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("colour=red", "error: no agent takes option(s) ['colour']"),
+        (
+            "batch_size=abc",
+            "error: agent spec 'clip': option batch_size='abc' must be an integer >= 1",
+        ),
+        ("gpt.timeout_s=3", "error: --agent-option gpt.timeout_s: no agent of kind or name 'gpt'"),
+        ("batch_size", "error: --agent-option must be [kind or name.]key=value, got 'batch_size'"),
+    ],
+)
+def test_bad_agent_options_fail_before_any_model_loads(tmp_path, capsys, option, message):
+    # a CLIP folder that does not exist: building the agent would fail with another message
+    data = make_images(tmp_path / "data", per_label=1)
+    args = ["run", str(data), "--agent", "clip", "--clip-model", str(tmp_path / "no-clip")]
+    code = main([*args, "--agent-option", option, "--out", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith(message)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_agent_options_are_part_of_the_run_configuration(tmp_path, capsys, tiny_clip_dir):
+    from tiny_models import clip_with_token_limit
+
+    data = make_images(tmp_path / "data", per_label=1)
+    clip = str(clip_with_token_limit(tiny_clip_dir, tmp_path / "clip"))
+    out = tmp_path / "out.jsonl"
+    base = ["run", str(data), "-a", f"clip:{clip}", "-a", agent_spec("a"), "--out", str(out)]
+    options = ["--agent-option", "clip.batch_size=2", "--agent-option", 'templates=["$label"]']
+    assert main([*base, *options, "--json"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    lines = out.read_text().splitlines()
+    config = json.loads(lines[0])["run"]
+    assert config["agent_options"] == {f"clip:{clip}": {"batch_size": 2, "templates": ["$label"]}}
+
+    other = ["--agent-option", "clip.batch_size=3", "--agent-option", 'templates=["$label"]']
+    assert main([*base, *other, "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--resume with another configuration" in err and "agent_options" in err
+    assert main([*base, *options, "--resume", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["already_done"] == len(lines) and summary["decided"] == 0
