@@ -133,7 +133,7 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def check_options(
+def coerce_options(
     types: Mapping[str, OptionType], options: Mapping[str, Any], spec: str
 ) -> dict[str, Any]:
     """``options`` checked against ``types`` and coerced to them (InputError naming ``spec``)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agents.clip_model import ClipModel
-from agents.options import OptionItem, OptionType, check_options
+from agents.options import OptionItem, OptionType, coerce_options
 from agents.types import Agent
 from core.errors import InputError
 from core.task import Task
@@ -100,7 +100,6 @@ class AgentKind:
 
     name: str
     syntax: str
-    summary: str
     build: Builder
     target: Literal["none", "optional", "required"] = "required"
     hint: str = ""
@@ -147,7 +146,7 @@ class AgentRegistry:
     def check_options(self, spec: AgentSpec, options: Mapping[str, Any]) -> dict[str, Any]:
         """``options`` coerced to the option types of ``spec``'s kind (InputError when not)."""
         kind = self._known(spec)
-        return check_options(kind.options, options, spec.text)
+        return coerce_options(kind.options, options, spec.text)
 
     def assign_options(
         self, specs: Sequence[AgentSpec], items: Sequence[OptionItem], *, flag: str = "--option"

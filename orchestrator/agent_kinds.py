@@ -107,7 +107,6 @@ def retrieval_kind(settings: RetrievalSettings, index: Any = None) -> AgentKind:
     return AgentKind(
         name=RETRIEVAL_KIND,
         syntax=RETRIEVAL_KIND,
-        summary="the vote of the k nearest labelled images in the index (--index-dir)",
         build=build,
         target="none",
     )
@@ -120,14 +119,12 @@ def agent_registry(
     replay = AgentKind(
         name=REPLAY_KIND,
         syntax="replay:<file>#<agent>",
-        summary="recorded predictions, per round, for offline benchmarks",
         build=build_replay,
         hint="give a file and an agent, e.g. replay:case3.csv#gpt",
     )
     plugin = AgentKind(
         name=PLUGIN_KIND,
         syntax="py:<module or file.py>:<callable>[?key=value]",
-        summary="your own Agent, made by calling callable(**params)",
         build=build_plugin,
         hint="give py:<module or file.py>:<callable>[?key=value]",
     )

@@ -72,9 +72,8 @@ def build_pipeline(
     from orchestrator.graph import build_graph
     from orchestrator.policies.trust import TrustPolicy
 
-    registry = agent_registry()
     availability, index = discover_agents(
-        registry=registry,
+        registry=agent_registry(),
         task=task,
         clip_model=clip_model,
         index_dir=index_dir,
@@ -83,10 +82,8 @@ def build_pipeline(
     )
     if not availability.available:
         raise NoAgentError(availability.missing_line())
-    if index is not None:
-        registry = agent_registry(
-            RetrievalSettings(index_dir=str(availability.index_dir)), index=index
-        )
+    # the index found above (its model spelled as the CLIP was renamed to) is the one retrieved
+    registry = agent_registry(RetrievalSettings(index_dir=str(availability.index_dir)), index=index)
     context = BuildContext(task=task, clip=availability.clip, device=device)
     agents, retriever = build_agents(availability, registry, context)
     names = [a.name for a in agents]
@@ -114,10 +111,8 @@ def build_agents(
     (``context.clip``)."""
     agents: list[Agent] = []
     retriever = None
-    for status in availability.available:
-        if status.spec is None or (status.name == "clip" and context.clip is None):
-            continue
-        agent = registry.build(status.spec, context)
+    for spec in (s.spec for s in availability.available if s.spec):
+        agent = registry.build(spec, context)
         if hasattr(agent, "retrieve"):
             retriever = agent
         else:
