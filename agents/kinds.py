@@ -22,7 +22,7 @@ _COUNT = OptionType("int", minimum=0)
 _IMAGE_OPTIONS = {"max_bytes": _POSITIVE_INT, "max_pixels": _POSITIVE_INT}
 _CLIENT_OPTIONS: dict[str, OptionType] = {
     "base_url": OptionType("str"),
-    "api_key": OptionType("str"),
+    "api_key": OptionType("str", secret=True),
     "timeout_s": OptionType("float", minimum=0, exclusive=True),
     "max_retries": _COUNT,
     "backoff_s": OptionType("float", minimum=0),

@@ -22,13 +22,15 @@ TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64")
 class OptionType:
     """What one agent option accepts; ``coerce`` turns a CLI or Python value into it.
 
-    ``kind``: int, float, bool, str, strs (one text or a list of texts), mapping, dtype."""
+    ``kind``: int, float, bool, str, strs (one text or a list of texts), mapping, dtype.
+    A ``secret`` (an API key) is never shown in an error nor recorded."""
 
     kind: str
     minimum: float | None = None
     exclusive: bool = False
     optional: bool = False
     choices: tuple[str, ...] = ()
+    secret: bool = False
 
     def describe(self) -> str:
         text = {
@@ -145,8 +147,9 @@ def coerce_options(
         try:
             checked[key] = types[key].coerce(value)
         except (ValueError, TypeError):
+            shown = "<secret>" if types[key].secret else repr(value)
             raise InputError(
-                f"agent spec {spec!r}: option {key}={value!r} must be {types[key].describe()}"
+                f"agent spec {spec!r}: option {key}={shown} must be {types[key].describe()}"
             ) from None
     return checked
 

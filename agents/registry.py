@@ -148,6 +148,11 @@ class AgentRegistry:
         kind = self._known(spec)
         return coerce_options(kind.options, options, spec.text)
 
+    def recorded_options(self, spec: AgentSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` without the secret ones (API keys), for a run's recorded configuration."""
+        types = self._known(spec).options
+        return {k: v for k, v in options.items() if not (k in types and types[k].secret)}
+
     def assign_options(
         self, specs: Sequence[AgentSpec], items: Sequence[OptionItem], *, flag: str = "--option"
     ) -> list[dict[str, Any]]:

@@ -199,8 +199,8 @@ def run_configuration(
     llm_model: str | None,
 ) -> dict[str, Any]:
     """What decides a run's answers, as plain JSON values: a resumed run must match it.
-    ``agent_options`` (checked option values by agent spec) is left out when empty, so files
-    written before agents took options on ``run`` still resume."""
+    ``agent_options`` (checked option values by agent spec, API keys left out) is left out when
+    empty, so files written before agents took options on ``run`` still resume."""
     from eval.recorded.records import file_sha256
 
     def where(path: str | None) -> str | None:
@@ -270,7 +270,11 @@ async def _run(
     run_config = run_configuration(
         task=task.name,
         specs=specs,
-        agent_options={s.text: o for s, o in zip(parsed, options, strict=True) if o},
+        agent_options={
+            s.text: recorded
+            for s, o in zip(parsed, options, strict=True)
+            if (recorded := registry.recorded_options(s, o))
+        },
         policy=policy_name,
         trust=trust,
         policy_file=policy_file,

@@ -88,6 +88,12 @@ def test_options_go_to_the_agents_that_take_them() -> None:
     message = "agent spec 'gpt=openai:gpt-4o': option timeout_s='soon' must be a number > 0"
     with pytest.raises(InputError, match=re.escape(message)):
         registry.assign_options(specs, parse_option_items(["gpt.timeout_s=soon"]))
+    secret = "agent spec 'gpt=openai:gpt-4o': option api_key=<secret> must be a text"
+    with pytest.raises(InputError, match=re.escape(secret)):
+        registry.assign_options(specs, parse_option_items(['gpt.api_key=["sk-x"]']))
+    assert registry.recorded_options(specs[1], {"api_key": "sk-x", "timeout_s": 9.0}) == {
+        "timeout_s": 9.0
+    }
 
 
 def test_build_shares_the_clip_and_applies_options(clip: ClipModel, apple_task: Task) -> None:

@@ -465,3 +465,20 @@ def test_agent_options_are_part_of_the_run_configuration(tmp_path, capsys, tiny_
     assert main([*base, *options, "--resume", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["already_done"] == len(lines) and summary["decided"] == 0
+
+
+def test_an_api_key_option_is_never_recorded(tmp_path, capsys):
+    data = make_images(tmp_path / "data", per_label=1)
+    out = tmp_path / "out.jsonl"
+    key = "sk-recorded-nowhere-0123456789"
+    args = ["run", str(data), "-a", agent_spec("a"), "-a", "gpt=openai:gpt-4o", "--out", str(out)]
+    options = [f"gpt.api_key={key}", "gpt.base_url=http://127.0.0.1:9/v1", "max_retries=0"]
+    for option in options:
+        args += ["--agent-option", option]
+    assert main([*args, "--policy", "majority", "--json"]) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert key not in out.read_text() + captured.out + captured.err
+    config = json.loads(out.read_text().splitlines()[0])["run"]
+    assert config["agent_options"] == {
+        "gpt=openai:gpt-4o": {"base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
+    }
