@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +59,13 @@ _Named = tuple[Path, str | None, int | None]
 
 @dataclass
 class ScannedImages:
-    """The images of the sources in order, what could not be read, and the duplicates."""
+    """The images of the sources in order, what could not be read, the duplicates, and the
+    seconds the scan took."""
 
     images: list[LabelledImage] = field(default_factory=list)
     skipped: list[SkippedImage] = field(default_factory=list)
     duplicates: list[SkippedImage] = field(default_factory=list)
+    scan_s: float = 0.0
 
     @property
     def labelled(self) -> int:
@@ -81,6 +84,7 @@ def scan_images(
     """Every image the sources name, read once (see the module docstring for the rules).
 
     ``progress`` is called with (images read, images found) after each image."""
+    started = time.perf_counter()
     out = ScannedImages()
     named: list[_Named] = []
     for source in sources:
@@ -100,6 +104,7 @@ def scan_images(
                 out.images.append(LabelledImage(ref, truth, line=line))
         if progress is not None:
             progress(done, len(named))
+    out.scan_s = time.perf_counter() - started
     return out
 
 
