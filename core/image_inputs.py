@@ -100,7 +100,7 @@ def scan_images(
                 reason = f"same bytes as {first_with[ref.sha256]}"
                 out.duplicates.append(SkippedImage(ref.source, reason))
             else:
-                first_with.setdefault(ref.sha256, ref.source)
+                first_with[ref.sha256] = ref.source
                 out.images.append(LabelledImage(ref, truth, line=line))
         if progress is not None:
             progress(done, len(named))
