@@ -1,5 +1,6 @@
-"""Images: ``ImageRef`` (where an image came from, its sha256 identity), ``LabelledImage``, and
-reading them safely: a byte cap, a pixel cap (decompression bombs), http(s)-only URLs.
+"""Images: ``ImageRef`` (where an image came from, its sha256 identity), ``LabelledImage`` and
+``SkippedImage`` (what a scan of inputs gives, ``core.image_inputs``), and reading images safely:
+a byte cap, a pixel cap (decompression bombs), http(s)-only URLs.
 
 Every failure is an ``InputError`` that names the file or URL; nothing here returns a
 half-decoded image.
@@ -51,11 +52,24 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class LabelledImage:
-    """An image with its true label, when known (ImageFolder layouts, manifests)."""
+    """An image with its true label when known (ImageFolder layouts, manifests) and, when a
+    manifest named it, that manifest's line (the header is line 1)."""
 
     image: ImageRef
     truth: str | None = None
+    line: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image left out of a run or an index build (unreadable, a duplicate, failed), and why."""
+
+    source: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source": self.source, "reason": self.reason}
 
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})

@@ -63,6 +63,27 @@ class Task(BaseModel):
         by_key.update({_label_key(s): target for s, target in self.synonyms.items()})
         return by_key.get(key)
 
+    def require_label(
+        self,
+        text: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> str:
+        """The label ``text`` names (``normalise_label``); an InputError at ``path``, ``line``
+        and ``field`` when it names none."""
+        label = self.normalise_label(text)
+        if label is None:
+            raise InputError(
+                f"label {text!r} is not one of task {self.name}'s labels "
+                f"({', '.join(self.labels)})",
+                path=path,
+                line=line,
+                field=field,
+            )
+        return label
+
 
 def preset_names() -> list[str]:
     folder = resources.files("prompts") / "tasks"

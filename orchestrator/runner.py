@@ -33,9 +33,8 @@ from typing import Any
 from core.cli import progress_bar, stderr_console
 from core.errors import InputError, os_reason
 from core.files import output_folder
-from core.images import LabelledImage
+from core.images import LabelledImage, SkippedImage
 from core.task import Task
-from orchestrator.inputs import SkippedInput
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,8 @@ class RunSummary:
     decided: int
     already_done: int
     resumed_from_checkpoint: int
-    failed: list[SkippedInput] = field(default_factory=list)
-    skipped: list[SkippedInput] = field(default_factory=list)
+    failed: list[SkippedImage] = field(default_factory=list)
+    skipped: list[SkippedImage] = field(default_factory=list)
     dropped_partial_bytes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -256,7 +255,7 @@ class _Run:
         self.verbose = verbose
         self.written: set[str] = set()
         self.decisions: list[dict[str, Any]] = []
-        self.failed: list[SkippedInput] = []
+        self.failed: list[SkippedImage] = []
         self.from_checkpoint = 0
         self.progress: Any = None
 
@@ -301,7 +300,7 @@ class _Run:
                 decision = await self.decide(item)
             except Exception as e:
                 self.failed.append(
-                    SkippedInput(source=item.image.source, reason=f"{type(e).__name__}: {e}")
+                    SkippedImage(source=item.image.source, reason=f"{type(e).__name__}: {e}")
                 )
                 if self.progress is not None:
                     self.progress.console.log(f"[red]failed[/red] {item.image.source}: {e}")

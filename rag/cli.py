@@ -94,12 +94,12 @@ def build(
     from rag.index import index_entries, scan_source
 
     the_task = load_task(task)
-    entries = scan_source(source, the_task)
+    scanned = scan_source(source, the_task)
     store = open_store(index_dir, chroma_url)
     clip = load_clip(clip_model, device=device)
     embedder = ImageEmbedder(clip, batch_size=batch_size)
     index = store.index(the_task.name, embedder.model, embedder.dim)
-    report = index_entries(entries, the_task, embedder, index, split=split, limit=limit)
+    report = index_entries(scanned, the_task, embedder, index, split=split, limit=limit)
     result = report.to_dict() | {"collection": index.name, "location": store.location}
     if json_out:
         emit_json(result)

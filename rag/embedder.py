@@ -1,7 +1,7 @@
 """Batched CLIP image and text embeddings on a shared ``ClipModel``.
 
 ``ImageEmbedder.stream`` walks labelled image files in batches; an image that cannot be read or
-decoded is yielded as an ``ImageFailure``, never raised, so a build skips it and lists it.
+decoded is yielded as a ``SkippedImage``, never raised, so a build skips it and lists it.
 """
 
 from __future__ import annotations
@@ -14,15 +14,7 @@ import numpy as np
 
 from agents.clip_model import ClipModel
 from core.errors import InputError
-from core.images import ImageRef, LabelledImage, open_image
-
-
-@dataclass(frozen=True)
-class ImageFailure:
-    """An image that could not be read or decoded, and why."""
-
-    source: str
-    reason: str
+from core.images import ImageRef, LabelledImage, SkippedImage, open_image
 
 
 @dataclass(frozen=True)
@@ -31,7 +23,7 @@ class EmbeddedBatch:
 
     items: list[LabelledImage]
     vectors: np.ndarray
-    failures: list[ImageFailure] = field(default_factory=list)
+    failures: list[SkippedImage] = field(default_factory=list)
 
 
 def open_rgb(ref: ImageRef) -> Any:
@@ -72,12 +64,12 @@ class ImageEmbedder:
         """Embedded batches of ``batch_size`` readable images, failures alongside."""
         images: list[Any] = []
         kept: list[LabelledImage] = []
-        failures: list[ImageFailure] = []
+        failures: list[SkippedImage] = []
         for item in items:
             try:
                 images.append(open_rgb(item.image))
             except InputError as e:
-                failures.append(ImageFailure(item.image.source, e.message))
+                failures.append(SkippedImage(item.image.source, e.message))
                 continue
             kept.append(item)
             if len(kept) == self.batch_size:

@@ -1,15 +1,17 @@
 """Building an image index: from an ImageFolder or a CSV manifest, or from precomputed vectors.
 
-A build hashes every file first and skips the sha256 ids the index already holds, then embeds
-and inserts batch by batch, so an interrupted build resumes where it stopped and never adds an
-image twice. Images that cannot be read are skipped and listed in the report.
+A build scans its source with labels required (``core.image_inputs``: which files count, hidden
+files, symlinks, order, labels), hashing every file, and skips the sha256 ids the index already
+holds; then it embeds and inserts batch by batch, so an interrupted build resumes where it
+stopped and never adds an image twice. Images that cannot be read are skipped and listed in the
+report.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,20 +20,11 @@ import numpy as np
 
 from core.cli import progress_bar
 from core.errors import InputError
-from core.images import IMAGE_SUFFIXES, ImageRef, LabelledImage
-from core.manifest import read_manifest
+from core.image_inputs import ScannedImages, scan_images
+from core.images import LabelledImage, SkippedImage
 from core.task import Task
-from rag.embedder import ImageEmbedder, ImageFailure
+from rag.embedder import ImageEmbedder
 from rag.store import ImageIndex
-
-
-@dataclass(frozen=True)
-class SourceEntry:
-    """One labelled image file of a source; ``line`` is its manifest line (header = 1)."""
-
-    path: Path
-    label: str
-    line: int | None = None
 
 
 @dataclass
@@ -42,7 +35,7 @@ class BuildReport:
     added: int = 0
     already_indexed: int = 0
     duplicates: int = 0
-    failures: list[ImageFailure] = field(default_factory=list)
+    failures: list[SkippedImage] = field(default_factory=list)
     total: int = 0
     embed_s: float = 0.0
     insert_s: float = 0.0
@@ -55,7 +48,7 @@ class BuildReport:
             "added": self.added,
             "already_indexed": self.already_indexed,
             "duplicates": self.duplicates,
-            "failed": [{"source": f.source, "reason": f.reason} for f in self.failures],
+            "failed": [failure.to_dict() for failure in self.failures],
             "total_in_index": self.total,
             "embed_s": self.embed_s,
             "insert_s": self.insert_s,
@@ -64,49 +57,21 @@ class BuildReport:
         }
 
 
-def _task_label(task: Task, text: str, **where: Any) -> str:
-    label = task.normalise_label(text)
-    if label is None:
-        raise InputError(
-            f"label '{text}' is not one of task {task.name}'s labels ({', '.join(task.labels)})",
-            **where,
-        )
-    return label
+def scan_source(source: str | Path, task: Task, *, show_progress: bool = True) -> ScannedImages:
+    """The labelled images of an ImageFolder (``DIR/<label>/*``) or a CSV manifest
+    (``path,label``), each read once to hash it (rules: ``core.image_inputs``)."""
+    bar = progress_bar(disable=not show_progress)
+    hashing = bar.add_task("hashing", total=None)
 
+    def hashed(done: int, found: int) -> None:
+        if done == 1:  # drawn from the first image read on, so a bad source fails without a bar
+            bar.start()
+        bar.update(hashing, completed=done, total=found)
 
-def scan_source(source: str | Path, task: Task) -> list[SourceEntry]:
-    """Labelled files of an ImageFolder (``DIR/<label>/*``) or a CSV manifest (``path,label``)."""
-    src = Path(source)
-    if src.is_dir():
-        return _scan_folder(src, task)
-    if src.is_file():
-        return _scan_manifest(src, task)
-    raise InputError("no such folder or manifest", path=str(src))
-
-
-def _scan_folder(root: Path, task: Task) -> list[SourceEntry]:
-    entries: list[SourceEntry] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        label = _task_label(task, folder.name, path=str(folder))
-        files = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        entries.extend(SourceEntry(p, label) for p in files)
-    if not entries:
-        raise InputError(
-            f"no images found: expected DIR/<label>/<image> with labels {', '.join(task.labels)}",
-            path=str(root),
-        )
-    return entries
-
-
-def _scan_manifest(path: Path, task: Task) -> list[SourceEntry]:
-    return [
-        SourceEntry(e.path, str(e.label), e.line)
-        for e in read_manifest(path, task, labels_required=True)
-    ]
+    try:
+        return scan_images([source], task, labels_required=True, progress=hashed)
+    finally:
+        bar.stop()
 
 
 def build_index(
@@ -121,7 +86,7 @@ def build_index(
 ) -> BuildReport:
     """Embed and insert the source's images not yet in ``index`` (at most ``limit`` new ones)."""
     return index_entries(
-        scan_source(source, task),
+        scan_source(source, task, show_progress=show_progress),
         task,
         embedder,
         index,
@@ -132,7 +97,7 @@ def build_index(
 
 
 def index_entries(
-    entries: Sequence[SourceEntry],
+    scanned: ScannedImages,
     task: Task,
     embedder: ImageEmbedder,
     index: ImageIndex,
@@ -141,31 +106,25 @@ def index_entries(
     limit: int | None = None,
     show_progress: bool = True,
 ) -> BuildReport:
-    """``build_index`` on entries already scanned (``scan_source``)."""
+    """``build_index`` on a source already scanned (``scan_source``): the images it could not
+    read are the first failures, and the scan's time counts in ``wall_s``."""
     if index.task != task.name:
         raise InputError(f"index '{index.name}' is for task '{index.task}', not '{task.name}'")
     started = time.perf_counter()
-    report = BuildReport(seen=len(entries))
+    report = BuildReport(seen=len(scanned.images) + len(scanned.skipped))
+    report.failures += scanned.skipped
     todo: list[LabelledImage] = []
     seen_ids: set[str] = set()
     with progress_bar(disable=not show_progress) as bar:
-        hashing = bar.add_task("hashing", total=len(entries))
-        hashed: list[tuple[ImageRef, SourceEntry]] = []
-        for entry in entries:
-            try:
-                hashed.append((ImageRef.from_path(entry.path), entry))
-            except (InputError, OSError) as e:
-                report.failures.append(ImageFailure(str(entry.path), _reason(e)))
-            bar.advance(hashing)
-        present = index.existing_ids([ref.sha256 for ref, _ in hashed])
-        for ref, entry in hashed:
-            if ref.sha256 in present:
+        present = index.existing_ids([item.image.sha256 for item in scanned.images])
+        for item in scanned.images:
+            if item.image.sha256 in present:
                 report.already_indexed += 1
-            elif ref.sha256 in seen_ids:
+            elif item.image.sha256 in seen_ids:
                 report.duplicates += 1
             else:
-                seen_ids.add(ref.sha256)
-                todo.append(LabelledImage(ref, entry.label))
+                seen_ids.add(item.image.sha256)
+                todo.append(item)
         if limit is not None:
             todo = todo[: max(limit, 0)]
         embedding = bar.add_task("embedding", total=len(todo))
@@ -184,12 +143,8 @@ def index_entries(
             report.insert_s += time.perf_counter() - t0
             bar.advance(embedding, len(batch.items) + len(batch.failures))
     report.total = index.count()
-    report.wall_s = time.perf_counter() - started
+    report.wall_s = scanned.scan_s + time.perf_counter() - started
     return report
-
-
-def _reason(error: Exception) -> str:
-    return error.message if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
 
 
 def _timed(it: Iterator[Any]) -> Iterator[tuple[Any, float]]:
@@ -253,7 +208,7 @@ def read_embeddings_npz(path: str | Path, task: Task) -> ImportedVectors:
         if arr is not None and arr.shape != (n,):
             raise InputError(f"must have shape ({n},), got {arr.shape}", path=str(file), field=key)
     labels = [
-        _task_label(task, str(text), path=str(file), field=f"labels[{i}]")
+        task.require_label(str(text), path=str(file), field=f"labels[{i}]")
         for i, text in enumerate(raw_labels.tolist())
     ]
     if names is not None:

@@ -7,22 +7,26 @@ from pathlib import Path
 import pytest
 
 from core.errors import InputError
-from core.manifest import read_manifest
+from core.image_inputs import scan_images
 from core.task import Task
 from orchestrator.inputs import collect_images
 
 
 def test_column_synonyms_relative_paths_and_optional_labels(tmp_path: Path, apple_task: Task):
+    absolute = tmp_path / "abs" / "c.png"
+    absolute.parent.mkdir()
+    for i, path in enumerate([tmp_path / "a.png", tmp_path / "b,1.png", absolute]):
+        path.write_bytes(bytes([i]))
     manifest = tmp_path / "m.csv"
-    manifest.write_text('file,category\na.png,Apple Scab\n"b,1.png",\n/abs/c.png,RUST\n')
-    entries = read_manifest(manifest, apple_task, labels_required=False)
-    assert [(e.path, e.label, e.line) for e in entries] == [
+    manifest.write_text(f'file,category\na.png,Apple Scab\n"b,1.png",\n{absolute},RUST\n')
+    scanned = scan_images([manifest], apple_task, labels_required=False)
+    assert [(Path(i.image.source), i.truth, i.line) for i in scanned.images] == [
         (tmp_path / "a.png", "scab", 2),
         (tmp_path / "b,1.png", None, 3),
-        (Path("/abs/c.png"), "rust", 4),
+        (absolute, "rust", 4),
     ]
     with pytest.raises(InputError) as err:
-        read_manifest(manifest, apple_task, labels_required=True)
+        scan_images([manifest], apple_task, labels_required=True)
     assert (err.value.line, err.value.field) == (3, "category")
     assert "empty label" in str(err.value)
 
@@ -31,7 +35,7 @@ def test_line_numbers_count_quoted_newlines(tmp_path: Path, apple_task: Task):
     manifest = tmp_path / "m.csv"
     manifest.write_text('path,label\n"two\nlines.png",rust\nx.png,mildew\n')
     with pytest.raises(InputError) as err:
-        read_manifest(manifest, apple_task, labels_required=False)
+        scan_images([manifest], apple_task, labels_required=False)
     assert (err.value.line, err.value.field) == (4, "label")
 
 
@@ -53,7 +57,7 @@ def test_bad_manifests_are_one_line_input_errors(
     manifest = tmp_path / "m.csv"
     manifest.write_bytes(content)
     with pytest.raises(InputError) as err:
-        read_manifest(manifest, apple_task, labels_required=True)
+        scan_images([manifest], apple_task, labels_required=True)
     assert message in str(err.value) and str(manifest) in str(err.value)
     assert "\n" not in str(err.value)
 

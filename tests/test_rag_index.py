@@ -125,26 +125,26 @@ def test_manifest_source_and_label_errors(tmp_path: Path, apple_task: Task) -> N
         "path,label\nimgs/rust/rust-0.png,Rust\n"
         f"{(src / 'scab' / 'scab-0.png').resolve()},apple scab\n"
     )
-    entries = scan_source(manifest, apple_task)
-    assert [(e.label, e.line, e.path.is_file()) for e in entries] == [
+    scanned = scan_source(manifest, apple_task, show_progress=False)
+    assert [(i.truth, i.line, Path(i.image.source).is_file()) for i in scanned.images] == [
         ("rust", 2, True),
         ("scab", 3, True),
     ]
     manifest.write_text("path,label\nimgs/rust/rust-0.png,rust\nimgs/x.png,mildew\n")
     with pytest.raises(InputError) as e:
-        scan_source(manifest, apple_task)
+        scan_source(manifest, apple_task, show_progress=False)
     assert str(e.value) == (
         f"{manifest}:3: column 'label': label 'mildew' is not one of task apple-leaf's labels "
         "(black-rot, healthy, rust, scab)"
     )
     manifest.write_text("file,class\na.png,rust\n")
     with pytest.raises(InputError, match="needs a 'label' column"):
-        scan_source(manifest, apple_task)
+        scan_source(manifest, apple_task, show_progress=False)
     (src / "mildew").mkdir()
     with pytest.raises(InputError, match=r"mildew: label 'mildew' is not one of"):
-        scan_source(src, apple_task)
+        scan_source(src, apple_task, show_progress=False)
     with pytest.raises(InputError, match="no such folder or manifest"):
-        scan_source(tmp_path / "absent", apple_task)
+        scan_source(tmp_path / "absent", apple_task, show_progress=False)
 
 
 def test_import_npz_refuses_pickles_and_bad_rows(tmp_path: Path, apple_task: Task) -> None:
