@@ -1,9 +1,13 @@
 """Calibration metrics, recalibration maps, trust profiles and reliability plots."""
 
-from eval.metrics import (
+from eval.metric_table import (
+    CALIBRATION_METRICS,
+    CalibrationMetric,
     CalibrationMetrics,
-    ClassificationMetrics,
     calibration_metrics,
+)
+from eval.metrics import (
+    ClassificationMetrics,
     classification_metrics,
     expected_calibration_error,
     maximum_calibration_error,
@@ -18,6 +22,8 @@ from eval.profile import (
 )
 
 __all__ = [
+    "CALIBRATION_METRICS",
+    "CalibrationMetric",
     "CalibrationMetrics",
     "ClassificationMetrics",
     "TrustProfile",

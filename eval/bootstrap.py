@@ -15,6 +15,8 @@ from eval.metrics import DEFAULT_BINS, bin_index, check_confidence_correct
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
+INTERVAL_KEYS = ("accuracy", "ece", "ccc")
+"""The statistics ``bootstrap_intervals`` gives intervals of."""
 
 
 def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:

@@ -144,43 +144,40 @@ def _ci(profile: Any, key: str) -> str:
     return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "-"
 
 
-def _num(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _metric_rows(ps: list[Any]) -> list[list[str]]:
+    """Each calibration metric's row, a 95% CI row after the bootstrapped ones' groups."""
+    from eval.bootstrap import INTERVAL_KEYS
+    from eval.metric_table import metric_groups
 
-
-def _pvalue(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if value >= 1e-3 else f"{value:.1e}"
+    settings = ps[0].settings
+    rows: list[list[str]] = []
+    for group in metric_groups():
+        for m in group:
+            rows.append([m.display_label(settings), *[m.display(getattr(p, m.key)) for p in ps]])
+        if group[0].key in INTERVAL_KEYS:
+            rows.append(["  95% CI", *[_ci(p, group[0].key) for p in ps]])
+    return rows
 
 
 def _summary_rows(profiles: dict[str, Any], labels: tuple[str, ...]) -> list[list[str]]:
+    from eval.metric_table import Report, metrics_in, three_decimals
+
     ps = list(profiles.values())
-    any_p = ps[0]
-    rows: list[list[str]] = [
+    return [
         ["n (invalid)", *[f"{p.n} ({p.n_invalid})" for p in ps]],
-        ["accuracy", *[_num(p.accuracy) for p in ps]],
+        ["accuracy", *[three_decimals(p.accuracy) for p in ps]],
         ["  95% CI", *[_ci(p, "accuracy") for p in ps]],
-        ["macro precision", *[_num(p.macro_precision) for p in ps]],
-        ["macro recall", *[_num(p.macro_recall) for p in ps]],
-        ["macro F1", *[_num(p.macro_f1) for p in ps]],
-        *[[f"recall {lb}", *[_num(p.per_class_recall[lb]) for p in ps]] for lb in labels],
-        [f"ECE ({any_p.ece_bins} bins)", *[_num(p.ece) for p in ps]],
-        ["  95% CI", *[_ci(p, "ece") for p in ps]],
-        ["MCE", *[_num(p.mce) for p in ps]],
-        [f"OCR (conf > {any_p.ocr_threshold:g})", *[_num(p.ocr) for p in ps]],
-        ["CCC", *[_num(p.ccc) for p in ps]],
-        ["  p-value", *[_pvalue(p.ccc_pvalue) for p in ps]],
-        ["  95% CI", *[_ci(p, "ccc") for p in ps]],
-        ["Brier (top label)", *[_num(p.brier) for p in ps]],
-        ["mean confidence", *[_num(p.mean_confidence) for p in ps]],
-        ["  when correct", *[_num(p.mean_confidence_correct) for p in ps]],
-        ["  when wrong", *[_num(p.mean_confidence_wrong) for p in ps]],
+        ["macro precision", *[three_decimals(p.macro_precision) for p in ps]],
+        ["macro recall", *[three_decimals(p.macro_recall) for p in ps]],
+        ["macro F1", *[three_decimals(p.macro_f1) for p in ps]],
+        *[[f"recall {lb}", *[three_decimals(p.per_class_recall[lb]) for p in ps]] for lb in labels],
+        *_metric_rows(ps),
         ["recalibration", *[p.recalibration.get("method", "-") for p in ps]],
-        ["  held-out ECE", *[_num(p.recalibrated.get("ece")) for p in ps]],
-        ["  held-out Brier", *[_num(p.recalibrated.get("brier")) for p in ps]],
+        *[
+            [f"  held-out {m.name}", *[m.display(p.recalibrated.get(m.key)) for p in ps]]
+            for m in metrics_in(Report.COMPARED)
+        ],
     ]
-    return rows
 
 
 def _agent_json(p: Any) -> dict[str, Any]:
@@ -310,6 +307,7 @@ def trust(
 
       trustorch eval trust case3_trust_rag.csv --task apple-leaf --method isotonic --out p.json
     """
+    from eval.metric_table import Report, metrics_in
     from eval.profile import save_trust_profiles
 
     records, profiles = _load_and_fit(
@@ -326,11 +324,13 @@ def trust(
         folds=folds,
     )
     save_trust_profiles(out, profiles)
+    brief = metrics_in(Report.BRIEF)
+    compared = metrics_in(Report.COMPARED)
     summary = {
         name: {
             "n": p.n,
             "accuracy": p.accuracy,
-            "ece": p.ece,
+            **{m.key: getattr(p, m.key) for m in brief},
             "method": p.recalibration.get("method"),
             "recalibrated": p.recalibrated,
         }
@@ -341,16 +341,22 @@ def trust(
         return
     print_table(
         f"Trust profiles of {Path(records.path).name} -> {out}",
-        ["agent", "n", "accuracy", "ECE", "map", "CV ECE", "CV Brier"],
+        [
+            "agent",
+            "n",
+            "accuracy",
+            *[m.name for m in brief],
+            "map",
+            *[f"CV {m.name}" for m in compared],
+        ],
         [
             [
                 name,
                 s["n"],
                 s["accuracy"],
-                s["ece"],
+                *[s[m.key] for m in brief],
                 s["method"],
-                s["recalibrated"].get("ece"),
-                s["recalibrated"].get("brier"),
+                *[s["recalibrated"].get(m.key) for m in compared],
             ]
             for name, s in summary.items()
         ],

@@ -17,6 +17,8 @@ and returns one type. Conventions:
   ``None`` when no prediction is above t (the rate is undefined, not 0).
 - CCC: Pearson correlation of confidence and 0/1 correctness with its two-sided p-value (scipy);
   ``None`` for both when either is constant (the correlation is undefined) or n < 3.
+
+``eval.metric_table`` lists the calibration metrics that profiles and reports show.
 """
 
 from __future__ import annotations
@@ -78,22 +80,6 @@ class ReliabilityBins:
     accuracy: tuple[float, ...]
 
 
-@dataclass(frozen=True)
-class CalibrationMetrics:
-    n: int
-    bins: int
-    ocr_threshold: float
-    ece: float
-    mce: float
-    brier: float
-    ocr: float | None
-    ccc: float | None
-    ccc_pvalue: float | None
-    mean_confidence: float
-    mean_confidence_correct: float | None
-    mean_confidence_wrong: float | None
-
-
 def check_confidence_correct(confidence: object, correct: object) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert to (float64 confidences, float64 0/1 correctness)."""
     conf = np.asarray(confidence, dtype=np.float64)
@@ -113,7 +99,8 @@ def check_confidence_correct(confidence: object, correct: object) -> tuple[np.nd
     return conf, corr_f
 
 
-def _check_bins(bins: int) -> int:
+def check_bins(bins: int) -> int:
+    """``bins`` as an int, or ValueError when it is not a positive integer."""
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     return int(bins)
@@ -134,7 +121,7 @@ def expected_calibration_error(
     conf, corr = check_confidence_correct(confidence, correct)
     from netcal.metrics import ECE
 
-    return round(float(ECE(_check_bins(bins)).measure(nudge(conf), corr.astype(np.int64))), 8)
+    return round(float(ECE(check_bins(bins)).measure(nudge(conf), corr.astype(np.int64))), 8)
 
 
 def maximum_calibration_error(
@@ -144,7 +131,7 @@ def maximum_calibration_error(
     conf, corr = check_confidence_correct(confidence, correct)
     from netcal.metrics import MCE
 
-    return round(float(MCE(_check_bins(bins)).measure(nudge(conf), corr.astype(np.int64))), 8)
+    return round(float(MCE(check_bins(bins)).measure(nudge(conf), corr.astype(np.int64))), 8)
 
 
 def nudge(conf: np.ndarray) -> np.ndarray:
@@ -157,7 +144,7 @@ def reliability_bins(
 ) -> ReliabilityBins:
     """What a reliability diagram draws: per-bin count, mean confidence and accuracy."""
     conf, corr = check_confidence_correct(confidence, correct)
-    b = _check_bins(bins)
+    b = check_bins(bins)
     idx = bin_index(conf, b)
     counts = np.bincount(idx, minlength=b)
     sum_conf = np.bincount(idx, weights=conf, minlength=b)
@@ -215,33 +202,6 @@ def confidence_means(confidence: object, correct: object) -> ConfidenceMeans:
         overall=float(conf.mean()),
         correct=float(conf[hit].mean()) if hit.any() else None,
         wrong=float(conf[~hit].mean()) if (~hit).any() else None,
-    )
-
-
-def calibration_metrics(
-    confidence: object,
-    correct: object,
-    *,
-    bins: int = DEFAULT_BINS,
-    ocr_threshold: float = DEFAULT_OCR_THRESHOLD,
-) -> CalibrationMetrics:
-    """Every confidence metric of one agent at once."""
-    conf, corr = check_confidence_correct(confidence, correct)
-    ccc = confidence_correctness_correlation(conf, corr)
-    means = confidence_means(conf, corr)
-    return CalibrationMetrics(
-        n=int(conf.size),
-        bins=_check_bins(bins),
-        ocr_threshold=float(ocr_threshold),
-        ece=expected_calibration_error(conf, corr, bins=bins),
-        mce=maximum_calibration_error(conf, corr, bins=bins),
-        brier=brier_top_label(conf, corr),
-        ocr=overconfidence_rate(conf, corr, threshold=ocr_threshold),
-        ccc=ccc.r,
-        ccc_pvalue=ccc.pvalue,
-        mean_confidence=means.overall,
-        mean_confidence_correct=means.correct,
-        mean_confidence_wrong=means.wrong,
     )
 
 

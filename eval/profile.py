@@ -16,15 +16,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr, create_model
 
 from agents.types import Prediction
 from core.errors import InputError
 from eval.bootstrap import bootstrap_intervals
+from eval.metric_table import (
+    CALIBRATION_METRICS,
+    SETTING_FIELDS,
+    CalibrationMetrics,
+    MetricSettings,
+    calibration_metrics,
+    recorded_settings,
+)
 from eval.metrics import (
     DEFAULT_BINS,
     DEFAULT_OCR_THRESHOLD,
-    calibration_metrics,
     classification_metrics,
     reliability_bins,
 )
@@ -42,6 +49,7 @@ from eval.recalibration import (
 from eval.recorded.records import Record, RecordSet
 
 DEFAULT_SHRINK_WEIGHT = 0.2
+DEFAULT_SETTINGS = MetricSettings()
 
 __all__ = [
     "FILE_FORMAT",
@@ -69,18 +77,7 @@ class ReliabilityTable(BaseModel):
     accuracy: list[float]
 
 
-class TrustProfile(BaseModel):
-    """Measured trustworthiness of one agent on one task's labels (see the module docstring).
-
-    ``confusion``: rows = true label, columns = predicted label, in ``labels`` order, plus a
-    final column of failed / out-of-label predictions when ``confusion_has_invalid``.
-    ``intervals``: seeded percentile-bootstrap 95% intervals of accuracy, ece and ccc.
-    ``recalibration``: the fitted map (``eval.recalibration.recalibrator_from_dict``).
-    ``recalibrated``: held-out (cross-validated) metrics after recalibration.
-    ``default``: True for the conservative profile of an agent without labelled data.
-    ``reliability``: what the reliability diagram draws (None without valid predictions).
-    """
-
+class _ProfileCounts(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     agent: str
@@ -92,17 +89,38 @@ class TrustProfile(BaseModel):
     macro_f1: float
     per_class_recall: dict[str, float]
     confusion: list[list[int]]
-    ece: float | None
-    ece_bins: int
-    mce: float | None
-    ocr: float | None
-    ocr_threshold: float
-    ccc: float | None
-    ccc_pvalue: float | None
-    brier: float | None
-    mean_confidence: float | None
-    mean_confidence_correct: float | None
-    mean_confidence_wrong: float | None
+
+
+def _metric_fields() -> dict[str, Any]:
+    """One field per calibration metric, each followed by the setting it records."""
+    fields: dict[str, Any] = {}
+    for metric in CALIBRATION_METRICS:
+        fields[metric.key] = (float | None, ... if metric.required else None)
+        if metric.setting is not None:
+            key, setting = metric.setting
+            fields[key] = (type(getattr(DEFAULT_SETTINGS, setting)), ...)
+    return fields
+
+
+_ProfileMetrics = create_model(
+    "_ProfileMetrics", __base__=_ProfileCounts, __module__=__name__, **_metric_fields()
+)
+
+
+class TrustProfile(_ProfileMetrics):
+    """Measured trustworthiness of one agent on one task's labels (see the module docstring).
+
+    ``confusion``: rows = true label, columns = predicted label, in ``labels`` order, plus a
+    final column of failed / out-of-label predictions when ``confusion_has_invalid``.
+    Then one field per metric of ``eval.metric_table.CALIBRATION_METRICS`` (``ece``,
+    ``ece_bins``, ``mce``, ``ocr``, ``ocr_threshold``, ``ccc``, ...), None where undefined.
+    ``intervals``: seeded percentile-bootstrap 95% intervals of accuracy, ece and ccc.
+    ``recalibration``: the fitted map (``eval.recalibration.recalibrator_from_dict``).
+    ``recalibrated``: held-out (cross-validated) metrics after recalibration.
+    ``default``: True for the conservative profile of an agent without labelled data.
+    ``reliability``: what the reliability diagram draws (None without valid predictions).
+    """
+
     intervals: dict[str, tuple[float, float]]
     recalibration: dict[str, Any]
     recalibrated: dict[str, float]
@@ -115,6 +133,13 @@ class TrustProfile(BaseModel):
     reliability: ReliabilityTable | None = None
 
     _map: Recalibrator | None = PrivateAttr(default=None)
+
+    @property
+    def settings(self) -> MetricSettings:
+        """The settings its metrics were measured with."""
+        return MetricSettings(
+            **{field: getattr(self, key) for key, field in SETTING_FIELDS.items()}
+        )
 
     def __eq__(self, other: object) -> bool:
         """Equal fields (the cached map does not count)."""
@@ -249,27 +274,12 @@ def fit_trust_profile(
     truth, pred, data = agent_arrays(agent, records, labels)
     cls = classification_metrics(truth, pred, len(labels))
     base = default_trust_profile(agent, labels)
-    fields: dict[str, Any] = dict.fromkeys(
-        ("ece", "mce", "ocr", "ccc", "ccc_pvalue", "brier", "mean_confidence")
-    )
+    fields: dict[str, Any] = dict.fromkeys(m.key for m in CALIBRATION_METRICS)
     if data.n:
         cal = calibration_metrics(
             data.confidence, data.correct, bins=bins, ocr_threshold=ocr_threshold
         )
-        fields = {
-            k: getattr(cal, k)
-            for k in (
-                "ece",
-                "mce",
-                "ocr",
-                "ccc",
-                "ccc_pvalue",
-                "brier",
-                "mean_confidence",
-                "mean_confidence_correct",
-                "mean_confidence_wrong",
-            )
-        }
+        fields = dict(cal.values)
         rel = reliability_bins(data.confidence, data.correct, bins=bins)
         fields["reliability"] = ReliabilityTable(
             edges=list(rel.edges),
@@ -310,8 +320,7 @@ def fit_trust_profile(
             "per_class_recall": dict(zip(labels, cls.per_class_recall, strict=True)),
             "confusion": [list(row) for row in cls.confusion],
             "confusion_has_invalid": cls.has_invalid_column,
-            "ece_bins": int(bins),
-            "ocr_threshold": float(ocr_threshold),
+            **recorded_settings(MetricSettings(bins=int(bins), ocr_threshold=float(ocr_threshold))),
             "intervals": intervals,
             "data_sha256": data_sha256 or records_sha256(records),
             "default": False,
@@ -332,6 +341,14 @@ def fit_trust_profiles(
     }
 
 
+def _metrics_at_chance(chance: float) -> dict[str, Any]:
+    """Each metric's value in the default profile, with the default settings."""
+    values = {
+        m.key: None if m.at_chance is None else m.at_chance(chance) for m in CALIBRATION_METRICS
+    }
+    return CalibrationMetrics(n=0, settings=DEFAULT_SETTINGS, values=values).values_with_settings()
+
+
 def default_trust_profile(agent: str, labels: Sequence[str]) -> TrustProfile:
     """A conservative profile without data: the agent is assumed right at chance (1/k) while
     claiming certainty, and its confidence is shrunk strongly toward 1/k."""
@@ -350,17 +367,7 @@ def default_trust_profile(agent: str, labels: Sequence[str]) -> TrustProfile:
         macro_f1=chance,
         per_class_recall={label: chance for label in labels},
         confusion=[[0] * k for _ in labels],
-        ece=1.0 - chance,
-        ece_bins=DEFAULT_BINS,
-        mce=1.0 - chance,
-        ocr=None,
-        ocr_threshold=DEFAULT_OCR_THRESHOLD,
-        ccc=None,
-        ccc_pvalue=None,
-        brier=1.0 - chance,
-        mean_confidence=1.0,
-        mean_confidence_correct=None,
-        mean_confidence_wrong=None,
+        **_metrics_at_chance(chance),
         intervals={},
         recalibration=ShrinkCalibrator(prior=chance, weight=DEFAULT_SHRINK_WEIGHT).to_dict(),
         recalibrated={},

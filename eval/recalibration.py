@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from core.errors import InputError, NotFittedError
-from eval.metrics import DEFAULT_BINS, DEFAULT_OCR_THRESHOLD, calibration_metrics, nudge
+from eval.metric_table import Report, calibration_metrics, metrics_in
+from eval.metrics import DEFAULT_BINS, DEFAULT_OCR_THRESHOLD, nudge
 
 METHODS = ("auto", "temperature", "isotonic", "histogram")
 SCORE_EPS = 1e-6
@@ -303,10 +304,11 @@ def cross_validated_metrics(
 ) -> dict[str, float]:
     """Metrics of the recalibrated confidences on held-out folds.
 
-    Each row's confidence is recalibrated by a map fitted on the other folds. Keys: ``ece``,
-    ``mce``, ``brier``, ``ocr``, ``ccc``, ``mean_confidence`` after recalibration, ``ece_before``
-    and ``brier_before`` on the same rows, ``folds`` and ``n``. Undefined values are left out;
-    an empty dict when fewer than 4 rows (nothing to hold out).
+    Each row's confidence is recalibrated by a map fitted on the other folds. Keys: the metrics
+    of ``Report.HELD_OUT`` after recalibration (``ece``, ``mce``, ...), ``<key>_before`` for
+    those of ``Report.COMPARED`` on the same rows (``ece_before``, ``brier_before``), ``folds``
+    and ``n``. Undefined values are left out; an empty dict when fewer than 4 rows (nothing to
+    hold out).
     """
     if data.n < 4 or folds < 2:
         return {}
@@ -320,19 +322,12 @@ def cross_validated_metrics(
         fitted = make_recalibrator(method, data, n_labels=n_labels, bins=bins)
         fitted.fit(data.subset(~held))
         calibrated[held] = fitted.calibrated_confidence(data.subset(held))
-    after = calibration_metrics(calibrated, data.correct, bins=bins, ocr_threshold=ocr_threshold)
-    before = calibration_metrics(
-        data.confidence, data.correct, bins=bins, ocr_threshold=ocr_threshold
-    )
+    settings = {"bins": bins, "ocr_threshold": ocr_threshold}
+    after = calibration_metrics(calibrated, data.correct, report=Report.HELD_OUT, **settings)
+    before = calibration_metrics(data.confidence, data.correct, report=Report.COMPARED, **settings)
     out = {
-        "ece": after.ece,
-        "mce": after.mce,
-        "brier": after.brier,
-        "ocr": after.ocr,
-        "ccc": after.ccc,
-        "mean_confidence": after.mean_confidence,
-        "ece_before": before.ece,
-        "brier_before": before.brier,
+        **after.values,
+        **{f"{m.key}_before": before[m.key] for m in metrics_in(Report.COMPARED)},
         "folds": float(k),
         "n": float(data.n),
     }

@@ -2,8 +2,8 @@
 
 Every indexed item is queried with its own stored vector; it is removed from its own neighbour
 list (by id), leaving its k nearest other items. Each vote rule turns those lists into class
-scores: accuracy, macro-F1, ECE (equal-width bins) and CCC (Pearson correlation of confidence
-and 0/1 correctness) per rule.
+scores: accuracy, macro-F1, log loss and the calibration metrics of ``Report.RETRIEVAL`` (ECE,
+CCC, Brier, mean confidence) per rule.
 
 The fitted ``softmax`` rule is cross-fitted: the items are split into ``folds`` folds (seeded);
 the scores of a fold come from a vote fitted on the leave-one-out neighbour lists of the other
@@ -21,7 +21,8 @@ import numpy as np
 from core.cli import progress_bar
 from core.errors import InputError
 from core.task import Task
-from eval.metrics import calibration_metrics, classification_metrics
+from eval.metric_table import Report, calibration_metrics
+from eval.metrics import classification_metrics
 from rag.store import ImageIndex
 from rag.vote import SimilarityShareVote, SoftmaxVote, neighbour_arrays, share_scores
 
@@ -42,14 +43,13 @@ class LooNeighbours:
 
 @dataclass(frozen=True)
 class VoteMetrics:
+    """One vote rule's scores; ``calibration``: the metrics of ``Report.RETRIEVAL`` by key."""
+
     rule: str
     accuracy: float
     macro_f1: float
-    ece: float
-    ccc: float | None
-    brier: float
+    calibration: dict[str, float | None]
     log_loss: float
-    mean_confidence: float
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,11 +77,8 @@ class RetrievalEvaluation:
                 v.rule: {
                     "accuracy": v.accuracy,
                     "macro_f1": v.macro_f1,
-                    "ece": v.ece,
-                    "ccc": v.ccc,
-                    "brier": v.brier,
+                    **v.calibration,
                     "log_loss": v.log_loss,
-                    "mean_confidence": v.mean_confidence,
                     "params": v.params,
                 }
                 for v in self.variants
@@ -140,21 +137,19 @@ def loo_neighbours(
 def vote_metrics(
     rule: str, scores: np.ndarray, truth: np.ndarray, *, bins: int = 10, params: dict | None = None
 ) -> VoteMetrics:
-    """Metrics of class scores [n, C] against true class indices [n]. ``brier`` is the top-label
-    Brier score; ``log_loss`` the mean negative log score of the true class (floored at 1e-12)."""
+    """Metrics of class scores [n, C] against true class indices [n], the calibration metrics
+    over the top label; ``log_loss`` the mean negative log score of the true class (floored at
+    1e-12)."""
     pred = scores.argmax(axis=1)
     confidence = np.clip(scores[np.arange(len(pred)), pred], 0.0, 1.0)
     classes = classification_metrics(truth, pred, scores.shape[1])
-    calibration = calibration_metrics(confidence, pred == truth, bins=bins)
+    calibration = calibration_metrics(confidence, pred == truth, bins=bins, report=Report.RETRIEVAL)
     return VoteMetrics(
         rule=rule,
         accuracy=classes.accuracy,
         macro_f1=classes.macro_f1,
-        ece=calibration.ece,
-        ccc=calibration.ccc,
-        brier=calibration.brier,
+        calibration=dict(calibration.values),
         log_loss=float(-np.mean(np.log(np.maximum(scores[np.arange(len(truth)), truth], 1e-12)))),
-        mean_confidence=calibration.mean_confidence,
         params=params or {},
     )
 

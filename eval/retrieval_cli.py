@@ -41,6 +41,7 @@ def retrieval(
       trustorch eval retrieval --chroma-url http://127.0.0.1:8000 --model my-clip
     """
     from core.task import load_task
+    from eval.metric_table import Report, metrics_in
     from eval.retrieval import evaluate_loo
 
     if not loo:
@@ -56,11 +57,12 @@ def retrieval(
         f"leave-one-out retrieval · {result.task} · {result.model} · n={result.n} · "
         f"k={result.k} · ECE with {result.bins} bins · softmax cross-fitted in {result.folds} folds"
     )
+    shown = metrics_in(Report.RETRIEVAL)
     print_table(
         "",
-        ["vote", "accuracy", "macro-F1", "ECE", "CCC", "Brier", "mean conf"],
+        ["vote", "accuracy", "macro-F1", *[m.name for m in shown]],
         [
-            (v.rule, v.accuracy, v.macro_f1, v.ece, v.ccc, v.brier, v.mean_confidence)
+            (v.rule, v.accuracy, v.macro_f1, *[v.calibration[m.key] for m in shown])
             for v in result.variants
         ],
     )

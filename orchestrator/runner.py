@@ -179,7 +179,8 @@ class RunSummary:
 def summarise(decisions: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]:
     """Counts, cost and latency of the decisions; accuracy and calibration where labels are
     known (abstentions count as wrong at confidence 0)."""
-    from eval.metrics import calibration_metrics, classification_metrics
+    from eval.metric_table import Report, calibration_metrics
+    from eval.metrics import classification_metrics
 
     out: dict[str, Any] = {
         "n": len(decisions),
@@ -208,18 +209,8 @@ def summarise(decisions: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]
     conf = [float(d.get("confidence", 0.0)) if d.get("label") else 0.0 for d in labelled]
     correct = [int(t == p) for t, p in zip(truth, pred, strict=True)]
     cls = classification_metrics(truth, pred, len(task.labels))
-    cal = calibration_metrics(conf, correct)
-    out.update(
-        accuracy=cls.accuracy,
-        macro_f1=cls.macro_f1,
-        ece=cal.ece,
-        ece_bins=cal.bins,
-        brier=cal.brier,
-        ocr=cal.ocr,
-        ocr_threshold=cal.ocr_threshold,
-        ccc=cal.ccc,
-        mean_confidence=cal.mean_confidence,
-    )
+    cal = calibration_metrics(conf, correct, report=Report.RUN_SUMMARY)
+    out.update(accuracy=cls.accuracy, macro_f1=cls.macro_f1, **cal.values_with_settings())
     return out
 
 

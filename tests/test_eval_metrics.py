@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from scipy.stats import t as student_t
 
 from eval.bootstrap import bootstrap_intervals, ece_of_weights
+from eval.metric_table import calibration_metrics
 from eval.metrics import (
     brier_top_label,
-    calibration_metrics,
     classification_metrics,
     confidence_correctness_correlation,
     expected_calibration_error,
@@ -93,17 +93,17 @@ def test_real_files_match_hand_computation(paper_dir: Path, file: str, agent: st
 
     got = calibration_metrics(conf, correct, bins=bins, ocr_threshold=0.5)
     assert got.n == n == 160
-    assert got.ece == pytest.approx(ece, abs=1e-8)
-    assert got.mce == pytest.approx(mce, abs=1e-8)
-    assert got.ocr == pytest.approx(wrong_above / len(above))
-    assert got.ccc == pytest.approx(r, rel=1e-9)
-    assert got.ccc_pvalue == pytest.approx(p, rel=1e-6)
-    assert got.brier == pytest.approx(
+    assert got["ece"] == pytest.approx(ece, abs=1e-8)
+    assert got["mce"] == pytest.approx(mce, abs=1e-8)
+    assert got["ocr"] == pytest.approx(wrong_above / len(above))
+    assert got["ccc"] == pytest.approx(r, rel=1e-9)
+    assert got["ccc_pvalue"] == pytest.approx(p, rel=1e-6)
+    assert got["brier"] == pytest.approx(
         sum((c - k) ** 2 for c, k in zip(conf, correct, strict=True)) / n
     )
-    assert got.mean_confidence == pytest.approx(sum(conf) / n)
+    assert got["mean_confidence"] == pytest.approx(sum(conf) / n)
     right = [c for c, k in zip(conf, correct, strict=True) if k]
-    assert got.mean_confidence_correct == pytest.approx(sum(right) / len(right))
+    assert got["mean_confidence_correct"] == pytest.approx(sum(right) / len(right))
 
     cls = classification_metrics(
         [LABELS.index(t) for t in truth], [LABELS.index(p) for p in pred], len(LABELS)
@@ -151,7 +151,7 @@ def test_undefined_values_are_none_not_warnings(recwarn):
     all_right = confidence_correctness_correlation([0.9, 0.8, 0.7], [1, 1, 1])
     assert all_right.r is None
     m = calibration_metrics([0.9, 0.9], [1, 1])
-    assert m.mean_confidence_wrong is None and m.ccc is None
+    assert m["mean_confidence_wrong"] is None and m["ccc"] is None
     assert len(recwarn) == 0
 
 

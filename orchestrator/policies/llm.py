@@ -23,13 +23,14 @@ from agents.openai_compat import ChatError, ModelPrice, OpenAIChatClient, ReplyS
 from agents.prompting import load_template, render_text
 from agents.types import Prediction
 from core.task import Task
+from eval.metric_table import Report, metrics_in
 from orchestrator.decision import Assessment
 from orchestrator.policies.common import latest_answers, peaked_scores
 from rag.evidence import Evidence
 
 REASON_MAX_CHARS = 400
 REPLY_MAX_TOKENS = 320
-METRIC_NAMES = (("accuracy", "accuracy"), ("ece", "ECE"), ("ocr", "OCR"), ("ccc", "CCC"))
+METRIC_NAMES = (("accuracy", "accuracy"), *((m.key, m.name) for m in metrics_in(Report.PROMPT)))
 
 
 class TrustReply(BaseModel):

@@ -10,6 +10,7 @@ import typer
 from core.cli import JsonOption, emit_json, print_table, progress_bar
 from core.errors import InputError
 from core.task import load_task
+from eval.metric_table import Report, metrics_in
 from eval.recorded.records import read_records
 
 
@@ -131,7 +132,13 @@ def replay(
         print(f"trust policy fitted on all {n_rows} rows saved to {save_policy}")
 
 
-SUMMARY_KEYS = ("accuracy", "macro_f1", "ece", "reeval_rate", "vlm_calls_per_image")
+SUMMARY_KEYS = (
+    "accuracy",
+    "macro_f1",
+    *(m.key for m in metrics_in(Report.BRIEF)),
+    "reeval_rate",
+    "vlm_calls_per_image",
+)
 
 
 def parse_seeds(text: str) -> list[int]:

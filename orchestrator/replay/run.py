@@ -5,8 +5,9 @@ other fitted parameter) is fitted on the other folds only, then the compiled gra
 held-out rows with ``ReplayAgent``s (first look = ``<agent>_initial_*``, re-evaluation =
 ``<agent>_*``, played only when the policy asks) and a ``RecordedRetriever`` (``rag_*``).
 
-Metrics over all held-out decisions: ``accuracy``, ``macro_f1``, ``ece`` (``bins`` equal-width
-bins; an abstention counts as wrong with its confidence), ``reeval_rate`` (fraction of images
+Metrics over all held-out decisions: ``accuracy``, ``macro_f1``, the calibration metrics of
+``Report.BRIEF`` (``ece`` with ``bins`` equal-width bins, recorded as ``ece_bins``; an abstention
+counts as wrong with its confidence), ``reeval_rate`` (fraction of images
 sent to re-evaluation), ``vlm_calls_per_image`` (agent calls; retrieval is not one). The same
 keys for every recorded source alone and for the study's recorded orchestrator are under
 ``baselines`` (fixed answers: no fitting involved).
@@ -27,7 +28,8 @@ import numpy as np
 from core.errors import InputError
 from core.images import LabelledImage
 from core.task import Task
-from eval.metrics import DEFAULT_BINS, classification_metrics, expected_calibration_error
+from eval.metric_table import Report, calibration_metrics
+from eval.metrics import DEFAULT_BINS, classification_metrics
 from eval.recorded.decisions import is_decisions_header
 from eval.recorded.records import RecordSet, read_records
 from orchestrator.decision import Decision
@@ -148,8 +150,9 @@ def _scores(
         "n": len(truth),
         "accuracy": m.accuracy,
         "macro_f1": m.macro_f1,
-        "ece": expected_calibration_error(np.array(conf, dtype=float), correct, bins=bins),
-        "ece_bins": bins,
+        **calibration_metrics(
+            np.array(conf, dtype=float), correct, bins=bins, report=Report.BRIEF
+        ).values_with_settings(),
     }
 
 
