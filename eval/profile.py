@@ -43,10 +43,10 @@ from eval.recalibration import (
     TemperatureScaler,
     cross_validated_metrics,
     make_recalibrator,
-    pseudo_scores,
     recalibrator_from_dict,
 )
 from eval.recorded.records import Record, RecordSet
+from eval.scores import peaked_scores
 
 DEFAULT_SHRINK_WEIGHT = 0.2
 DEFAULT_SETTINGS = MetricSettings()
@@ -170,7 +170,7 @@ class TrustProfile(_ProfileMetrics):
             vec = np.array([prediction.scores.get(lb, 0.0) for lb in self.labels], dtype=float)
             if vec.sum() > 0:
                 return vec / vec.sum()
-        return pseudo_scores(
+        return peaked_scores(
             np.array([prediction.confidence]), np.array([index]), len(self.labels)
         )[0]
 

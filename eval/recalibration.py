@@ -28,8 +28,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from core.errors import InputError, NotFittedError
+from eval.folds import stratified_folds
 from eval.metric_table import Report, calibration_metrics, metrics_in
 from eval.metrics import DEFAULT_BINS, DEFAULT_OCR_THRESHOLD, nudge
+from eval.scores import peaked_scores
 
 METHODS = ("auto", "temperature", "isotonic", "histogram")
 SCORE_EPS = 1e-6
@@ -67,14 +69,6 @@ def softmax_with_temperature(scores: np.ndarray, temperature: float) -> np.ndarr
     logits -= logits.max(axis=-1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def pseudo_scores(confidence: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
-    """A distribution from a top-label answer: ``confidence`` on ``pred``, the rest uniform."""
-    conf = np.asarray(confidence, dtype=np.float64)
-    out = np.repeat(((1.0 - conf) / (n_labels - 1))[:, None], n_labels, axis=1)
-    out[np.arange(conf.size), pred] = conf
-    return out
 
 
 class _Recalibrator:
@@ -128,7 +122,7 @@ class TemperatureScaler(_Recalibrator):
     def calibrated_confidence(self, data: CalibrationData) -> np.ndarray:
         scores = data.scores
         if scores is None:
-            scores = pseudo_scores(data.confidence, data.pred, self.n_labels)
+            scores = peaked_scores(data.confidence, data.pred, self.n_labels)
         return self.transform(scores)[np.arange(data.n), data.pred]
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,19 +273,6 @@ def recalibrator_from_dict(data: dict[str, Any]) -> Recalibrator:
     raise ValueError(f"unknown recalibration method {data.get('method')!r}")
 
 
-def fold_assignment(correct: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Seeded fold of each row, stratified by correctness."""
-    rng = np.random.default_rng(seed)
-    out = np.empty(correct.size, dtype=np.int64)
-    offset = 0
-    for value in (1.0, 0.0):
-        rows = np.flatnonzero(correct == value)
-        rows = rows[rng.permutation(rows.size)]
-        out[rows] = (np.arange(rows.size) + offset) % folds
-        offset += rows.size
-    return out
-
-
 def cross_validated_metrics(
     data: CalibrationData,
     *,
@@ -312,8 +293,8 @@ def cross_validated_metrics(
     """
     if data.n < 4 or folds < 2:
         return {}
-    k = min(folds, data.n)
-    assignment = fold_assignment(data.correct, k, seed)
+    k = min(folds, int(max(data.correct.sum(), data.n - data.correct.sum())))
+    assignment = stratified_folds(data.correct, k, seed)
     calibrated = np.empty(data.n)
     for fold in range(k):
         held = assignment == fold

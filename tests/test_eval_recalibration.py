@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import InputError, NotFittedError
+from eval.folds import stratified_folds
 from eval.metrics import expected_calibration_error
 from eval.recalibration import (
     CalibrationData,
@@ -17,7 +18,6 @@ from eval.recalibration import (
     TemperatureScaler,
     TopLabelCalibrator,
     cross_validated_metrics,
-    fold_assignment,
     make_recalibrator,
     recalibrator_from_dict,
     softmax_with_temperature,
@@ -167,8 +167,8 @@ def test_shrink_toward_chance():
 
 def test_folds_are_stratified_and_seeded():
     correct = np.array([1.0] * 10 + [0.0] * 5)
-    a = fold_assignment(correct, 5, seed=1)
-    assert (a == fold_assignment(correct, 5, seed=1)).all()
+    a = stratified_folds(correct, 5, seed=1)
+    assert (a == stratified_folds(correct, 5, seed=1)).all()
     for fold in range(5):
         assert (correct[a == fold] == 1).sum() == 2 and (correct[a == fold] == 0).sum() == 1
     tiny = CalibrationData(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agents.types import Prediction
+from eval.scores import peaked_label_scores
 
 
 def latest_answers(predictions: Sequence[Prediction]) -> list[Prediction]:
@@ -16,15 +17,9 @@ def latest_answers(predictions: Sequence[Prediction]) -> list[Prediction]:
     return list(latest.values())
 
 
-def peaked_scores(labels: Sequence[str], label: str, confidence: float) -> dict[str, float]:
-    """``confidence`` on ``label``, the rest spread evenly over the other labels."""
-    rest = (1.0 - confidence) / (len(labels) - 1)
-    return {y: (confidence if y == label else rest) for y in labels}
-
-
 def answer_distribution(prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
     """The answer's own scores, else its confidence on its label and the rest spread evenly."""
     if prediction.scores and sum(prediction.scores.values()) > 0:
         total = sum(prediction.scores.get(y, 0.0) for y in labels)
         return {y: prediction.scores.get(y, 0.0) / total for y in labels}
-    return peaked_scores(labels, str(prediction.label), prediction.confidence)
+    return peaked_label_scores(labels, str(prediction.label), prediction.confidence)

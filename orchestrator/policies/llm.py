@@ -24,8 +24,9 @@ from agents.prompting import load_template, render_text
 from agents.types import Prediction
 from core.task import Task
 from eval.metric_table import Report, metrics_in
+from eval.scores import peaked_label_scores
 from orchestrator.decision import Assessment
-from orchestrator.policies.common import latest_answers, peaked_scores
+from orchestrator.policies.common import latest_answers
 from rag.evidence import Evidence
 
 REASON_MAX_CHARS = 400
@@ -262,7 +263,7 @@ class LlmPolicy:
         return Assessment(
             policy=self.name,
             round=round,
-            scores=peaked_scores(task.labels, label, confidence),
+            scores=peaked_label_scores(task.labels, label, confidence),
             label=label,
             confidence=confidence,
             trusted=trusted,

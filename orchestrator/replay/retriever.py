@@ -8,22 +8,18 @@ confidence, the rest spread evenly over the other labels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from core.errors import InputError
 from core.images import ImageRef
 from core.task import Task
 from eval.recorded.records import RecordSet, read_records
+from eval.scores import peaked_label_scores
 from orchestrator.replay.agent import recorded_image_sha256
 from rag.evidence import Evidence
 
 DEFAULT_SOURCE = "rag"
-
-
-def _vote(labels: Sequence[str], pred: str, confidence: float) -> dict[str, float]:
-    rest = (1.0 - confidence) / (len(labels) - 1)
-    return {label: (confidence if label == pred else rest) for label in labels}
 
 
 class RecordedRetriever:
@@ -56,7 +52,7 @@ class RecordedRetriever:
             if r.scores is not None:
                 votes[r.id] = dict(r.scores)
             else:
-                votes[r.id] = _vote(records.labels, str(r.pred), r.confidence)
+                votes[r.id] = peaked_label_scores(records.labels, str(r.pred), r.confidence)
             keys[recorded_image_sha256(records.sha256, r.id)] = r.id
             if r.image:
                 keys.setdefault(r.image, r.id)
