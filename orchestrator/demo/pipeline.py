@@ -90,7 +90,7 @@ def build_pipeline(
     if retriever is not None:
         names.append(RETRIEVAL_AGENT)
     profiles, _ = load_profiles(trust_file, names, task=task)
-    policy = TrustPolicy(profiles=profiles, retrieval_source=RETRIEVAL_AGENT)
+    policy = TrustPolicy.from_profiles(profiles, retrieval_source=RETRIEVAL_AGENT)
     graph = build_graph(
         task=task, agents=agents, policy=policy, retriever=retriever, max_rounds=max_rounds
     )

@@ -14,7 +14,8 @@ from agents.types import Prediction
 from core.task import Task
 from orchestrator.decision import Assessment
 from orchestrator.policies.common import answer_distribution, latest_answers
-from orchestrator.policies.trust import EVIDENCE_SOURCE, evidence_prediction, prediction_set
+from orchestrator.policies.trust import prediction_set
+from orchestrator.policies.trust_sources import EVIDENCE_SOURCE, evidence_prediction
 from rag.evidence import Evidence
 
 

@@ -20,7 +20,7 @@ PolicyFactory = Callable[[str | None, Mapping[str, TrustProfile], dict[str, Any]
 def _trust(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict) -> FusionPolicy:
     from orchestrator.policies.trust import TrustPolicy
 
-    return TrustPolicy(profiles=profiles, **options)
+    return TrustPolicy.from_profiles(profiles, **options)
 
 
 def _majority(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict) -> FusionPolicy:

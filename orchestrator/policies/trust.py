@@ -18,8 +18,13 @@ abstains with a prediction set when the confidence stays below ``abstain_below``
 Measured on the study's replay (orchestrator.replay.run), a second look already folds in the first
 one (it was shown it), so fusing both counts the first look twice: ``keep_first_looks`` is off
 by default. ``agent_model="confusion"`` (the default) reads an answer without scores through
-the agent's confusion column (how often each true label lies behind that answer).
-``orchestrator.policies.trust_fit`` fits weights and thresholds on labelled records.
+the agent's confusion column (``orchestrator.policies.trust_sources``).
+
+The policy is an estimator in scikit-learn's style: ``TrustPolicy(**settings).fit(records,
+columns, ids=...)`` learns ``profiles_``, ``weights_``, ``thresholds_`` and ``fit_summary_``
+on labelled records (``orchestrator.policies.trust_fit``); ``TrustPolicy.from_profiles`` builds
+one from profiles measured elsewhere (and saved weights and thresholds, if any). Using a policy
+that has neither raises ``NotFittedError``.
 """
 
 from __future__ import annotations
@@ -28,104 +33,35 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT, Prediction
-from core.errors import InputError
+import numpy as np
+
+from agents.types import Prediction
+from core.errors import InputError, NotFittedError
 from core.task import Task
 from eval.profile import TrustProfile, default_trust_profile
+from eval.recorded.records import RecordSet
 from orchestrator.decision import Assessment
+from orchestrator.policies.fusion import CascadeDecisions, cascade, fuse
+from orchestrator.policies.trust_fit import CRITERIA, fit_stacked
+from orchestrator.policies.trust_sources import (
+    AGENT_MODELS,
+    EVIDENCE_SOURCE,
+    SourceColumns,
+    SourceProfiles,
+    evidence_prediction,
+    log_ratio,
+    profile_key,
+)
 from rag.evidence import Evidence
 
 STAGES = ("first", "evidence", "reeval")
 DEFAULT_THRESHOLDS: dict[str, float | None] = {"first": 0.99, "evidence": 0.9, "reeval": 0.9}
-PROB_FLOOR = 1e-4
-EVIDENCE_SOURCE = RETRIEVAL_AGENT
-"""The retrieval vote's source name when the policy is not told the retriever's agent name (the
-default name of ``rag.agent.RetrievalAgent``)."""
-AGENT_MODELS = ("calibrated", "confusion", "joint")
-
-
-def profile_key(agent: str, round_: int) -> str:
-    """The profile name of an agent's answer in a round: ``qwen`` then ``qwen@reeval``."""
-    return agent if round_ == 0 else f"{agent}{REEVAL_SUFFIX}"
 
 
 def stage_of(predictions: Sequence[Prediction], evidence: Evidence | None) -> str:
     if any(p.round > 0 for p in predictions):
         return "reeval"
     return "first" if evidence is None else "evidence"
-
-
-def confusion_scores(
-    profile: TrustProfile, prediction: Prediction, *, alpha: float = 1.0
-) -> dict[str, float]:
-    """P(truth | answered label) from the profile's confusion column (Laplace ``alpha``)."""
-    k = len(profile.labels)
-    column = [
-        float(row[profile.labels.index(str(prediction.label))]) + alpha
-        for row in profile.confusion[:k]
-    ]
-    total = sum(column)
-    return {y: c / total for y, c in zip(profile.labels, column, strict=True)}
-
-
-def _odds(p: float) -> float:
-    p = min(max(p, PROB_FLOOR), 1.0 - PROB_FLOOR)
-    return p / (1.0 - p)
-
-
-def _with_confidence(
-    profile: TrustProfile, prediction: Prediction, q: dict[str, float]
-) -> dict[str, float]:
-    """Fold in what the stated confidence says: P(conf | right) / P(conf | wrong) is the odds
-    of the recalibrated confidence over the odds of the agent's accuracy (Bayes)."""
-    k = len(profile.labels)
-    right = sum(profile.confusion[i][i] for i in range(k))
-    answered = sum(sum(row[:k]) for row in profile.confusion[:k])
-    base = (right + 1.0) / (answered + 2.0)
-    lift = _odds(profile.calibrated_confidence(prediction)) / _odds(base)
-    out = {y: p * (lift if y == prediction.label else 1.0) for y, p in q.items()}
-    total = sum(out.values())
-    return {y: p / total for y, p in out.items()}
-
-
-def log_ratio(
-    profile: TrustProfile, prediction: Prediction, *, agent_model: str = "calibrated"
-) -> dict[str, float]:
-    """log q(y) - log prior(y) of one calibrated source (its evidence for each label).
-
-    ``agent_model``: ``calibrated`` uses ``profile.calibrated_scores``; ``confusion`` uses the
-    confusion column of the answered label for answers without scores (label-specific
-    precision, the confidence ignored); ``joint`` also folds in the stated confidence.
-    """
-    if agent_model != "calibrated" and not prediction.scores and not profile.default:
-        q = confusion_scores(profile, prediction)
-        if agent_model == "joint":
-            q = _with_confidence(profile, prediction, q)
-    else:
-        q = profile.calibrated_scores(prediction)
-    prior = profile.class_prior()
-    return {
-        label: math.log(max(q[label], PROB_FLOOR)) - math.log(prior[label])
-        for label in profile.labels
-    }
-
-
-def fuse(
-    labels: Sequence[str],
-    ratios: Mapping[str, Mapping[str, float]],
-    weights: Mapping[str, float],
-    prior: Mapping[str, float] | None = None,
-) -> dict[str, float]:
-    """Weighted log-linear pooling: softmax(log prior + sum_s w_s * ratio_s)."""
-    logits = {
-        y: math.log(prior[y] if prior else 1.0 / len(labels))
-        + sum(weights[s] * r[y] for s, r in ratios.items())
-        for y in labels
-    }
-    top = max(logits.values())
-    exp = {y: math.exp(v - top) for y, v in logits.items()}
-    total = sum(exp.values())
-    return {y: exp[y] / total for y in labels}
 
 
 def prediction_set(scores: Mapping[str, float], coverage: float) -> list[str]:
@@ -150,18 +86,16 @@ def _answers(predictions: Sequence[Prediction], *, keep_first_looks: bool) -> li
     return list(by_key.values())
 
 
-def evidence_prediction(evidence: Evidence, source: str) -> Prediction:
-    top = evidence.top_label
-    return Prediction(
-        agent=source,
-        label=top,
-        confidence=min(1.0, evidence.vote[top]) if top else 0.0,
-        scores=dict(evidence.vote),
-    )
-
-
 class TrustPolicy:
-    """Calibrated, trust-weighted fusion (see the module docstring). Deterministic."""
+    """Calibrated, trust-weighted fusion (see the module docstring). Deterministic.
+
+    Settings of the decision: ``abstain_below``, ``set_coverage``, ``default_weight`` (the
+    weight of a source without a profile or a fitted weight), ``retrieval_source``,
+    ``reevaluate`` (the agents that may be asked again; None: all), ``agent_model``,
+    ``keep_first_looks``. Settings of the fitting: ``inner_folds``, ``seed``,
+    ``reeval_budget``, ``reeval_cost``, ``criterion`` and ``trust_threshold`` (a fixed trust
+    threshold instead of the fitted one).
+    """
 
     name = "trust"
     assess_after_retrieval = True
@@ -169,9 +103,6 @@ class TrustPolicy:
     def __init__(
         self,
         *,
-        profiles: Mapping[str, TrustProfile],
-        weights: Mapping[str, Mapping[str, float]] | None = None,
-        thresholds: Mapping[str, float | None] | None = None,
         abstain_below: float = 0.5,
         set_coverage: float = 0.95,
         default_weight: float = 0.5,
@@ -179,39 +110,105 @@ class TrustPolicy:
         reevaluate: Sequence[str] | None = None,
         agent_model: str = "confusion",
         keep_first_looks: bool = False,
+        inner_folds: int = 5,
+        seed: int = 0,
+        reeval_budget: float = 0.25,
+        reeval_cost: float = 0.02,
+        criterion: str = "log_loss",
+        trust_threshold: float | None = None,
     ) -> None:
-        self.keep_first_looks = keep_first_looks
         if agent_model not in AGENT_MODELS:
             raise InputError(f"agent_model must be one of {AGENT_MODELS}, got {agent_model!r}")
-        self.agent_model = agent_model
-        self.profiles = dict(profiles)
-        self.weights = {stage: dict(w) for stage, w in (weights or {}).items()}
-        self.thresholds = {**DEFAULT_THRESHOLDS, **dict(thresholds or {})}
+        if criterion not in CRITERIA:
+            raise InputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
         self.abstain_below = abstain_below
         self.set_coverage = set_coverage
         self.default_weight = default_weight
         self.retrieval_source = retrieval_source
         self.reevaluate = None if reevaluate is None else list(reevaluate)
-        self.fit_summary_: dict[str, Any] | None = None
+        self.agent_model = agent_model
+        self.keep_first_looks = keep_first_looks
+        self.inner_folds = inner_folds
+        self.seed = seed
+        self.reeval_budget = reeval_budget
+        self.reeval_cost = reeval_cost
+        self.criterion = criterion
+        self.trust_threshold = trust_threshold
+
+    @classmethod
+    def from_profiles(
+        cls,
+        profiles: Mapping[str, TrustProfile],
+        *,
+        weights: Mapping[str, Mapping[str, float]] | None = None,
+        thresholds: Mapping[str, float | None] | None = None,
+        **settings: Any,
+    ) -> TrustPolicy:
+        """A policy from profiles measured elsewhere, with saved ``weights`` and ``thresholds``
+        (per stage; missing ones take the defaults) instead of fitted ones."""
+        policy = cls(**settings)
+        policy.profiles_ = dict(profiles)
+        policy.weights_ = {stage: dict(w) for stage, w in (weights or {}).items()}
+        policy.thresholds_ = {**DEFAULT_THRESHOLDS, **dict(thresholds or {})}
+        policy.fit_summary_ = None
+        return policy
+
+    def fit(
+        self,
+        records: RecordSet,
+        columns: Sequence[SourceColumns],
+        *,
+        ids: Sequence[str] | None = None,
+    ) -> TrustPolicy:
+        """Fit profiles, stage weights and thresholds on the rows ``ids`` (all by default) of
+        ``records``, whose agents play the sources ``columns``; the retrieval vote is the
+        recorded source named ``retrieval_source`` (None: no vote)."""
+        fitted = fit_stacked(
+            records,
+            columns,
+            list(ids) if ids is not None else records.ids(),
+            retrieval=self.retrieval_source,
+            inner_folds=self.inner_folds,
+            seed=self.seed,
+            reeval_budget=self.reeval_budget,
+            reeval_cost=self.reeval_cost,
+            agent_model=self.agent_model,
+            criterion=self.criterion,
+            keep_first_looks=self.keep_first_looks,
+            trust_threshold=self.trust_threshold,
+        )
+        self.source_profiles_ = fitted.sources
+        self.profiles_ = dict(fitted.sources.profiles_)
+        self.weights_ = fitted.weights
+        self.thresholds_ = {**DEFAULT_THRESHOLDS, **fitted.thresholds}
+        self.fit_summary_ = fitted.summary
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "profiles_"):
+            raise NotFittedError(
+                "TrustPolicy is not fitted; call fit or build it with TrustPolicy.from_profiles"
+            )
 
     def _profile(self, key: str, agent: str, task: Task) -> tuple[TrustProfile, bool]:
-        profile = self.profiles.get(key) or self.profiles.get(agent)
+        profile = self.profiles_.get(key) or self.profiles_.get(agent)
         if profile is None:
             return default_trust_profile(agent, task.labels), True
         return profile, profile.default
 
     def _weight(self, stage: str, key: str, is_default: bool) -> float:
-        stage_weights = self.weights.get(stage, {})
+        stage_weights = self.weights_.get(stage, {})
         if key in stage_weights:
             return float(stage_weights[key])
         return self.default_weight if is_default else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted settings (profiles are saved on their own)."""
+        self._check_fitted()
         return {
             "name": self.name,
-            "weights": self.weights,
-            "thresholds": self.thresholds,
+            "weights": self.weights_,
+            "thresholds": self.thresholds_,
             "abstain_below": self.abstain_below,
             "set_coverage": self.set_coverage,
             "default_weight": self.default_weight,
@@ -220,6 +217,34 @@ class TrustPolicy:
             "agent_model": self.agent_model,
             "keep_first_looks": self.keep_first_looks,
         }
+
+    def stage_probabilities(self, records: RecordSet, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per stage, the fused distributions (rows x labels) of the recorded rows ``ids``: what
+        the graph computes on them, on arrays (needs a policy fitted on records)."""
+        if not hasattr(self, "source_profiles_"):
+            raise NotFittedError("TrustPolicy.stage_probabilities needs a policy fitted on records")
+        sources: SourceProfiles = self.source_profiles_
+        ratios = sources.transform(records, ids)
+        return {
+            stage: fuse(
+                ratios[:, [sources.sources_.index(k) for k in weights]],
+                np.array(list(weights.values())),
+            )
+            for stage, weights in self.weights_.items()
+        }
+
+    def decide_records(self, records: RecordSet, ids: Sequence[str]) -> CascadeDecisions:
+        """The graph's decisions on the recorded rows ``ids`` (evidence stage, re-evaluation
+        where not trusted, abstention), computed on arrays."""
+        stages = self.stage_probabilities(records, ids)
+        first = "evidence" if "evidence" in stages else "first"
+        return cascade(
+            stages[first],
+            stages["reeval"],
+            threshold=float(self.thresholds_[first]),
+            reeval_threshold=self.thresholds_["reeval"],
+            abstain_below=self.abstain_below,
+        )
 
     async def assess(
         self,
@@ -230,6 +255,7 @@ class TrustPolicy:
         round: int,
         max_rounds: int,
     ) -> Assessment:
+        self._check_fitted()
         stage = stage_of(predictions, evidence)
         sources = _answers(
             [p for p in predictions if p.agent != self.retrieval_source],
@@ -252,10 +278,15 @@ class TrustPolicy:
             ratios[key] = log_ratio(profile, pred, agent_model=self.agent_model)
         if not ratios:
             return self._abstain(task, round, "no usable answer from any source", notes)
-        scores = fuse(task.labels, ratios, weights)
+        fused = fuse(
+            np.array([[[r[y] for y in task.labels] for r in ratios.values()]]),
+            np.array([weights[k] for k in ratios]),
+            log_prior=np.full(len(task.labels), math.log(1.0 / len(task.labels))),
+        )
+        scores = dict(zip(task.labels, fused[0].tolist(), strict=True))
         label = max(task.labels, key=scores.__getitem__)
         confidence = scores[label]
-        threshold = self.thresholds.get(stage)
+        threshold = self.thresholds_.get(stage)
         trusted = threshold is not None and confidence >= threshold
         final = round >= max_rounds - 1
         used = ", ".join(f"{k} w={w:.2f}" for k, w in weights.items())

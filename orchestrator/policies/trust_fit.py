@@ -1,8 +1,9 @@
-"""Fit the ``trust`` policy on labelled records: profiles, stage weights, trust threshold.
+"""Fitting the ``trust`` policy on labelled records: stage weights and the trust threshold.
 
-Everything is fitted on the records given (the training rows) and nothing else:
-1. one TrustProfile per source: each agent's first look (``qwen``), its re-evaluated answer
-   (``qwen@reeval``) and the retrieval vote (``rag``);
+``TrustPolicy.fit`` calls ``fit_stacked``, which uses the records given (the training rows) and
+nothing else:
+1. one TrustProfile per source (``SourceProfiles``): each agent's first look (``qwen``), its
+   re-evaluated answer (``qwen@reeval``) and the retrieval vote (``rag``);
 2. stage weights by stacking: inner k-fold cross-fitting gives each training row calibrated
    log-likelihood ratios from profiles that did not see it; per stage the weights minimise the
    log-loss of the fused distribution (L2-regularised, in [0, MAX_WEIGHT]);
@@ -23,17 +24,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.types import REEVAL_SUFFIX, Prediction
+from agents.types import REEVAL_SUFFIX
 from core.errors import InputError
 from core.files import write_text_atomically
-from eval.profile import TrustProfile, fit_trust_profile
-from eval.recorded.records import Record, RecordSet
-from orchestrator.policies.trust import TrustPolicy, evidence_prediction, log_ratio
-from rag.evidence import Evidence
+from eval.folds import held_out_rows, stratified_folds
+from eval.recorded.records import RecordSet
+from orchestrator.policies.fusion import fuse, log_softmax, pooled_logits
+from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles
+
+if TYPE_CHECKING:
+    from orchestrator.policies.trust import TrustPolicy
 
 MAX_WEIGHT = 5.0
 CRITERIA = ("log_loss", "accuracy", "budget")
@@ -51,121 +55,26 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class SourceColumns:
-    """Which recorded agent plays an agent's first look and its re-evaluation."""
-
-    agent: str
-    first: str
-    reeval: str | None = None
-
-
-def record_prediction(record: Record, *, retrieval: bool = False) -> Prediction:
-    """The Prediction a recorded answer stands for (the retrieval vote as the policy sees it)."""
-    if retrieval and record.scores:
-        return evidence_prediction(Evidence(neighbours=(), vote=record.scores), record.agent)
-    return record.to_prediction()
-
-
-def profile_sources(
-    columns: Sequence[SourceColumns], retrieval: str | None
-) -> dict[str, tuple[str, bool]]:
-    """Profile key -> (recorded agent, is the retrieval vote)."""
-    out: dict[str, tuple[str, bool]] = {}
-    for c in columns:
-        out[c.agent] = (c.first, False)
-        if c.reeval:
-            out[f"{c.agent}{REEVAL_SUFFIX}"] = (c.reeval, False)
-    if retrieval:
-        out[retrieval] = (retrieval, True)
-    return out
-
-
-def records_by_agent(records: RecordSet, ids: set[str]) -> dict[str, dict[str, Record]]:
-    """Per recorded agent, its round-0 records of the rows ``ids``, by row id."""
-    out: dict[str, dict[str, Record]] = {}
-    for r in records.records:
-        if r.id in ids and r.round == 0:
-            out.setdefault(r.agent, {})[r.id] = r
-    return out
-
-
-def fit_profiles(
-    records: RecordSet,
-    columns: Sequence[SourceColumns],
-    ids: Sequence[str],
-    *,
-    retrieval: str | None = "rag",
-    seed: int = 0,
-) -> dict[str, TrustProfile]:
-    """One profile per source key, fitted on the rows ``ids`` only."""
-    rows = records_by_agent(records, set(ids))
-    out: dict[str, TrustProfile] = {}
-    for key, (agent, _) in profile_sources(columns, retrieval).items():
-        recs = [rows.get(agent, {}).get(i) for i in ids]
-        present = [r for r in recs if r is not None]
-        if not present:
-            raise InputError(f"no records of '{agent}' among the training rows", path=records.path)
-        out[key] = fit_trust_profile(
-            key, present, records.labels, bootstrap=0, cv_folds=0, seed=seed
-        )
-    return out
-
-
-def source_ratios(
-    profiles: Mapping[str, TrustProfile],
-    sources: Mapping[str, tuple[str, bool]],
-    rows: Mapping[str, Mapping[str, Record]],
-    ids: Sequence[str],
-    labels: Sequence[str],
-    agent_model: str,
-) -> dict[str, np.ndarray]:
-    """Per source key, [len(ids), K] log-likelihood ratios (0 where the answer failed)."""
-    out: dict[str, np.ndarray] = {}
-    for key, (agent, is_vote) in sources.items():
-        mat = np.zeros((len(ids), len(labels)))
-        for i, rid in enumerate(ids):
-            rec = rows.get(agent, {}).get(rid)
-            if rec is None:
-                continue
-            pred = record_prediction(rec, retrieval=is_vote)
-            if pred.ok:
-                ratio = log_ratio(profiles[key], pred, agent_model=agent_model)
-                mat[i] = [ratio[y] for y in labels]
-        out[key] = mat
-    return out
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def fit_weights(ratios: Sequence[np.ndarray], truth: np.ndarray, *, l2: float = 1e-3) -> np.ndarray:
-    """Weights minimising the log-loss of softmax(sum_s w_s * ratio_s), in [0, MAX_WEIGHT]."""
+def fit_weights(ratios: np.ndarray, truth: np.ndarray, *, l2: float = 1e-3) -> np.ndarray:
+    """Weights minimising the log-loss of ``fuse(ratios, w)`` (rows x sources x labels ratios,
+    L2-regularised), in [0, MAX_WEIGHT]."""
     from scipy.optimize import minimize
 
-    stack = np.stack(ratios)
+    by_source = np.ascontiguousarray(np.moveaxis(ratios, 1, 0))
     rows = np.arange(truth.size)
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = np.tensordot(w, stack, axes=1)
-        logp = _log_softmax(z)
+        logp = log_softmax(pooled_logits(ratios, w))
         p = np.exp(logp)
         value = -logp[rows, truth].mean() + l2 * float(w @ w)
         onehot = np.zeros_like(p)
         onehot[rows, truth] = 1.0
-        grad = np.einsum("snk,nk->s", stack, p - onehot) / truth.size + 2 * l2 * w
+        grad = np.einsum("snk,nk->s", by_source, p - onehot) / truth.size + 2 * l2 * w
         return float(value), grad
 
-    result = minimize(
-        loss, np.ones(len(ratios)), jac=True, bounds=[(0.0, MAX_WEIGHT)] * len(ratios)
-    )
+    sources = ratios.shape[1]
+    result = minimize(loss, np.ones(sources), jac=True, bounds=[(0.0, MAX_WEIGHT)] * sources)
     return np.asarray(result.x, dtype=float)
-
-
-def fuse_matrix(ratios: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    return np.exp(_log_softmax(np.tensordot(weights, np.stack(ratios), axes=1)))
 
 
 def choose_threshold(
@@ -205,62 +114,78 @@ def choose_threshold(
     return best[1], best[2]
 
 
-def fit_trust_policy(
+def stage_sources(
+    columns: Sequence[SourceColumns], retrieval: str | None, *, keep_first_looks: bool
+) -> dict[str, list[str]]:
+    """The source keys each stage fuses."""
+    first_keys = [c.agent for c in columns]
+    out = {"first": first_keys}
+    if retrieval:
+        out["evidence"] = [*first_keys, retrieval]
+    reeval_keys = [f"{c.agent}{REEVAL_SUFFIX}" for c in columns if c.reeval]
+    kept = first_keys if keep_first_looks else [c.agent for c in columns if not c.reeval]
+    out["reeval"] = [*kept, *reeval_keys, *([retrieval] if retrieval else [])]
+    return out
+
+
+@dataclass(frozen=True)
+class StackedFit:
+    """What ``fit_stacked`` learns."""
+
+    sources: SourceProfiles
+    weights: dict[str, dict[str, float]]
+    thresholds: dict[str, float | None]
+    summary: dict[str, Any]
+
+
+def fit_stacked(
     records: RecordSet,
     columns: Sequence[SourceColumns],
+    ids: Sequence[str],
     *,
-    ids: Sequence[str] | None = None,
-    retrieval: str | None = "rag",
-    inner_folds: int = 5,
-    seed: int = 0,
-    reeval_budget: float = 0.25,
-    reeval_cost: float = 0.02,
-    agent_model: str = "confusion",
-    criterion: str = "log_loss",
-    keep_first_looks: bool = False,
-    trust_threshold: float | None = None,
-    **options: Any,
-) -> TrustPolicy:
-    """A TrustPolicy fitted on the rows ``ids`` (all rows by default) of ``records``.
+    retrieval: str | None,
+    inner_folds: int,
+    seed: int,
+    reeval_budget: float,
+    reeval_cost: float,
+    agent_model: str,
+    criterion: str,
+    keep_first_looks: bool,
+    trust_threshold: float | None,
+) -> StackedFit:
+    """Profiles, stage weights and thresholds fitted on the rows ``ids`` (module docstring).
 
     ``trust_threshold`` replaces the fitted threshold by a fixed one (a risk tolerance: re-evaluate
     when the calibrated fused confidence is below it); the weights are fitted all the same.
     """
-    from sklearn.model_selection import StratifiedKFold
-
-    ids = list(ids) if ids is not None else records.ids()
+    ids = list(ids)
     labels = list(records.labels)
-    sources = profile_sources(columns, retrieval)
-    rows = records_by_agent(records, set(ids))
     truth_of = {r.id: r.truth for r in records.records}
     truth = np.array([labels.index(truth_of[i]) for i in ids])
-    profiles = fit_profiles(records, columns, ids, retrieval=retrieval, seed=seed)
 
-    oof = {key: np.zeros((len(ids), len(labels))) for key in sources}
+    def source_profiles() -> SourceProfiles:
+        return SourceProfiles(
+            columns=columns, retrieval=retrieval, agent_model=agent_model, seed=seed
+        )
+
+    fitted = source_profiles().fit(records, ids)
+    keys = fitted.sources_
+    oof = np.zeros((len(ids), len(keys), len(labels)))
     counts = np.bincount(truth, minlength=len(labels))
     folds = max(2, min(inner_folds, int(counts[counts > 0].min())))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, held in splitter.split(np.zeros(len(ids)), truth):
-        inner = fit_profiles(
-            records, columns, [ids[i] for i in train], retrieval=retrieval, seed=seed
-        )
-        part = source_ratios(inner, sources, rows, [ids[i] for i in held], labels, agent_model)
-        for key in sources:
-            oof[key][held] = part[key]
+    for held in held_out_rows(stratified_folds(truth, folds, seed)):
+        train = np.setdiff1d(np.arange(len(ids)), held)
+        inner = source_profiles().fit(records, [ids[i] for i in train])
+        oof[held] = inner.transform(records, [ids[i] for i in held])
 
-    first_keys = [c.agent for c in columns]
-    stage_keys = {"first": first_keys}
-    if retrieval:
-        stage_keys["evidence"] = [*first_keys, retrieval]
-    reeval_keys = [f"{c.agent}{REEVAL_SUFFIX}" for c in columns if c.reeval]
-    kept = first_keys if keep_first_looks else [c.agent for c in columns if not c.reeval]
-    stage_keys["reeval"] = [*kept, *reeval_keys, *([retrieval] if retrieval else [])]
     weights: dict[str, dict[str, float]] = {}
     fused: dict[str, np.ndarray] = {}
-    for stage, keys in stage_keys.items():
-        w = fit_weights([oof[k] for k in keys], truth)
-        weights[stage] = {k: float(v) for k, v in zip(keys, w, strict=True)}
-        fused[stage] = fuse_matrix([oof[k] for k in keys], w)
+    stages = stage_sources(columns, retrieval, keep_first_looks=keep_first_looks)
+    for stage, stage_keys in stages.items():
+        stage_ratios = oof[:, [keys.index(k) for k in stage_keys]]
+        w = fit_weights(stage_ratios, truth)
+        weights[stage] = {k: float(v) for k, v in zip(stage_keys, w, strict=True)}
+        fused[stage] = fuse(stage_ratios, w)
     base = "evidence" if retrieval else "first"
     threshold, summary = choose_threshold(
         fused[base],
@@ -274,22 +199,12 @@ def fit_trust_policy(
         threshold = trust_threshold
     thresholds: dict[str, float | None] = {"evidence": threshold, "reeval": threshold}
     thresholds["first"] = None if retrieval else threshold
-    policy = TrustPolicy(
-        profiles=profiles,
+    return StackedFit(
+        sources=fitted,
         weights=weights,
         thresholds=thresholds,
-        retrieval_source=retrieval,
-        agent_model=agent_model,
-        keep_first_looks=keep_first_looks,
-        **options,
+        summary={"n": len(ids), "inner_folds": folds, "oof_cascade": summary, "ids": ids},
     )
-    policy.fit_summary_ = {
-        "n": len(ids),
-        "inner_folds": folds,
-        "oof_cascade": summary,
-        "ids": list(ids),
-    }
-    return policy
 
 
 def save_trust_policy(

@@ -28,6 +28,7 @@ import numpy as np
 from core.errors import InputError
 from core.images import LabelledImage
 from core.task import Task
+from eval.folds import held_out_rows, stratified_folds
 from eval.metric_table import Report, calibration_metrics
 from eval.metrics import DEFAULT_BINS, classification_metrics
 from eval.recorded.decisions import is_decisions_header
@@ -36,7 +37,8 @@ from orchestrator.decision import Decision
 from orchestrator.graph import build_graph, classify
 from orchestrator.policies.base import FusionPolicy
 from orchestrator.policies.registry import make_policy
-from orchestrator.policies.trust_fit import SourceColumns, fit_profiles, fit_trust_policy
+from orchestrator.policies.trust import TrustPolicy
+from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles
 from orchestrator.replay.agent import INITIAL_SUFFIX, ReplayAgent, recorded_images
 from orchestrator.replay.retriever import RecordedRetriever
 
@@ -90,18 +92,15 @@ def refuse_decisions_file(path: str | Path) -> None:
         )
 
 
-def stratified_folds(images: Sequence[LabelledImage], folds: int, seed: int) -> list[list[int]]:
-    """Held-out row indices of each fold (stratified by true label, shuffled with ``seed``)."""
-    from sklearn.model_selection import StratifiedKFold
-
+def replay_folds(images: Sequence[LabelledImage], folds: int, seed: int) -> list[list[int]]:
+    """Held-out row indices of each fold (``eval.folds.stratified_folds`` by true label)."""
     truth = [li.truth for li in images]
     counts = {t: truth.count(t) for t in set(truth)}
     if folds < 2 or folds > min(counts.values()):
         raise InputError(
             f"--folds must be in [2, {min(counts.values())}] (the smallest class size), got {folds}"
         )
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [list(map(int, held)) for _, held in splitter.split(np.zeros(len(truth)), truth)]
+    return [held.tolist() for held in held_out_rows(stratified_folds(truth, folds, seed))]
 
 
 def policy_fitter(name: str, **options: Any) -> FitPolicy:
@@ -116,12 +115,12 @@ def policy_fitter(name: str, **options: Any) -> FitPolicy:
         seed: int,
     ) -> FusionPolicy:
         if name == "trust":
-            return fit_trust_policy(
-                records, columns, ids=train_ids, retrieval=retrieval, seed=seed, **options
-            )
-        profiles = fit_profiles(records, columns, train_ids, retrieval=retrieval, seed=seed)
-        sources = [c.agent for c in columns] + ([retrieval] if retrieval else [])
-        return make_policy(name, profiles, sources=sources, retrieval_source=retrieval, **options)
+            policy = TrustPolicy(retrieval_source=retrieval, seed=seed, **options)
+            return policy.fit(records, columns, ids=train_ids)
+        sources = SourceProfiles(columns=columns, retrieval=retrieval, seed=seed)
+        profiles = sources.fit(records, train_ids).profiles_
+        names = [c.agent for c in columns] + ([retrieval] if retrieval else [])
+        return make_policy(name, profiles, sources=names, retrieval_source=retrieval, **options)
 
     return fit
 
@@ -253,7 +252,7 @@ def run_replay(
     retriever = RecordedRetriever.from_records(records, source=retrieval) if retrieval else None
     decisions: list[Decision] = []
     details: list[dict[str, Any]] = []
-    for k, held in enumerate(stratified_folds(images, folds, seed)):
+    for k, held in enumerate(replay_folds(images, folds, seed)):
         held_set = set(held)
         train_ids = [li.extra["id"] for i, li in enumerate(images) if i not in held_set]
         held_images = [images[i] for i in held]
@@ -271,9 +270,9 @@ def run_replay(
             "held_out_ids_sha256": _ids_digest([li.extra["id"] for li in held_images]),
             "reevaluated": sum(d.reevaluated for d in fold_decisions),
         }
-        if hasattr(fitted, "thresholds"):
-            detail["thresholds"] = dict(fitted.thresholds)
-            detail["weights"] = fitted.weights
+        if isinstance(fitted, TrustPolicy):
+            detail["thresholds"] = dict(fitted.thresholds_)
+            detail["weights"] = fitted.weights_
         details.append(detail)
     labels = list(records.labels)
     report = decision_metrics(decisions, labels, agents=len(agents), bins=bins)
