@@ -38,7 +38,7 @@ from core.images import ImageRef  # noqa: E402
 from core.task import Task, load_task  # noqa: E402
 from eval.recorded.records import read_records  # noqa: E402
 from orchestrator.graph import build_graph, classify  # noqa: E402
-from orchestrator.policies.trust_fit import fit_trust_policy  # noqa: E402
+from orchestrator.policies.trust import TrustPolicy  # noqa: E402
 from orchestrator.replay.agent import ReplayAgent, recorded_images  # noqa: E402
 from orchestrator.replay.retriever import RecordedRetriever  # noqa: E402
 from orchestrator.replay.run import replay_columns  # noqa: E402
@@ -123,7 +123,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     records = read_records(args.file, task=task)
     columns, retrieval = replay_columns(records)
     images = [li.image for li in recorded_images(args.file, records=records)]
-    policy = fit_trust_policy(records, columns, retrieval=retrieval, seed=0)
+    policy = TrustPolicy(retrieval_source=retrieval, seed=0).fit(records, columns)
     base_agents = [ReplayAgent.from_records(records, c.agent) for c in columns]
     agents: list[Any] = (
         [SlowAgent(a, args.agent_latency_ms / 1000) for a in base_agents]

@@ -13,9 +13,10 @@ fitted on training folds only). This script measures, on the study's case3 file,
 4. the routing ceiling of the default fusion: per row the better of its first-look answer and
    its re-evaluated answer (what a perfect re-evaluation rule could reach).
 
-The inner cross-validation uses a vectorised copy of the policy's cascade (evidence stage,
-threshold, re-evaluation stage, abstention); before it is used, the script checks that the copy
-gives the graph's exact decisions for every configuration and seed (``cascade_matches_graph``).
+The inner cross-validation decides on arrays (``TrustPolicy.decide_records``: the array fusion
+core's cascade of evidence stage, threshold, re-evaluation stage and abstention); before it is
+used, the script checks that the array path gives the graph's exact decisions for every
+configuration and seed (``cascade_matches_graph``).
 
 Usage:
   python bench/replay_selection.py                 # writes bench/results/replay_selection.json
@@ -39,10 +40,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eval.folds import held_out_rows, stratified_folds  # noqa: E402
 from eval.recorded.records import RecordSet, read_records  # noqa: E402
-from orchestrator.policies import trust_fit  # noqa: E402
 from orchestrator.policies.trust import TrustPolicy  # noqa: E402
-from orchestrator.policies.trust_fit import SourceColumns, fit_trust_policy  # noqa: E402
+from orchestrator.policies.trust_sources import SourceColumns  # noqa: E402
 from orchestrator.replay.run import FitPolicy, policy_fitter, run_replay  # noqa: E402
 
 CASE3 = ROOT.parent / "shared/data/paper/case3_trust_rag.csv"
@@ -64,36 +65,18 @@ def configurations() -> dict[str, dict[str, Any]]:
     return out
 
 
-def cascade(
-    policy: TrustPolicy,
+def fitted_policy(
     records: RecordSet,
     columns: Sequence[SourceColumns],
     retrieval: str | None,
     ids: Sequence[str],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """What the graph decides on recorded rows ``ids``: final probabilities, final label index
-    (-1 for an abstention), re-evaluated flags, and the two stages' probabilities stacked."""
-    labels = list(records.labels)
-    sources = trust_fit.profile_sources(columns, retrieval)
-    rows = trust_fit.records_by_agent(records, set(ids))
-    ratios = trust_fit.source_ratios(
-        policy.profiles, sources, rows, ids, labels, policy.agent_model
+    options: dict[str, Any],
+    seed: int,
+) -> TrustPolicy:
+    """The trust policy with ``options``, fitted on the rows ``ids`` as the replay fits it."""
+    return TrustPolicy(retrieval_source=retrieval, seed=seed, **options).fit(
+        records, columns, ids=ids
     )
-
-    def stage(name: str) -> np.ndarray:
-        weights = policy.weights[name]
-        return trust_fit.fuse_matrix(
-            [ratios[k] for k in weights], np.array([weights[k] for k in weights])
-        )
-
-    first, second = stage("evidence"), stage("reeval")
-    cut = policy.thresholds["evidence"]
-    again = first.max(axis=1) < cut
-    final = np.where(again[:, None], second, first)
-    label = final.argmax(axis=1)
-    trusted = final.max(axis=1) >= policy.thresholds["reeval"]
-    abstain = again & ~trusted & (final.max(axis=1) < policy.abstain_below)
-    return final, np.where(abstain, -1, label), again, np.stack([first, second])
 
 
 def inner_score(
@@ -105,25 +88,16 @@ def inner_score(
     seed: int,
 ) -> tuple[float, float]:
     """Inner 5-fold cross-validated (accuracy, mean log-likelihood) of one configuration."""
-    from sklearn.model_selection import StratifiedKFold
-
     labels = list(records.labels)
     truth_of = {r.id: r.truth for r in records.records}
     truth = np.array([labels.index(truth_of[i]) for i in ids])
     probs = np.zeros((len(ids), len(labels)))
     chosen = np.zeros(len(ids), dtype=int)
-    splitter = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed + 1000)
-    for train, held in splitter.split(np.zeros(len(ids)), truth):
-        policy = fit_trust_policy(
-            records,
-            columns,
-            ids=[ids[i] for i in train],
-            retrieval=retrieval,
-            seed=seed,
-            **options,
-        )
-        p, lab, _, _ = cascade(policy, records, columns, retrieval, [ids[i] for i in held])
-        probs[held], chosen[held] = p, lab
+    for held in held_out_rows(stratified_folds(truth, 5, seed + 1000)):
+        train = np.setdiff1d(np.arange(len(ids)), held)
+        policy = fitted_policy(records, columns, retrieval, [ids[i] for i in train], options, seed)
+        decided = policy.decide_records(records, [ids[i] for i in held])
+        probs[held], chosen[held] = decided.probabilities, decided.labels
     ll = float(np.log(np.clip(probs[np.arange(len(ids)), truth], 1e-12, 1.0)).mean())
     return float((chosen == truth).mean()), ll
 
@@ -144,9 +118,7 @@ def selecting_fitter(candidates: dict[str, dict[str, Any]], picks: list[str]) ->
         }
         best = max(candidates, key=lambda name: scores[name])
         picks.append(best)
-        return fit_trust_policy(
-            records, columns, ids=train_ids, retrieval=retrieval, seed=seed, **candidates[best]
-        )
+        return fitted_policy(records, columns, retrieval, train_ids, candidates[best], seed)
 
     return fit
 
@@ -160,10 +132,10 @@ def cascade_matches_graph(
     graph_errors: set[str],
     folds: int,
 ) -> tuple[bool, list[tuple[str, int, int]]]:
-    """Whether the vectorised cascade makes the graph's errors on every held-out row; and
-    per row (id, first-stage label, re-evaluated label) index for the routing ceiling."""
+    """Whether the array path makes the graph's errors on every held-out row; and per row
+    (id, first-stage label, re-evaluated label) index for the routing ceiling."""
     from orchestrator.replay.agent import recorded_images
-    from orchestrator.replay.run import stratified_folds
+    from orchestrator.replay.run import replay_folds
 
     images = recorded_images(records.path, records=records)
     all_ids = [li.extra["id"] for li in images]
@@ -171,17 +143,16 @@ def cascade_matches_graph(
     truth_of = {r.id: r.truth for r in records.records}
     errors: set[str] = set()
     stages: list[tuple[str, int, int]] = []
-    for held in stratified_folds(images, folds, seed):
+    for held in replay_folds(images, folds, seed):
         held_ids = [all_ids[i] for i in held]
         train = [i for i in all_ids if i not in set(held_ids)]
-        policy = fit_trust_policy(
-            records, columns, ids=train, retrieval=retrieval, seed=seed, **options
-        )
-        _, label, _, both = cascade(policy, records, columns, retrieval, held_ids)
+        policy = fitted_policy(records, columns, retrieval, train, options, seed)
+        label = policy.decide_records(records, held_ids).labels
+        both = policy.stage_probabilities(records, held_ids)
         for j, rid in enumerate(held_ids):
             if label[j] != labels.index(truth_of[rid]):
                 errors.add(rid)
-            stages.append((rid, int(both[0, j].argmax()), int(both[1, j].argmax())))
+            stages.append((rid, int(both["evidence"][j].argmax()), int(both["reeval"][j].argmax())))
     image_of = {li.extra["id"]: li.image.source for li in images}
     return {image_of[i] for i in errors} == graph_errors, stages
 
@@ -238,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reeval_rate": float(np.mean(rates)),
         }
         print(f"{name:28s} accuracy {np.mean(accs):.4f}  per seed {[round(a, 4) for a in accs]}")
-    print(f"vectorised cascade == graph on every configuration and seed: {all_match}")
+    print(f"array path == graph on every configuration and seed: {all_match}")
 
     selection: dict[str, Any] | None = None
     if not args.no_selection and all_match:

@@ -107,7 +107,7 @@ def two_round_decision(leaf: ImageRef, retriever, apple_task):
     graph = build_graph(
         task=apple_task,
         agents=agents,
-        policy=TrustPolicy(profiles={}),
+        policy=TrustPolicy.from_profiles({}),
         retriever=retriever,
         max_rounds=2,
     )
@@ -188,7 +188,7 @@ def test_abstention_shows_the_prediction_set(leaf, apple_task):
         replay("qwen", leaf.sha256, Prediction(agent="qwen", label="rust", confidence=0.5), None),
     ]
     graph = build_graph(
-        task=apple_task, agents=agents, policy=TrustPolicy(profiles={}), max_rounds=1
+        task=apple_task, agents=agents, policy=TrustPolicy.from_profiles({}), max_rounds=1
     )
     decision = run(graph, leaf)
     assert decision.abstained
@@ -206,7 +206,7 @@ def test_failed_agent_is_shown_with_its_error(leaf, apple_task):
         replay("qwen", "another-image", Prediction(agent="qwen", label="rust"), None),
     ]
     graph = build_graph(
-        task=apple_task, agents=agents, policy=TrustPolicy(profiles={}), max_rounds=1
+        task=apple_task, agents=agents, policy=TrustPolicy.from_profiles({}), max_rounds=1
     )
     decision = run(graph, leaf)
     html_text = render_report(decision, task=apple_task)

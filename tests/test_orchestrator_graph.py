@@ -16,7 +16,7 @@ from core.task import Task
 from eval.recorded.records import read_records
 from orchestrator.decision import Assessment, Decision
 from orchestrator.graph import build_graph, classify
-from orchestrator.policies.trust_fit import fit_trust_policy
+from orchestrator.policies.trust import TrustPolicy
 from orchestrator.replay.agent import ReplayAgent, recorded_images
 from orchestrator.replay.retriever import RecordedRetriever
 from orchestrator.replay.run import replay_columns
@@ -113,7 +113,7 @@ def test_graph_with_replay_agents_on_case3(paper_dir: Path, apple_task: Task):
     path = paper_dir / "case3_trust_rag.csv"
     records, agents, retriever = replay_parts(path, apple_task)
     columns, retrieval = replay_columns(records)
-    policy = fit_trust_policy(records, columns, retrieval=retrieval, seed=0)
+    policy = TrustPolicy(retrieval_source=retrieval, seed=0).fit(records, columns)
     graph = build_graph(task=apple_task, agents=agents, policy=policy, retriever=retriever)
     images = recorded_images(path, records=records)
 

@@ -15,16 +15,10 @@ from eval.profile import TrustProfile, fit_trust_profile
 from eval.recorded.records import Record
 from orchestrator.policies import make_policy, policy_names
 from orchestrator.policies.baselines import MajorityPolicy, MaxConfidencePolicy, SinglePolicy
-from orchestrator.policies.trust import (
-    TrustPolicy,
-    confusion_scores,
-    fuse,
-    log_ratio,
-    prediction_set,
-    profile_key,
-    stage_of,
-)
+from orchestrator.policies.fusion import fuse
+from orchestrator.policies.trust import TrustPolicy, prediction_set, stage_of
 from orchestrator.policies.trust_fit import choose_threshold, fit_weights
+from orchestrator.policies.trust_sources import confusion_scores, log_ratio, profile_key
 from rag.evidence import Evidence
 
 LABELS = ("black-rot", "healthy", "rust", "scab")
@@ -55,16 +49,15 @@ def run(coro):
 
 
 def test_fuse_is_weighted_log_linear_pooling():
-    out = fuse(["a", "b"], {"s1": {"a": math.log(2), "b": 0.0}}, {"s1": 1.0})
-    assert out["a"] == pytest.approx(2 / 3)
+    out = fuse(np.array([[[math.log(2), 0.0]]]), np.array([1.0]))
+    assert out[0, 0] == pytest.approx(2 / 3)
     two = fuse(
-        ["a", "b"],
-        {"s1": {"a": math.log(2), "b": 0.0}, "s2": {"a": 0.0, "b": math.log(3)}},
-        {"s1": 1.0, "s2": 0.5},
+        np.array([[[math.log(2), 0.0], [0.0, math.log(3)]]]),
+        np.array([1.0, 0.5]),
     )
-    assert two["a"] == pytest.approx(2 / (2 + math.sqrt(3)))
-    assert sum(two.values()) == pytest.approx(1.0)
-    assert fuse(["a", "b"], {"s": {"a": 5.0, "b": 0.0}}, {"s": 0.0}) == {"a": 0.5, "b": 0.5}
+    assert two[0, 0] == pytest.approx(2 / (2 + math.sqrt(3)))
+    assert two.sum() == pytest.approx(1.0)
+    assert fuse(np.array([[[5.0, 0.0]]]), np.array([0.0])).tolist() == [[0.5, 0.5]]
 
 
 def test_confusion_scores_read_the_answered_column(scab_sayer):
@@ -96,8 +89,8 @@ def test_prediction_set_and_stage_and_keys():
 
 def test_trust_policy_trusts_fuses_and_asks_again(scab_sayer):
     task = Task(name="t", labels=LABELS, descriptions={y: y for y in LABELS})
-    policy = TrustPolicy(
-        profiles={"vlm": scab_sayer},
+    policy = TrustPolicy.from_profiles(
+        {"vlm": scab_sayer},
         weights={"first": {"vlm": 1.0}},
         thresholds={"first": 0.8},
         retrieval_source="rag",
@@ -133,7 +126,7 @@ def test_trust_policy_trusts_fuses_and_asks_again(scab_sayer):
 
 def test_trust_policy_final_round_abstains_below_threshold(scab_sayer):
     task = Task(name="t", labels=LABELS, descriptions={y: y for y in LABELS})
-    policy = TrustPolicy(profiles={"vlm": scab_sayer}, abstain_below=0.7, set_coverage=0.9)
+    policy = TrustPolicy.from_profiles({"vlm": scab_sayer}, abstain_below=0.7, set_coverage=0.9)
     a = run(
         policy.assess(
             task=task,
@@ -163,7 +156,7 @@ def test_trust_policy_final_round_abstains_below_threshold(scab_sayer):
 def test_trust_policy_uses_latest_answers_and_reeval_profiles(scab_sayer):
     task = Task(name="t", labels=LABELS, descriptions={y: y for y in LABELS})
     sharp = profile("vlm@reeval", {(y, y): 10 for y in LABELS})
-    policy = TrustPolicy(profiles={"vlm": scab_sayer, "vlm@reeval": sharp})
+    policy = TrustPolicy.from_profiles({"vlm": scab_sayer, "vlm@reeval": sharp})
     a = run(
         policy.assess(
             task=task,
@@ -178,7 +171,7 @@ def test_trust_policy_uses_latest_answers_and_reeval_profiles(scab_sayer):
     )
     assert list(a.weights) == ["vlm@reeval"] and a.label == "rust"
     assert a.confidence == pytest.approx(11 / 14)
-    both = TrustPolicy(profiles=policy.profiles, keep_first_looks=True)
+    both = TrustPolicy.from_profiles(policy.profiles_, keep_first_looks=True)
     b = run(
         both.assess(
             task=task,
@@ -203,7 +196,7 @@ def test_fit_weights_recovers_a_known_weight():
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     truth = np.array([rng.choice(k, p=row) for row in p])
-    w = fit_weights([r1, r2], truth, l2=0.0)
+    w = fit_weights(np.stack([r1, r2], axis=1), truth, l2=0.0)
     assert w[0] == pytest.approx(2.0, abs=0.15)
     assert w[1] == pytest.approx(0.0, abs=0.1)
 
@@ -273,7 +266,7 @@ def test_an_agent_named_rag_is_fused_when_no_retriever_is_named():
         Prediction(agent="rag", label="rust", confidence=0.9),
     ]
     kw = {"task": task, "evidence": None, "round": 0, "max_rounds": 2}
-    trust = run(TrustPolicy(profiles={}).assess(predictions=preds, **kw))
+    trust = run(TrustPolicy.from_profiles({}).assess(predictions=preds, **kw))
     assert trust.weights == {"qwen": 0.5, "gpt": 0.5, "rag": 0.5}
     assert trust.label == "rust" and trust.reevaluate == ["qwen", "gpt", "rag"]
     majority = run(MajorityPolicy().assess(predictions=preds, **kw))

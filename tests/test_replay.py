@@ -29,7 +29,7 @@ def test_policy_is_fitted_on_training_rows_only(case3: Path):
                 "train": set(train_ids),
                 "all": set(records.ids()),
                 "fitted_ids": set(policy.fit_summary_["ids"]),
-                "profile_n": {k: p.n for k, p in policy.profiles.items()},
+                "profile_n": {k: p.n for k, p in policy.profiles_.items()},
             }
         )
         return policy
@@ -128,7 +128,8 @@ def test_a_decisions_file_of_run_is_refused(tmp_path: Path, capsys):
 
 def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path: Path, capsys):
     from eval.recorded.records import read_records
-    from orchestrator.policies.trust_fit import fit_trust_policy, load_trust_policy_settings
+    from orchestrator.policies.trust import TrustPolicy
+    from orchestrator.policies.trust_fit import load_trust_policy_settings
     from orchestrator.replay.run import replay_columns
 
     saved = tmp_path / "policy.json"
@@ -139,7 +140,7 @@ def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path:
     assert (report["accuracy"], report["reeval_rate"]) == (0.96875, 0.05625)
     records = read_records(case3)
     columns, retrieval = replay_columns(records)
-    expected = fit_trust_policy(records, columns, retrieval=retrieval, seed=0).to_dict()
+    expected = TrustPolicy(retrieval_source=retrieval).fit(records, columns).to_dict()
     data = json.loads(saved.read_text())
     assert data["policy"] == json.loads(json.dumps(expected))
     assert data["fitted_on"]["rows"] == len(records.ids()) == 160

@@ -364,7 +364,7 @@ def test_policy_file_settings_replace_the_default_thresholds(tmp_path, capsys):
     from orchestrator.policies.trust_fit import save_trust_policy
 
     policy_file = tmp_path / "policy.json"
-    fitted = TrustPolicy(profiles={}, thresholds={"first": 0.0}, weights={"first": {"a": 2.0}})
+    fitted = TrustPolicy.from_profiles({}, thresholds={"first": 0.0}, weights={"first": {"a": 2.0}})
     save_trust_policy(policy_file, fitted, fitted_on={"rows": 0})
     out = tmp_path / "o.jsonl"
     args = ["--policy-file", str(policy_file), "--out", str(out), "--json"]

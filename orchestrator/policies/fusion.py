@@ -9,9 +9,13 @@ answer on that row, which leaves it out of the product). The fused distribution 
 (a product of experts; without ``log_prior`` the prior term is left out, which is the same
 distribution as a flat prior up to rounding). The graph's trust policy fuses one row at a
 time, its fitting fuses every training row at once, and the replay benchmarks fuse whole folds:
-all of them call ``fuse``. ``cascade`` is the policy's two-stage decision on arrays: trust the
-first stage when its confidence reaches the threshold, else take the re-evaluated stage, and
-abstain when that too stays below ``abstain_below``.
+all of them pool with ``pooled_logits``; the graph and the replay read ``fuse`` and the fitting
+reads ``fused_log_probabilities`` (each rounds exactly as it did before the core was shared, so
+the fitted thresholds and the graph's confidences are unchanged to the last bit).
+
+``cascade`` is the policy's two-stage decision on arrays: trust the first stage when its
+confidence reaches the threshold, else take the re-evaluated stage, and abstain when that too
+stays below ``abstain_below``.
 """
 
 from __future__ import annotations
@@ -30,13 +34,20 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def pooled_logits(ratios: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``sum_s weights[s] * ratios[:, s, :]``: rows x labels (unnormalised log-probabilities)."""
+    """``sum_s weights[s] * ratios[:, s, :]``: rows x labels (unnormalised log-probabilities).
+
+    Summed source by source, in order, so a row's result does not depend on how many rows are
+    pooled with it (a matrix product may round differently from one shape to another).
+    """
     if ratios.ndim != 3 or weights.shape != (ratios.shape[1],):
         raise InputError(
             f"need ratios of shape (rows, sources, labels) and one weight per source, got "
             f"ratios {ratios.shape} and weights {weights.shape}"
         )
-    return np.tensordot(weights, np.moveaxis(ratios, 1, 0), axes=1)
+    total = np.zeros((ratios.shape[0], ratios.shape[2]))
+    for source, weight in enumerate(weights):
+        total = total + weight * ratios[:, source, :]
+    return total
 
 
 def fuse(
@@ -44,14 +55,20 @@ def fuse(
 ) -> np.ndarray:
     """The fused distribution of every row (rows x labels, each row sums to 1).
 
-    ``log_prior`` (one value per label) is added to every row's pooled logits; the graph's
-    policy passes its flat prior, the fitting leaves it out (both as they always did, so the
-    fitted thresholds and the graph's confidences stay the same to the bit).
+    ``log_prior`` (one value per label) is added to every row's pooled logits before the
+    softmax; the graph's policy passes its flat prior.
     """
     logits = pooled_logits(ratios, weights)
     if log_prior is not None:
         logits = log_prior + logits
-    return np.exp(log_softmax(logits))
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def fused_log_probabilities(ratios: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """log of the fused distribution without a prior term (rows x labels), computed as a
+    log-softmax: what the fitting's log-loss and its threshold search read."""
+    return log_softmax(pooled_logits(ratios, weights))
 
 
 @dataclass(frozen=True)

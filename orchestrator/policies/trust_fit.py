@@ -33,7 +33,7 @@ from core.errors import InputError
 from core.files import write_text_atomically
 from eval.folds import held_out_rows, stratified_folds
 from eval.recorded.records import RecordSet
-from orchestrator.policies.fusion import fuse, log_softmax, pooled_logits
+from orchestrator.policies.fusion import fused_log_probabilities
 from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def fit_weights(ratios: np.ndarray, truth: np.ndarray, *, l2: float = 1e-3) -> np.ndarray:
-    """Weights minimising the log-loss of ``fuse(ratios, w)`` (rows x sources x labels ratios,
+    """Weights minimising the log-loss of the fused distribution (rows x sources x labels ratios,
     L2-regularised), in [0, MAX_WEIGHT]."""
     from scipy.optimize import minimize
 
@@ -64,7 +64,7 @@ def fit_weights(ratios: np.ndarray, truth: np.ndarray, *, l2: float = 1e-3) -> n
     rows = np.arange(truth.size)
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        logp = log_softmax(pooled_logits(ratios, w))
+        logp = fused_log_probabilities(ratios, w)
         p = np.exp(logp)
         value = -logp[rows, truth].mean() + l2 * float(w @ w)
         onehot = np.zeros_like(p)
@@ -185,7 +185,7 @@ def fit_stacked(
         stage_ratios = oof[:, [keys.index(k) for k in stage_keys]]
         w = fit_weights(stage_ratios, truth)
         weights[stage] = {k: float(v) for k, v in zip(stage_keys, w, strict=True)}
-        fused[stage] = fuse(stage_ratios, w)
+        fused[stage] = np.exp(fused_log_probabilities(stage_ratios, w))
     base = "evidence" if retrieval else "first"
     threshold, summary = choose_threshold(
         fused[base],
