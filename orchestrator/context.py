@@ -21,7 +21,8 @@ from rag.retriever import Retriever
 
 @dataclass(frozen=True)
 class GraphContext:
-    """The run-time context: ``agents`` by name, in the order they were given."""
+    """The run-time context: ``agents`` by name (``agents_by_name``), in the order given.
+    InputError on a setting the graph cannot run with."""
 
     task: Task
     agents: Mapping[str, Agent]
@@ -31,43 +32,13 @@ class GraphContext:
     agent_timeout_s: float | None = None
     image: LoadedImage | None = None
 
-    @classmethod
-    def checked(
-        cls,
-        *,
-        task: Task,
-        agents: Sequence[Agent],
-        policy: FusionPolicy,
-        retriever: Retriever | None = None,
-        max_rounds: int = 2,
-        agent_timeout_s: float | None = None,
-    ) -> GraphContext:
-        """The context of a graph over ``agents``; InputError on a setting it cannot run with.
-
-        When no agent can look again the first assessment is the last (``max_rounds`` becomes
-        1), so the policy answers or abstains there instead of being cut short untrusted.
-        """
-        if max_rounds < 1:
-            raise InputError(f"max_rounds must be at least 1, got {max_rounds}")
-        if agent_timeout_s is not None and agent_timeout_s <= 0:
-            raise InputError(f"agent timeout must be positive, got {agent_timeout_s}")
-        if not agents:
+    def __post_init__(self) -> None:
+        if self.max_rounds < 1:
+            raise InputError(f"max_rounds must be at least 1, got {self.max_rounds}")
+        if self.agent_timeout_s is not None and self.agent_timeout_s <= 0:
+            raise InputError(f"agent timeout must be positive, got {self.agent_timeout_s}")
+        if not self.agents:
             raise InputError("the graph needs at least one agent")
-        by_name: dict[str, Agent] = {}
-        for agent in agents:
-            if agent.name in by_name:
-                raise InputError(f"two agents share the name '{agent.name}'")
-            by_name[agent.name] = agent
-        if not any(agent.can_reevaluate for agent in agents):
-            max_rounds = 1
-        return cls(
-            task=task,
-            agents=by_name,
-            policy=policy,
-            retriever=retriever,
-            max_rounds=max_rounds,
-            agent_timeout_s=agent_timeout_s,
-        )
 
     def for_image(self, image: ImageRef) -> GraphContext:
         """This context for one run of ``image``, which is read (once) when an agent needs it."""
@@ -82,3 +53,13 @@ class GraphContext:
     def can_look_again(self, names: Sequence[str]) -> list[str]:
         """The agents of ``names`` that exist here and can re-evaluate, in that order."""
         return [n for n in names if n in self.agents and self.agents[n].can_reevaluate]
+
+
+def agents_by_name(agents: Sequence[Agent]) -> dict[str, Agent]:
+    """``agents`` by name, in their order; InputError when two share a name."""
+    by_name: dict[str, Agent] = {}
+    for agent in agents:
+        if agent.name in by_name:
+            raise InputError(f"two agents share the name '{agent.name}'")
+        by_name[agent.name] = agent
+    return by_name

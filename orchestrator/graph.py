@@ -27,7 +27,7 @@ from agents.types import Agent
 from core.images import ImageRef
 from core.task import Task
 from orchestrator import nodes, routers
-from orchestrator.context import GraphContext
+from orchestrator.context import GraphContext, agents_by_name
 from orchestrator.decision import Decision
 from orchestrator.policies.base import FusionPolicy
 from orchestrator.state import (
@@ -149,15 +149,15 @@ def build_graph(
     agent_timeout_s: float | None = None,
     checkpointer: Any = None,
 ) -> ImageGraph:
-    """The orchestration graph for ``task`` over ``agents`` (run it with ``run_image``)."""
-    context = GraphContext.checked(
-        task=task,
-        agents=agents,
-        policy=policy,
-        retriever=retriever,
-        max_rounds=max_rounds,
-        agent_timeout_s=agent_timeout_s,
-    )
+    """The orchestration graph for ``task`` over ``agents`` (run it with ``run_image``).
+
+    When no agent can look again the first assessment is the last (``max_rounds`` becomes 1),
+    so the policy answers or abstains there instead of being cut short with an untrusted label.
+    """
+    by_name = agents_by_name(agents)
+    if max_rounds >= 1 and not any(a.can_reevaluate for a in by_name.values()):
+        max_rounds = 1
+    context = GraphContext(task, by_name, policy, retriever, max_rounds, agent_timeout_s)
     builder = StateGraph(
         GraphState,
         context_schema=GraphContext,

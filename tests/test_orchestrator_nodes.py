@@ -16,7 +16,7 @@ from test_orchestrator_graph import CrashingPolicy, NeverTrusted, RaisingAgent
 from agents.types import Neighbour, Prediction
 from core.images import ImageRef, LoadedImage
 from orchestrator import nodes, routers
-from orchestrator.context import GraphContext
+from orchestrator.context import GraphContext, agents_by_name
 from orchestrator.decision import Assessment, Decision
 from orchestrator.graph import build_graph, classify
 from orchestrator.replay.agent import ReplayAgent
@@ -53,9 +53,9 @@ class OneVoteRetriever:
 
 
 def context(apple_task, policy=None, retriever=None, max_rounds=2, agents=None) -> GraphContext:
-    return GraphContext.checked(
+    return GraphContext(
         task=apple_task,
-        agents=agents or [replay("gpt", "scab", 0.6), replay("qwen", "rust", 0.7)],
+        agents=agents_by_name(agents or [replay("gpt", "scab", 0.6), replay("qwen", "rust", 0.7)]),
         policy=policy or NeverTrusted(),
         retriever=retriever,
         max_rounds=max_rounds,
