@@ -12,10 +12,11 @@ Output file rules:
   line carries it under ``"run"``, and resuming a file written with another configuration is
   refused, so one file never mixes two setups.
 
-Checkpoints (LangGraph SQLite, ``durability="sync"``): with ``resume`` an image whose thread
-finished returns its stored decision and one interrupted mid-graph resumes from its last
-checkpoint, so no agent is called again for finished images or finished steps; without
-``resume`` the image's thread is cleared first (a fresh run).
+Checkpoints (LangGraph SQLite, ``durability="sync"``, through ``orchestrator.graph.run_image``,
+the one resume path): with ``resume`` an image whose thread finished returns its stored
+decision and one interrupted mid-graph resumes from its last checkpoint, so no agent is called
+again for finished images or finished steps; without ``resume`` the image's thread is cleared
+first (a fresh run).
 """
 
 from __future__ import annotations
