@@ -19,7 +19,7 @@ from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
 
 from agents.clip_agent import ClipAgent
 from agents.openai_agent import OpenAIAgent
-from agents.openai_client import OpenAIChatClient
+from agents.openai_compat import OpenAIChatClient
 from core.images import ImageRef, LoadedImage, image_to_data_url, open_image
 from orchestrator.context import GraphContext
 from orchestrator.graph import build_graph, classify
