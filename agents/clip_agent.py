@@ -20,7 +20,7 @@ from agents.clip_model import ClipModel
 from agents.prompting import label_text, render_text, template_lines
 from agents.types import EvidenceView, Prediction
 from core.errors import TrustorchError
-from core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRef, open_image
+from core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRef, LoadedImage, open_image
 from core.task import Task
 
 
@@ -97,7 +97,7 @@ class ClipAgent:
         return softmax_rows(self.clip.logit_scale * (feats @ text.T))
 
     def classify(
-        self, images: Sequence[ImageRef], task: Task, *, round: int = 0
+        self, images: Sequence[ImageRef | LoadedImage], task: Task, *, round: int = 0
     ) -> list[Prediction]:
         """Synchronous batched classification; a bad image gives a failure for that image only."""
         start = time.perf_counter()
@@ -142,14 +142,14 @@ class ClipAgent:
         )
 
     async def predict_many(
-        self, images: Sequence[ImageRef], task: Task, *, round: int = 0
+        self, images: Sequence[ImageRef | LoadedImage], task: Task, *, round: int = 0
     ) -> list[Prediction]:
         """Batched ``predict`` for throughput (runs in a worker thread)."""
         return await asyncio.to_thread(self.classify, list(images), task, round=round)
 
     async def predict(
         self,
-        image: ImageRef,
+        image: ImageRef | LoadedImage,
         task: Task,
         *,
         round: int = 0,

@@ -25,7 +25,13 @@ from agents.hub import load_local_first
 from agents.prompting import agent_instruction
 from agents.types import EvidenceView, Prediction
 from core.errors import TrustorchError
-from core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRef, open_image
+from core.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageRef,
+    LoadedImage,
+    open_image,
+)
 from core.task import Task
 
 ANSWER_PREFIX = '{"label": "'
@@ -196,7 +202,7 @@ class HFVLMAgent:
 
     def classify(
         self,
-        image: ImageRef,
+        image: ImageRef | LoadedImage,
         task: Task,
         *,
         round: int = 0,
@@ -239,7 +245,7 @@ class HFVLMAgent:
 
     async def predict(
         self,
-        image: ImageRef,
+        image: ImageRef | LoadedImage,
         task: Task,
         *,
         round: int = 0,

@@ -23,6 +23,7 @@ from core.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     ImageRef,
+    LoadedImage,
     image_to_data_url,
     url_scheme,
 )
@@ -57,7 +58,7 @@ class OpenAIAgent:
     def __repr__(self) -> str:
         return f"OpenAIAgent(name={self.name!r}, client={self.client!r})"
 
-    def _image_part(self, ref: ImageRef) -> dict[str, Any]:
+    def _image_part(self, ref: ImageRef | LoadedImage) -> dict[str, Any]:
         if url_scheme(ref.source) in ("http", "https"):
             url = ref.source
         else:
@@ -85,7 +86,7 @@ class OpenAIAgent:
 
     def messages(
         self,
-        image: ImageRef,
+        image: ImageRef | LoadedImage,
         task: Task,
         *,
         round: int = 0,
@@ -103,7 +104,7 @@ class OpenAIAgent:
 
     async def predict(
         self,
-        image: ImageRef,
+        image: ImageRef | LoadedImage,
         task: Task,
         *,
         round: int = 0,

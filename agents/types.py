@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from core.images import ImageRef
+from core.images import ImageRef, LoadedImage
 from core.task import Task
 
 REEVAL_SUFFIX = "@reeval"
@@ -87,6 +87,9 @@ class Neighbour:
     similarity: float
     source: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "similarity", float(self.similarity))
+
 
 @runtime_checkable
 class EvidenceView(Protocol):
@@ -103,14 +106,15 @@ class EvidenceView(Protocol):
 class Agent(Protocol):
     """A vision agent. ``predict`` never raises for a model failure: it returns
     ``Prediction.failure``. Agents with ``can_reevaluate`` use ``previous`` and ``evidence``
-    when ``round > 0``; the others ignore them."""
+    when ``round > 0``; the others ignore them. ``image`` is a ``LoadedImage`` in a graph run
+    (read once for all agents); agents read it through ``core.images``, never open the file."""
 
     name: str
     can_reevaluate: bool
 
     async def predict(
         self,
-        image: ImageRef,
+        image: ImageRef | LoadedImage,
         task: Task,
         *,
         round: int = 0,

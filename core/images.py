@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from core.errors import InputError
 class ImageRef:
     """Where an image came from and the sha256 of its bytes (its identity everywhere).
 
-    The decoded image is not held: ``core.images.open_image`` reads it when an agent needs it.
+    The decoded image is not held: ``core.images.open_image`` reads it when an agent needs it,
+    or a ``LoadedImage`` reads it once for every agent of one run.
     """
 
     source: str
@@ -93,12 +95,14 @@ def url_scheme(source: str) -> str | None:
 
 
 def read_image_bytes(
-    ref: ImageRef,
+    ref: ImageRef | LoadedImage,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> bytes:
     """The raw bytes of a local file or an http(s) URL, at most ``max_bytes``."""
+    if isinstance(ref, LoadedImage):
+        return ref.data(max_bytes=max_bytes, timeout_s=timeout_s)
     scheme = url_scheme(ref.source)
     if scheme is not None:
         if scheme not in ("http", "https"):
@@ -114,10 +118,12 @@ def read_image_bytes(
     if path.is_dir():
         raise InputError("is a folder, not an image file", path=ref.source)
     if size > max_bytes:
-        raise InputError(
-            f"image file is {size} bytes, over the cap of {max_bytes} bytes", path=ref.source
-        )
+        raise _over_byte_cap(size, max_bytes, ref.source)
     return path.read_bytes()
+
+
+def _over_byte_cap(size: int, max_bytes: int, source: str) -> InputError:
+    return InputError(f"image file is {size} bytes, over the cap of {max_bytes} bytes", path=source)
 
 
 def fetch_url(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = 10.0) -> bytes:
@@ -158,6 +164,19 @@ def fetch_url(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float 
 
 def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """Decode bytes to an RGB ``PIL.Image``; the pixel count is checked before decoding."""
+    return _decode(data, source=source, max_pixels=max_pixels)[0]
+
+
+def _over_pixel_cap(width: int, height: int, max_pixels: int, source: str) -> InputError:
+    return InputError(
+        f"image is {width}x{height} = {width * height} pixels, over the cap of "
+        f"{max_pixels} (possible decompression bomb)",
+        path=source,
+    )
+
+
+def _decode(data: bytes, *, source: str, max_pixels: int) -> tuple[Any, str, tuple[int, int]]:
+    """The RGB image, the file's format name and its stored size (before EXIF rotation)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -166,11 +185,8 @@ def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXE
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise InputError(
-                    f"image is {width}x{height} = {width * height} pixels, over the cap of "
-                    f"{max_pixels} (possible decompression bomb)",
-                    path=source,
-                )
+                raise _over_pixel_cap(width, height, max_pixels, source)
+            fmt = image.format or ""
             image.load()
     except Image.DecompressionBombError as e:
         raise InputError(f"refused a decompression bomb ({e})", path=source) from None
@@ -179,23 +195,82 @@ def decode_image(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_PIXE
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"truncated or corrupt image ({e})", path=source) from None
     image = ImageOps.exif_transpose(image) or image
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return (image if image.mode == "RGB" else image.convert("RGB")), fmt, (width, height)
+
+
+class LoadedImage:
+    """One image of one run: its bytes read at most once and decoded at most once, shared by
+    every agent that looks at it (CLIP, a VLM, the retrieval embedder), then dropped with it.
+
+    The readers of this module (``read_image_bytes``, ``open_image``, ``image_to_data_url``)
+    accept it wherever they accept an ``ImageRef``, and check each caller's own caps against
+    what was read. It is thread-safe: agents read it from worker threads at the same time.
+    A read or decode that fails is not kept, so the next caller tries again.
+    """
+
+    def __init__(self, ref: ImageRef) -> None:
+        self.ref = ref
+        self._lock = threading.Lock()
+        self._data: bytes | None = None
+        self._decoded: tuple[Any, str, tuple[int, int]] | None = None
+
+    def __repr__(self) -> str:
+        return f"LoadedImage({self.ref.source!r}, read={self._data is not None})"
+
+    @property
+    def source(self) -> str:
+        return self.ref.source
+
+    @property
+    def sha256(self) -> str:
+        return self.ref.sha256
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    def data(
+        self, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> bytes:
+        """The image's bytes (read on first use), InputError when over ``max_bytes``."""
+        with self._lock:
+            if self._data is None:
+                self._data = read_image_bytes(self.ref, max_bytes=max_bytes, timeout_s=timeout_s)
+            data = self._data
+        if len(data) > max_bytes:
+            raise _over_byte_cap(len(data), max_bytes, self.ref.source)
+        return data
+
+    def decoded(
+        self, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[Any, str]:
+        """The RGB ``PIL.Image`` (decoded on first use) and the file's format name."""
+        data = self.data(max_bytes=max_bytes)
+        with self._lock:
+            if self._decoded is None:
+                self._decoded = _decode(data, source=self.ref.source, max_pixels=max_pixels)
+            image, fmt, (width, height) = self._decoded
+        if width * height > max_pixels:
+            raise _over_pixel_cap(width, height, max_pixels, self.ref.source)
+        return image, fmt
 
 
 def open_image(
-    ref: ImageRef,
+    ref: ImageRef | LoadedImage,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Any:
     """Read and decode ``ref`` to an RGB ``PIL.Image`` under both caps."""
+    if isinstance(ref, LoadedImage):
+        return ref.decoded(max_bytes=max_bytes, max_pixels=max_pixels)[0]
     data = read_image_bytes(ref, max_bytes=max_bytes, timeout_s=timeout_s)
     return decode_image(data, source=ref.source, max_pixels=max_pixels)
 
 
 def image_to_data_url(
-    ref: ImageRef,
+    ref: ImageRef | LoadedImage,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -206,11 +281,12 @@ def image_to_data_url(
     JPEG, PNG, WebP and GIF are sent as they are; other formats, and images larger than
     ``max_side`` on their longer side, are re-encoded as PNG.
     """
-    from PIL import Image
-
-    data = read_image_bytes(ref, max_bytes=max_bytes)
-    image = decode_image(data, source=ref.source, max_pixels=max_pixels)
-    fmt = Image.open(io.BytesIO(data)).format or ""
+    if isinstance(ref, LoadedImage):
+        data = ref.data(max_bytes=max_bytes)
+        image, fmt = ref.decoded(max_bytes=max_bytes, max_pixels=max_pixels)
+    else:
+        data = read_image_bytes(ref, max_bytes=max_bytes)
+        image, fmt, _ = _decode(data, source=ref.source, max_pixels=max_pixels)
     mime = _DATA_URL_MIME.get(fmt)
     if mime is None or (max_side is not None and max(image.size) > max_side):
         if max_side is not None and max(image.size) > max_side:

@@ -31,6 +31,17 @@ class Assessment:
     cost_usd: float = 0.0
     latency_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Plain Python values only: the graph's checkpoints store this object as it is.
+        object.__setattr__(self, "scores", {str(k): float(v) for k, v in self.scores.items()})
+        object.__setattr__(self, "weights", {str(k): float(v) for k, v in self.weights.items()})
+        object.__setattr__(self, "confidence", float(self.confidence))
+        object.__setattr__(self, "trusted", bool(self.trusted))
+        object.__setattr__(self, "reevaluate", [str(n) for n in self.reevaluate])
+        object.__setattr__(self, "prediction_set", [str(y) for y in self.prediction_set])
+        object.__setattr__(self, "cost_usd", float(self.cost_usd))
+        object.__setattr__(self, "latency_s", float(self.latency_s))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -12,10 +12,11 @@ Output file rules:
   line carries it under ``"run"``, and resuming a file written with another configuration is
   refused, so one file never mixes two setups.
 
-Checkpoints (LangGraph SQLite, ``durability="sync"``): with ``resume`` an image whose thread
-finished returns its stored decision and one interrupted mid-graph resumes from its last
-checkpoint, so no agent is called again for finished images or finished steps; without
-``resume`` the image's thread is cleared first (a fresh run).
+Checkpoints (LangGraph SQLite, ``durability="sync"``, through ``orchestrator.graph.run_image``,
+the one resume path): with ``resume`` an image whose thread finished returns its stored
+decision and one interrupted mid-graph resumes from its last checkpoint, so no agent is called
+again for finished images or finished steps; without ``resume`` the image's thread is cleared
+first (a fresh run).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from core.errors import InputError, os_reason
 from core.files import output_folder
 from core.images import LabelledImage, SkippedImage
 from core.task import Task
+from orchestrator.graph import ImageGraph, run_image
 
 
 @dataclass(frozen=True)
@@ -219,19 +221,19 @@ def _describe_update(node: str, update: Any) -> str:
         return node
     bits: list[str] = []
     for p in update.get("predictions", []) or []:
-        answer = p["error"] if p.get("label") is None else f"{p['label']} {p['confidence']:.2f}"
-        bits.append(f"{p['agent']}: {answer}")
+        answer = p.error if p.label is None else f"{p.label} {p.confidence:.2f}"
+        bits.append(f"{p.agent}: {answer}")
     for a in update.get("assessments", []) or []:
-        bits.append(f"{a['policy']} -> {a['label']} {a['confidence']:.2f}")
+        bits.append(f"{a.policy} -> {a.label} {a.confidence:.2f}")
     for r in update.get("routes", []) or []:
-        bits.append(f"next: {r['to']} ({r['reason'][:60]})")
+        bits.append(f"next: {r.to} ({r.reason[:60]})")
     return f"{node}: " + "; ".join(bits) if bits else node
 
 
 class _Run:
     def __init__(
         self,
-        graph: Any,
+        graph: ImageGraph,
         task: Task,
         writer: JsonlWriter,
         resume: bool,
@@ -255,35 +257,21 @@ class _Run:
             self.progress.console.print(text, highlight=False, markup=False)
 
     async def decide(self, item: LabelledImage) -> dict[str, Any]:
-        config = {"configurable": {"thread_id": item.image.sha256}}
-        checkpointer = self.graph.checkpointer
-        payload: dict[str, Any] | None = {
-            "image": {"source": item.image.source, "sha256": item.image.sha256},
-            "truth": item.truth,
-        }
-        if checkpointer is not None and self.resume:
-            snapshot = await self.graph.aget_state(config)
-            if snapshot.values.get("decision") is not None:
-                self.from_checkpoint += 1
-                return snapshot.values["decision"]
-            if snapshot.next:
-                self.from_checkpoint += 1
-                self.log(f"{item.image.name}: resuming at {', '.join(snapshot.next)}")
-                payload = None
-        elif checkpointer is not None:
-            await checkpointer.adelete_thread(item.image.sha256)
-        final: dict[str, Any] = {}
-        async for mode, chunk in self.graph.astream(
-            payload, config, stream_mode=["updates", "values"], durability="sync"
-        ):
-            if mode == "values":
-                final = chunk
-            elif self.verbose:
-                for node, update in chunk.items():
-                    self.log(f"{item.image.name}: {_describe_update(node, update)}")
-        if final.get("decision") is None:
-            raise RuntimeError("the graph ended without a decision")
-        return final["decision"]
+        def log_update(node: str, update: dict[str, Any]) -> None:
+            self.log(f"{item.image.name}: {_describe_update(node, update)}")
+
+        done = await run_image(
+            self.graph,
+            item.image,
+            truth=item.truth,
+            resume=self.resume,
+            on_update=log_update if self.verbose else None,
+        )
+        if done.from_checkpoint:
+            self.from_checkpoint += 1
+        if done.resumed_at:
+            self.log(f"{item.image.name}: resumed at {', '.join(done.resumed_at)}")
+        return done.decision.to_dict()
 
     async def one(self, item: LabelledImage, gate: asyncio.Semaphore, bar: Any) -> None:
         async with gate:
@@ -308,7 +296,7 @@ class _Run:
 
 
 async def run_batch(
-    graph: Any,
+    graph: ImageGraph,
     images: Sequence[LabelledImage],
     *,
     task: Task,

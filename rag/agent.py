@@ -13,7 +13,7 @@ from typing import Any
 from agents.clip_model import ClipModel
 from agents.types import RETRIEVAL_AGENT, EvidenceView, Neighbour, Prediction
 from core.errors import TrustorchError
-from core.images import ImageRef
+from core.images import ImageRef, LoadedImage
 from core.task import Task
 from rag.embedder import ImageEmbedder
 from rag.errors import StoreError
@@ -72,12 +72,12 @@ class RetrievalAgent:
                 f"the index '{self.index.name}' is for task '{self.index.task}', not '{task.name}'"
             )
 
-    def neighbours(self, image: ImageRef) -> list[Neighbour]:
+    def neighbours(self, image: ImageRef | LoadedImage) -> list[Neighbour]:
         """The k nearest indexed images of ``image``, best first (blocking)."""
         vector = self.embedder.embed_refs([image])
         return self.index.query(vector, self.k, model=self.embedder.model, split=self.split)[0]
 
-    def evidence(self, image: ImageRef, task: Task) -> Evidence:
+    def evidence(self, image: ImageRef | LoadedImage, task: Task) -> Evidence:
         """Neighbours and vote of ``image`` (blocking)."""
         self._check_task(task)
         found = self.neighbours(image)
@@ -89,7 +89,7 @@ class RetrievalAgent:
             model=self.embedder.model,
         )
 
-    async def retrieve(self, image: ImageRef, task: Task) -> Evidence:
+    async def retrieve(self, image: ImageRef | LoadedImage, task: Task) -> Evidence:
         key = (image.sha256, task.name)
         if key in self._recent:
             self._recent.move_to_end(key)
@@ -102,7 +102,7 @@ class RetrievalAgent:
 
     async def predict(
         self,
-        image: ImageRef,
+        image: ImageRef | LoadedImage,
         task: Task,
         *,
         round: int = 0,

@@ -14,7 +14,7 @@ import numpy as np
 
 from agents.clip_model import ClipModel
 from core.errors import InputError
-from core.images import ImageRef, LabelledImage, SkippedImage, open_image
+from core.images import ImageRef, LabelledImage, LoadedImage, SkippedImage, open_image
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EmbeddedBatch:
     failures: list[SkippedImage] = field(default_factory=list)
 
 
-def open_rgb(ref: ImageRef) -> Any:
+def open_rgb(ref: ImageRef | LoadedImage) -> Any:
     """The decoded RGB image of ``ref`` (InputError when it is not a readable image)."""
     return open_image(ref)
 
@@ -56,7 +56,7 @@ class ImageEmbedder:
         """L2-normalised float32 [n, dim] for texts."""
         return self.clip.embed_texts(texts)
 
-    def embed_refs(self, refs: Sequence[ImageRef]) -> np.ndarray:
+    def embed_refs(self, refs: Sequence[ImageRef | LoadedImage]) -> np.ndarray:
         """Embeddings of image references; an unreadable image raises InputError."""
         return self.embed_images([open_rgb(ref) for ref in refs])
 

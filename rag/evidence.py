@@ -27,6 +27,7 @@ class Evidence:
     retriever: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "neighbours", tuple(self.neighbours))
         object.__setattr__(self, "vote", {str(k): float(v) for k, v in self.vote.items()})
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from core.images import ImageRef
+from core.images import ImageRef, LoadedImage
 from core.task import Task
 from rag.evidence import Evidence
 
@@ -13,4 +13,4 @@ from rag.evidence import Evidence
 class Retriever(Protocol):
     """Finds labelled neighbours of an image (a Chroma index, or a recorded vote in replay)."""
 
-    async def retrieve(self, image: ImageRef, task: Task) -> Evidence: ...
+    async def retrieve(self, image: ImageRef | LoadedImage, task: Task) -> Evidence: ...

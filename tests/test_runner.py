@@ -77,6 +77,7 @@ class ReevaluateOncePolicy:
     """FAKE policy: never trusts round 0 (asks every agent again), decides by majority after."""
 
     name = "reevaluate-once"
+    assess_after_retrieval = False
 
     async def assess(
         self,

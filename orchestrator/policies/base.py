@@ -21,12 +21,14 @@ class FusionPolicy(Protocol):
     (``round == max_rounds - 1``) it must give its final answer (a label, or ``label=None``
     with a ``prediction_set`` to abstain), whatever ``trusted`` says.
 
-    A policy whose ``assess_after_retrieval`` attribute is True is asked again once the evidence
-    is in, before any agent looks again: retrieval is cheap, a second VLM look is not, so
-    retrieval alone does not count as a round.
+    ``assess_after_retrieval`` says whether the policy is asked again once the evidence is in,
+    before any agent looks again (True: retrieval is cheap, a second VLM look is not, so
+    retrieval alone does not count as a round; False: the study's flow, from retrieval straight
+    to re-evaluation). Every policy declares it.
     """
 
     name: str
+    assess_after_retrieval: bool
 
     async def assess(
         self,

@@ -147,6 +147,7 @@ class LlmPolicy:
     """The ``llm`` fusion policy (see the module docstring)."""
 
     name = "llm"
+    assess_after_retrieval = False
 
     def __init__(
         self,
