@@ -82,7 +82,7 @@ def test_three_agents_share_one_read_and_one_decode(clip, apple_task, tmp_path, 
         graph = build_graph(
             task=apple_task,
             agents=agents,
-            policy=TrustPolicy(profiles={}),
+            policy=TrustPolicy.from_profiles({}),
             retriever=retrieval,
             max_rounds=2,
         )
