@@ -169,7 +169,7 @@ def build_policy(
     sources: Sequence[str] | None = None,
     trust_settings: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The fusion policy ``name``: ``llm`` here, the others from ``orchestrator.policies``.
+    """The fusion policy ``name`` from ``orchestrator.policies`` (for ``llm``, with its client).
 
     ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
     counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
@@ -179,21 +179,22 @@ def build_policy(
         raise InputError(
             f"--policy-file holds trust policy settings: use --policy trust, not {name!r}"
         )
+    from orchestrator.policies import make_policy
+
+    options: dict[str, Any] = {"retrieval_source": retrieval_source}
     if name == LLM_POLICY:
         from agents.openai_compat import load_price_table
-        from orchestrator.policies.llm import LlmPolicy, orchestrator_client
+        from orchestrator.policies.llm import orchestrator_client
 
         settings = llm or LlmSettings()
         model, key = _check_llm_settings(settings)
-        client = orchestrator_client(
+        options["client"] = orchestrator_client(
             model=model,
             base_url=settings.base_url,
             api_key=key,
             timeout_s=settings.timeout_s,
             prices=load_price_table(settings.price_file),
         )
-        return LlmPolicy(client=client, profiles=profiles, retrieval_source=retrieval_source)
-    from orchestrator.policies import make_policy
-
-    options = {**(trust_settings or {}), "retrieval_source": retrieval_source}
+    else:
+        options.update(trust_settings or {})
     return make_policy(name, profiles, sources=sources, **options)

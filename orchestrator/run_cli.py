@@ -10,6 +10,7 @@ import typer
 
 from core.cli import JsonOption, TaskOption, emit_json, print_table, stderr_console
 from orchestrator.agent_kinds import agent_registry
+from orchestrator.policies.registry import policy_names
 
 if TYPE_CHECKING:
     from orchestrator.agent_kinds import RetrievalSettings
@@ -31,7 +32,9 @@ def run(
     trust: Annotated[
         Path | None, typer.Option("--trust", help="Trust profiles JSON (trustorch eval trust).")
     ] = None,
-    policy: Annotated[str, typer.Option("--policy", help="Fusion policy.")] = "trust",
+    policy: Annotated[
+        str, typer.Option("--policy", help=f"Fusion policy: {', '.join(policy_names())}.")
+    ] = "trust",
     policy_file: Annotated[
         Path | None,
         typer.Option(
@@ -110,8 +113,6 @@ def run(
 
     Agents: see --agent; their options (the same as trustorch agents predict -o) go with
     --agent-option and are part of the run's configuration that --resume checks.
-
-    Policies: trust (default), llm, majority, max-confidence, single:<agent>.
 
     Examples:
 

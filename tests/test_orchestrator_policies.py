@@ -254,6 +254,9 @@ def test_make_policy():
         make_policy("single")
     with pytest.raises(InputError, match="policy 'majority'"):
         make_policy("majority", colour="red")
+    assert policy_names() == ["trust", "llm", "majority", "max-confidence", "single:<agent>"]
+    with pytest.raises(InputError, match="policy 'llm' needs an orchestrator LLM"):
+        make_policy("llm")
     with pytest.raises(InputError, match="agent_model"):
         make_policy("trust", agent_model="magic")
 

@@ -37,6 +37,16 @@ def _max_confidence(
     return MaxConfidencePolicy(**options)
 
 
+def _llm(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict) -> FusionPolicy:
+    from orchestrator.policies.llm import LlmPolicy
+
+    if options.get("client") is None:
+        raise InputError(
+            "policy 'llm' needs an orchestrator LLM (trustorch run --policy llm --llm-model ...)"
+        )
+    return LlmPolicy(profiles=profiles, **options)
+
+
 def _single(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict) -> FusionPolicy:
     from orchestrator.policies.baselines import SinglePolicy
 
@@ -47,6 +57,7 @@ def _single(arg: str | None, profiles: Mapping[str, TrustProfile], options: dict
 
 POLICY_FACTORIES: dict[str, PolicyFactory] = {
     "trust": _trust,
+    "llm": _llm,
     "majority": _majority,
     "max-confidence": _max_confidence,
     "single": _single,
@@ -54,6 +65,7 @@ POLICY_FACTORIES: dict[str, PolicyFactory] = {
 
 
 def policy_names() -> list[str]:
+    """The policy names as a user types them (``single:<agent>``), in registry order."""
     return [f"{n}:<agent>" if n == "single" else n for n in POLICY_FACTORIES]
 
 

@@ -12,6 +12,7 @@ from core.errors import InputError
 from core.task import load_task
 from eval.metric_table import Report, metrics_in
 from eval.recorded.records import read_records
+from orchestrator.policies.registry import policy_names
 
 
 def replay(
@@ -27,7 +28,11 @@ def replay(
         ),
     ] = None,
     policy: Annotated[
-        str, typer.Option("--policy", help="trust, majority, max-confidence or single:<agent>.")
+        str,
+        typer.Option(
+            "--policy",
+            help=f"Fusion policy: {', '.join(n for n in policy_names() if n != 'llm')}.",
+        ),
     ] = "trust",
     max_rounds: Annotated[
         int, typer.Option("--max-rounds", help="Rounds per image (1 = no re-evaluation).")
