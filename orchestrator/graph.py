@@ -23,7 +23,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from agents.types import Agent
+from agents.types import Agent, Prediction
 from core.images import ImageRef
 from core.task import Task
 from orchestrator import nodes, routers
@@ -66,6 +66,16 @@ UpdateListener = Callable[[str, dict[str, Any]], None]
 """Called with (node, its partial update) as each node finishes."""
 
 
+def holds_current_state(values: dict[str, Any]) -> bool:
+    """Whether a checkpointed state has this version's types (older versions stored dicts)."""
+    decision = values.get("decision")
+    return (
+        isinstance(values.get("image"), ImageRef)
+        and (decision is None or isinstance(decision, Decision))
+        and all(isinstance(p, Prediction) for p in values.get("predictions", ()))
+    )
+
+
 async def run_image(
     graph: ImageGraph,
     image: ImageRef,
@@ -87,6 +97,10 @@ async def run_image(
     resumed_at: tuple[str, ...] = ()
     if checkpointer is not None and resume:
         snapshot = await graph.compiled.aget_state(config)
+        if snapshot.values and not holds_current_state(snapshot.values):
+            # Written by an older version (plain dicts): start the image afresh, never mix.
+            await checkpointer.adelete_thread(config["configurable"]["thread_id"])
+            snapshot = await graph.compiled.aget_state(config)
         if snapshot.values.get("decision") is not None:
             return ImageRun(snapshot.values["decision"], from_checkpoint=True)
         if snapshot.next:

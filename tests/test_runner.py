@@ -348,3 +348,40 @@ def test_output_folder_and_unwritable_paths_are_input_errors(tmp_path, apple_tas
                 out=Path("/proc/x/out.jsonl"),
             )
         )
+
+
+def test_a_checkpoint_of_an_older_version_starts_the_image_afresh(tmp_path, apple_task):
+    """Checkpoints written before the typed state hold plain dicts: such a thread is started
+    again (its agents asked anew), never mixed into a decision nor failed forever."""
+    collected = collect_images([make_images(tmp_path / "data", per_label=1)], task=apple_task)
+    images = collected.images[:2]
+
+    async def scenario() -> None:
+        async with sqlite_checkpointer(tmp_path / "ckpt.sqlite") as saver:
+            graph = build_graph(
+                task=apple_task,
+                agents=[ScriptedAgent("a")],
+                policy=make_policy("majority"),
+                checkpointer=saver,
+            )
+            old = images[0].image
+            config = {"configurable": {"thread_id": old.sha256}}
+            await graph.compiled.aupdate_state(
+                config,
+                {
+                    "image": {"source": old.source, "sha256": old.sha256},
+                    "predictions": [{"agent": "a", "label": "scab", "confidence": 0.9}],
+                },
+                as_node="finalize",
+            )
+            assert (await graph.compiled.aget_state(config)).values["image"] == {
+                "source": old.source,
+                "sha256": old.sha256,
+            }
+        agent = ScriptedAgent("a")
+        summary = await _run(tmp_path, images, [agent], resume=True, task=apple_task)
+        assert summary.failed == [] and summary.decided == 2
+        assert sorted(r for _, r in agent.calls) == [0, 0]
+
+    asyncio.run(scenario())
+    assert len(_lines(tmp_path / "out.jsonl")) == 2
