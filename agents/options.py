@@ -6,7 +6,6 @@ from Python are coerced to them, and a bad one is a one-line ``InputError`` nami
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InputError
+from core.jsonio import parse_json
 
 TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -173,8 +173,8 @@ def parse_option_items(items: Sequence[str] | None, *, flag: str = "--option") -
         if not sep or not key.strip():
             raise InputError(f"{flag} must be [kind or name.]key=value, got {item!r}")
         try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
+            value: Any = parse_json(raw)
+        except InputError:
             value = raw
         out.append(OptionItem(key.strip().replace("-", "_"), value, scope.strip() or None))
     return out

@@ -35,6 +35,7 @@ from core.cli import progress_bar, stderr_console
 from core.errors import InputError, os_reason
 from core.files import output_folder
 from core.images import LabelledImage, SkippedImage
+from core.jsonio import parse_json
 from core.task import Task
 from orchestrator.graph import ImageGraph, run_image
 
@@ -72,9 +73,10 @@ def read_output(path: Path, *, repair: bool) -> ExistingOutput:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"not a JSON line ({e})", path=str(path), line=n) from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("not a UTF-8 line", path=str(path), line=n) from None
+        record = parse_json(text, source=str(path), line=n, what="JSON line")
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             raise InputError("not a decision line (no sha256)", path=str(path), line=n)
         decisions.setdefault(record["sha256"], record)

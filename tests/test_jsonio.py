@@ -69,3 +69,25 @@ def test_every_json_input_refuses_deep_nesting_in_one_line(tmp_path, reader):
         else:
             parse_scores(deep, ["a", "b"], path="r.csv", line=2, column="x_scores_json")
     assert "\n" not in str(info.value)
+
+
+def test_resume_output_policy_file_and_reply_refuse_deep_nesting(tmp_path):
+    from agents.openai_compat.errors import ReplyFormatError
+    from agents.openai_compat.json_text import extract_json_object
+    from orchestrator.policies.trust_fit import load_trust_policy_settings
+    from orchestrator.runner import read_output
+
+    deep = "[" * 50_000 + "]" * 50_000
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"sha256": "a"}\n' + deep + "\n")
+    with pytest.raises(InputError, match=r"out\.jsonl:2: invalid JSON line \(nested deeper"):
+        read_output(out, repair=False)
+    out.write_bytes(b'{"sha256": "\xff"}\n')
+    with pytest.raises(InputError, match=r"out\.jsonl:1: not a UTF-8 line"):
+        read_output(out, repair=False)
+    policy = tmp_path / "policy.json"
+    policy.write_text(deep)
+    with pytest.raises(InputError, match=r"policy\.json: invalid JSON \(nested deeper"):
+        load_trust_policy_settings(policy)
+    with pytest.raises(ReplyFormatError, match="deeper than 64 levels"):
+        extract_json_object('{"label": ' + deep + "}")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents.openai_compat.errors import ReplyFormatError
+from core.jsonio import DEFAULT_MAX_DEPTH, nesting_depth
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*(.*?)```", re.DOTALL)
 
@@ -46,6 +47,8 @@ def extract_json_object(text: str | None, *, prefer_keys: Sequence[str] = ()) ->
     if text is None or not text.strip():
         raise ReplyFormatError("empty answer")
     stripped = text.strip()
+    if nesting_depth(stripped) > DEFAULT_MAX_DEPTH:
+        raise ReplyFormatError(f"the answer nests JSON deeper than {DEFAULT_MAX_DEPTH} levels")
     try:
         whole = json.loads(stripped)
     except json.JSONDecodeError:

@@ -31,6 +31,7 @@ import numpy as np
 from agents.types import REEVAL_SUFFIX
 from core.errors import InputError
 from core.files import write_text_atomically
+from core.jsonio import read_json_file
 from eval.folds import held_out_rows, stratified_folds
 from eval.recorded.records import RecordSet
 from orchestrator.policies.fusion import fused_log_probabilities
@@ -228,14 +229,7 @@ def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
     """The keyword settings of ``TrustPolicy`` saved by ``save_trust_policy`` (without
     ``retrieval_source``: the run names its own retriever); InputError naming the file if bad."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such policy file", path=str(p)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read the policy file ({e})", path=str(p)) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON ({e.msg})", path=str(p), line=e.lineno) from None
+    data = read_json_file(p, what="policy file")
     if not isinstance(data, dict) or data.get("format") != POLICY_FILE_FORMAT:
         raise InputError(
             f"not a trust policy file (expected format {POLICY_FILE_FORMAT!r}; "

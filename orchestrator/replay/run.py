@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.images import LabelledImage
+from core.jsonio import parse_json
 from core.task import Task
 from eval.folds import held_out_rows, stratified_folds
 from eval.metric_table import Report, calibration_metrics
@@ -81,8 +81,8 @@ def refuse_decisions_file(path: str | Path) -> None:
     with p.open(encoding="utf-8-sig", errors="replace") as fh:
         first = next((line for line in fh if line.strip()), "")
     try:
-        record = json.loads(first)
-    except json.JSONDecodeError:
+        record = parse_json(first)
+    except InputError:
         return
     if isinstance(record, dict) and is_decisions_header(list(record)):
         raise InputError(
