@@ -68,6 +68,7 @@ def build_openai(spec: AgentSpec, options: dict[str, Any], context: BuildContext
     client = OpenAIChatClient(
         model=spec.target,
         prices=prices,
+        servers=context.servers,
         **{k: v for k, v in options.items() if k in _CLIENT_OPTIONS},
     )
     return OpenAIAgent(

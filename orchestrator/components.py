@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.openai_compat.modes import ServerFeatureTable
 from agents.registry import AgentSpec, BuildContext
 from agents.types import Agent
 from core.errors import InputError
@@ -48,6 +49,7 @@ def build_agents(
     retrieval: RetrievalSettings | None = None,
     want_retriever: bool = False,
     options: Sequence[Mapping[str, Any]] | None = None,
+    servers: ServerFeatureTable | None = None,
 ) -> BuiltAgents:
     """Agents in spec order, ``options[i]`` going to the i-th (checked by its kind), sharing one
     CLIP model; the retrieval agent (or, with ``want_retriever``, a new one over the index)
@@ -70,7 +72,12 @@ def build_agents(
             shared.append(load_clip(settings.clip_model))
         return shared[0]
 
-    context = BuildContext(task=task, clip=clip, clip_model=settings.clip_model)
+    context = BuildContext(
+        task=task,
+        clip=clip,
+        clip_model=settings.clip_model,
+        servers=servers if servers is not None else ServerFeatureTable(),
+    )
     chosen = list(options) if options is not None else [{} for _ in parsed]
     agents = [registry.build(s, context, o) for s, o in zip(parsed, chosen, strict=True)]
     retriever = next((a for a in agents if hasattr(a, "retrieve")), None)
@@ -168,13 +175,16 @@ def build_policy(
     retrieval_source: str | None = None,
     sources: Sequence[str] | None = None,
     trust_settings: Mapping[str, Any] | None = None,
+    servers: ServerFeatureTable | None = None,
 ) -> Any:
     """The fusion policy ``name`` from ``orchestrator.policies`` (for ``llm``, with its client).
 
     ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
     counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
     (the agents and the retriever) are what ``single:<source>`` may name. ``trust_settings``:
-    fitted ``TrustPolicy`` settings (``--policy-file``), for the trust policy only."""
+    fitted ``TrustPolicy`` settings (``--policy-file``), for the trust policy only.
+    ``servers``: the table the run's agents were built with, so the ``llm`` policy's client
+    uses what they learnt about a shared server."""
     if trust_settings is not None and name != "trust":
         raise InputError(
             f"--policy-file holds trust policy settings: use --policy trust, not {name!r}"
@@ -194,6 +204,7 @@ def build_policy(
             api_key=key,
             timeout_s=settings.timeout_s,
             prices=load_price_table(settings.price_file),
+            servers=servers,
         )
     else:
         options.update(trust_settings or {})

@@ -245,6 +245,7 @@ async def _run(
     verbose: bool,
     show_progress: bool,
 ) -> tuple[Any, list[str]]:
+    from agents.openai_compat import ServerFeatureTable
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
@@ -296,8 +297,14 @@ async def _run(
         notes.append(f"skipped {item.source}: {item.reason}")
     for item in collected.duplicates:
         notes.append(f"skipped {item.source}: {item.reason}")
+    servers = ServerFeatureTable()
     built = build_agents(
-        parsed, task=task, retrieval=retrieval, want_retriever=want_retriever, options=options
+        parsed,
+        task=task,
+        retrieval=retrieval,
+        want_retriever=want_retriever,
+        options=options,
+        servers=servers,
     )
     sources = [a.name for a in built.agents]
     retrieval_name = getattr(built.retriever, "name", None)
@@ -313,6 +320,7 @@ async def _run(
         retrieval_source=retrieval_name,
         sources=sources,
         trust_settings=trust_settings,
+        servers=servers,
     )
     for note in notes:
         console.print(f"note: {note}", highlight=False)

@@ -14,7 +14,7 @@ from PIL import Image
 from test_agents_openai import VALID, run
 
 from agents.openai_agent import OpenAIAgent
-from agents.openai_compat import OpenAIChatClient, ReplySchema
+from agents.openai_compat import OpenAIChatClient, ReplySchema, ServerFeatureTable
 from agents.types import Prediction
 from core.images import ImageRef
 from core.task import Task
@@ -47,9 +47,12 @@ def formats(requests: list[RecordedRequest]) -> list[str | None]:
 def test_the_mode_learnt_by_the_agent_is_used_by_the_policy(
     leaf: ImageRef, apple_task: Task
 ) -> None:
+    servers = ServerFeatureTable()
     with openai_server(llama_cpp_like) as server:
         agent = OpenAIAgent(
-            OpenAIChatClient(model="local", base_url=server.base_url, backoff_s=0.01)
+            OpenAIChatClient(
+                model="local", base_url=server.base_url, backoff_s=0.01, servers=servers
+            )
         )
         pred = run(agent, leaf, apple_task)
         policy = build_policy(
@@ -57,6 +60,7 @@ def test_the_mode_learnt_by_the_agent_is_used_by_the_policy(
             task=apple_task,
             profiles={},
             llm=LlmSettings(model="local", base_url=server.base_url),
+            servers=servers,
         )
         got = asyncio.run(
             policy.assess(
@@ -145,3 +149,15 @@ def test_the_policy_is_priced_from_the_price_table(tmp_path: Path, apple_task: T
     assert got.cost_usd == pytest.approx((500 * 2.0 + 20 * 8.0) / 1e6)
     assert server.requests[0].body["seed"] == 0 and "logprobs" not in server.requests[0].body
     assert default.prices["gpt-4o-mini"].input == pytest.approx(0.15)
+
+
+def test_clients_share_what_they_learn_only_through_a_table_they_are_given() -> None:
+    servers = ServerFeatureTable()
+    one = OpenAIChatClient(model="m", base_url="http://127.0.0.1:9/v1", servers=servers)
+    two = OpenAIChatClient(model="m", base_url="http://127.0.0.1:9/v1/", servers=servers)
+    other_model = OpenAIChatClient(model="n", base_url="http://127.0.0.1:9/v1", servers=servers)
+    alone = OpenAIChatClient(model="m", base_url="http://127.0.0.1:9/v1")
+    one.features.drop_mode()
+    assert two.features is one.features and two.features.mode != "json_schema"
+    assert other_model.features.mode == "json_schema"
+    assert alone.features is not one.features and alone.features.mode == "json_schema"

@@ -4,7 +4,13 @@ JSON replies."""
 from agents.openai_compat.client import OpenAIChatClient
 from agents.openai_compat.errors import ChatError, ReplyFormatError
 from agents.openai_compat.json_text import extract_json_object
-from agents.openai_compat.modes import MODES, ReplySchema, ServerFeatures, StructuredMode
+from agents.openai_compat.modes import (
+    MODES,
+    ReplySchema,
+    ServerFeatures,
+    ServerFeatureTable,
+    StructuredMode,
+)
 from agents.openai_compat.pricing import ModelPrice, call_cost_usd, load_price_table, price_for
 from agents.openai_compat.results import ChatResult, JsonReply, TokenChoice
 from agents.openai_compat.secret import Secret
@@ -19,6 +25,7 @@ __all__ = [
     "ReplyFormatError",
     "ReplySchema",
     "Secret",
+    "ServerFeatureTable",
     "ServerFeatures",
     "StructuredMode",
     "TokenChoice",

@@ -22,8 +22,8 @@ from agents.openai_compat.modes import (
     OPTIONAL_PARAMS,
     ReplySchema,
     ServerFeatures,
+    ServerFeatureTable,
     StructuredMode,
-    server_features,
 )
 from agents.openai_compat.pricing import ModelPrice, call_cost_usd, load_price_table
 from agents.openai_compat.results import ChatResult, JsonReply, ReplyModel, TokenChoice
@@ -69,6 +69,7 @@ class OpenAIChatClient:
         max_tokens: int | None = 400,
         seed: int | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
+        servers: ServerFeatureTable | None = None,
     ) -> None:
         if not model:
             raise InputError("an OpenAI-compatible client needs a model name (openai:<model>)")
@@ -97,6 +98,7 @@ class OpenAIChatClient:
         self.max_tokens = max_tokens
         self.seed = seed
         self.prices = dict(prices) if prices is not None else load_price_table()
+        self.servers = servers if servers is not None else ServerFeatureTable()
         self._per_loop: weakref.WeakKeyDictionary[Any, _LoopResources] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -104,8 +106,9 @@ class OpenAIChatClient:
 
     @property
     def features(self) -> ServerFeatures:
-        """What this client's server and model were found to accept (shared per server)."""
-        return server_features(self.base_url, self.model)
+        """What this client's server and model were found to accept (shared through
+        ``servers`` with the other clients given the same table)."""
+        return self.servers.features(self.base_url, self.model)
 
     def redact(self, text: str) -> str:
         """``text`` without the API key."""

@@ -95,14 +95,17 @@ class ServerFeatures:
         return True
 
 
-_LEARNT: dict[tuple[str, str], ServerFeatures] = {}
+class ServerFeatureTable:
+    """What each server and model were found to accept, shared by the clients given the same
+    table (a run's agents and its ``llm`` policy), so a mode is learnt once per server."""
 
+    def __init__(self) -> None:
+        self._learnt: dict[tuple[str, str], ServerFeatures] = {}
 
-def server_features(base_url: str | None, model: str) -> ServerFeatures:
-    """The features learnt so far for ``model`` on ``base_url`` (None: OpenAI), shared by every
-    client of this process."""
-    key = ((base_url or OPENAI_API_URL).rstrip("/"), model)
-    features = _LEARNT.get(key)
-    if features is None:
-        features = _LEARNT[key] = ServerFeatures()
-    return features
+    def features(self, base_url: str | None, model: str) -> ServerFeatures:
+        """The features learnt so far for ``model`` on ``base_url`` (None: OpenAI)."""
+        key = ((base_url or OPENAI_API_URL).rstrip("/"), model)
+        found = self._learnt.get(key)
+        if found is None:
+            found = self._learnt[key] = ServerFeatures()
+        return found

@@ -19,7 +19,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from agents.openai_compat import ChatError, ModelPrice, OpenAIChatClient, ReplySchema
+from agents.openai_compat import (
+    ChatError,
+    ModelPrice,
+    OpenAIChatClient,
+    ReplySchema,
+    ServerFeatureTable,
+)
 from agents.prompting import load_template, render_text
 from agents.types import Prediction
 from core.task import Task
@@ -82,6 +88,7 @@ def orchestrator_client(
     timeout_s: float = 120.0,
     max_retries: int = 2,
     prices: Mapping[str, ModelPrice] | None = None,
+    servers: ServerFeatureTable | None = None,
 ) -> OpenAIChatClient:
     """The orchestrator LLM's client: short replies at temperature 0 with a fixed seed, no
     log-probabilities."""
@@ -96,6 +103,7 @@ def orchestrator_client(
         max_tokens=REPLY_MAX_TOKENS,
         seed=0,
         prices=prices,
+        servers=servers,
     )
 
 
