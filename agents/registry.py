@@ -134,11 +134,7 @@ class AgentRegistry:
     def parse(self, spec: str) -> AgentSpec:
         """``spec`` parsed, its kind known and its target given where the kind needs one."""
         parsed = parse_agent_spec(spec)
-        kind = self.kind(parsed.kind)
-        if kind is None:
-            raise InputError(
-                f"unknown agent kind {parsed.kind!r} in {spec!r} (valid: {self.syntaxes()})"
-            )
+        kind = self._known(parsed)
         if kind.target == "required" and not parsed.target:
             raise InputError(f"agent spec {spec!r}: {kind.hint or 'give ' + kind.syntax}")
         if kind.target == "none" and parsed.target:
@@ -200,7 +196,8 @@ class AgentRegistry:
     def _known(self, spec: AgentSpec) -> AgentKind:
         kind = self.kind(spec.kind)
         if kind is None:
-            raise InputError(f"unknown agent kind {spec.kind!r} (valid: {self.syntaxes()})")
+            where = f" in {spec.text!r}" if spec.text else ""
+            raise InputError(f"unknown agent kind {spec.kind!r}{where} (valid: {self.syntaxes()})")
         return kind
 
 

@@ -95,17 +95,16 @@ async def run_image(
     checkpointer = graph.checkpointer
     payload: GraphInput | None = {"image": image, "truth": truth}
     resumed_at: tuple[str, ...] = ()
+    snapshot = None
     if checkpointer is not None and resume:
         snapshot = await graph.compiled.aget_state(config)
-        if snapshot.values and not holds_current_state(snapshot.values):
-            # Written by an older version (plain dicts): start the image afresh, never mix.
-            await checkpointer.adelete_thread(config["configurable"]["thread_id"])
-            snapshot = await graph.compiled.aget_state(config)
+    if snapshot is not None and snapshot.values and holds_current_state(snapshot.values):
         if snapshot.values.get("decision") is not None:
             return ImageRun(snapshot.values["decision"], from_checkpoint=True)
         if snapshot.next:
             payload, resumed_at = None, tuple(snapshot.next)
     elif checkpointer is not None:
+        # Not resuming, or a thread written by an older version (plain dicts): start afresh.
         await checkpointer.adelete_thread(config["configurable"]["thread_id"])
     final: dict[str, Any] = {}
     stream = graph.compiled.astream(

@@ -55,19 +55,14 @@ async def _ask_agent(call: AgentCall, context: GraphContext) -> dict[str, Any]:
             evidence=call["evidence"],
         )
         prediction = await asyncio.wait_for(answer, context.agent_timeout_s)
-    except TimeoutError:
-        prediction = Prediction.failure(
-            name,
-            f"timed out after {context.agent_timeout_s} s",
-            round=round_,
-            latency_s=time.perf_counter() - start,
-        )
     except Exception as e:
+        why = (
+            f"timed out after {context.agent_timeout_s} s"
+            if isinstance(e, TimeoutError)
+            else f"raised {type(e).__name__}: {e}"
+        )
         prediction = Prediction.failure(
-            name,
-            f"raised {type(e).__name__}: {e}",
-            round=round_,
-            latency_s=time.perf_counter() - start,
+            name, why, round=round_, latency_s=time.perf_counter() - start
         )
     if prediction.agent != name or prediction.round != round_:
         prediction = dataclasses.replace(prediction, agent=name, round=round_)
