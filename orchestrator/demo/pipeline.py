@@ -85,7 +85,7 @@ def build_pipeline(
     # the index found above (its model spelled as the CLIP was renamed to) is the one retrieved
     registry = agent_registry(RetrievalSettings(index_dir=str(availability.index_dir)), index=index)
     context = BuildContext(task=task, clip=availability.clip, device=device)
-    agents, retriever = build_agents(availability, registry, context)
+    agents, retriever = build_available_agents(availability, registry, context)
     names = [a.name for a in agents]
     if retriever is not None:
         names.append(RETRIEVAL_AGENT)
@@ -104,7 +104,7 @@ def build_pipeline(
     )
 
 
-def build_agents(
+def build_available_agents(
     availability: Availability, registry: AgentRegistry, context: BuildContext
 ) -> tuple[list[Agent], Any | None]:
     """The runnable agents and the retriever, built by ``registry`` around the one loaded CLIP
