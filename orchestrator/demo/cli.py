@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from core.cli import JsonOption, emit_json, print_table, progress_bar, stderr_console
+from core.cli import JsonOption, emit_json, output_dir, print_table, progress_bar, stderr_console
 from core.errors import InputError
 
 app = typer.Typer(
@@ -26,7 +26,12 @@ def leaf(
         typer.Argument(help="Leaf photos, folders (DIR/<label>/* gives the true label) or CSVs."),
     ] = None,
     out_dir: Annotated[
-        Path, typer.Option("--out-dir", help="Where the HTML reports are written.")
+        Path,
+        typer.Option(
+            "--out-dir",
+            help="Where the HTML reports are written.",
+            callback=output_dir("the reports"),
+        ),
     ] = DEFAULT_OUT_DIR,
     trust: Annotated[
         Path | None, typer.Option("--trust", help="Trust profiles JSON (`trustorch eval trust`).")
@@ -44,7 +49,9 @@ def leaf(
     max_rounds: Annotated[int, typer.Option("--max-rounds", min=1)] = 2,
     serve: Annotated[bool, typer.Option("--serve", help="Start the web page instead.")] = False,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port of the web page.")] = 7860,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Port of the web page.")
+    ] = 7860,
     json_out: JsonOption = False,
 ) -> None:
     """Diagnose apple-leaf photos and write one self-contained HTML report per image.
