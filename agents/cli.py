@@ -129,8 +129,8 @@ def predict(
         _print_predictions(task_obj.name, rows)
     if all(r["label"] is None for r in rows):
         typer.echo(
-            f"error: every agent failed on every image ({len(refs)}; first: {rows[0]['agent']}: "
-            f"{rows[0]['error']})",
+            f"error: every agent failed on every image ({len(refs)} images; first: "
+            f"{rows[0]['agent']}: {rows[0]['error']})",
             err=True,
         )
         raise typer.Exit(1)

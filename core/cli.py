@@ -96,6 +96,7 @@ def one_of(choices: Sequence[str] | Callable[[], Sequence[str]]) -> Callable[[T]
 def checked_by(check_value: Callable[[Any], object]) -> Callable[[T], T]:
     """Option callback from a function that raises ``TrustorchError`` or ``ValueError`` on a bad
     value (a policy name, a seed list): the error becomes a usage error (exit code 2)."""
+
     def check(value: T) -> T:
         if value is None:
             return value

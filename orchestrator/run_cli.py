@@ -18,6 +18,7 @@ from core.cli import (
     positive_seconds,
     print_table,
     stderr_console,
+    usage_error,
 )
 from core.files import WriterLock
 from orchestrator.agent_kinds import agent_registry
@@ -178,6 +179,8 @@ def run(
     from orchestrator.runner import default_checkpoint_path, remove_checkpoint_file
 
     checkpoint_path = checkpoint or default_checkpoint_path(out)
+    if checkpoint_path.resolve() == out.resolve():
+        raise usage_error("the checkpoint cannot be the output file", option="--checkpoint")
     # One run at a time per output and per checkpoint, held to the end and taken before
     # anything loads, so that a second run is refused at once and writes nothing.
     with (
@@ -226,8 +229,8 @@ def run(
         _print_summary(summary, out)
     if summary.every_agent_failed_everywhere:
         typer.echo(
-            f"error: every agent failed on every image ({len(summary.failed)}; first: "
-            f"{summary.failed[0].reason}); nothing was written to {out}",
+            f"error: every agent failed on every image ({len(summary.failed)} images; first: "
+            f"{summary.no_answer[0]}); nothing was written to {out}",
             err=True,
         )
         raise typer.Exit(1)

@@ -196,15 +196,14 @@ class RunSummary:
     dropped_partial_bytes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
-    agents_failed: int = 0
-    """How many of ``failed`` are images on which every agent failed."""
+    no_answer: list[str] = field(default_factory=list)
+    """The agents' errors (``gpt: ...; qwen: ...``) of each image of ``failed`` on which every
+    agent failed."""
 
     @property
     def every_agent_failed_everywhere(self) -> bool:
         """Every image tried in this run failed because every agent failed on it."""
-        return (
-            self.decided == 0 and self.agents_failed > 0 and self.agents_failed == len(self.failed)
-        )
+        return self.decided == 0 and 0 < len(self.no_answer) == len(self.failed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,7 +214,7 @@ class RunSummary:
             "failed": [{"source": f.source, "reason": f.reason} for f in self.failed],
             "skipped": [{"source": f.source, "reason": f.reason} for f in self.skipped],
             "dropped_partial_bytes": self.dropped_partial_bytes,
-            "every_agent_failed": self.agents_failed,
+            "no_agent_answered": len(self.no_answer),
             "wall_s": self.wall_s,
             **self.metrics,
         }
@@ -283,7 +282,7 @@ class _Run:
         verbose: bool,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.agents_failed = 0
+        self.no_answer: list[str] = []
         self.run_config = dict(run_config) if run_config is not None else None
         self.graph = graph
         self.task = task
@@ -338,8 +337,8 @@ class _Run:
                 if self.progress is not None:
                     self.progress.advance(bar)
         if no_answer is not None:
-            self.agents_failed += 1
-            self.fail(item, no_answer)
+            self.no_answer.append(no_answer)
+            self.fail(item, f"every agent failed ({no_answer})")
             return
         if item.image.sha256 in self.written:
             return
@@ -350,15 +349,15 @@ class _Run:
 
 
 def every_agent_failed(decision: dict[str, Any]) -> str | None:
-    """Why no agent answered for ``decision`` (each agent's first error), or None when one did."""
+    """Each agent's first error (``gpt: ...; qwen: ...``) when no agent answered for
+    ``decision``; None when one did."""
     predictions = decision.get("predictions") or []
     if any(p.get("label") is not None for p in predictions):
         return None
     errors: dict[str, str] = {}
     for p in predictions:
         errors.setdefault(str(p.get("agent")), str(p.get("error") or "no answer"))
-    listed = "; ".join(f"{agent}: {error}" for agent, error in errors.items())
-    return f"every agent failed ({listed})" if listed else "no agent answered"
+    return "; ".join(f"{agent}: {error}" for agent, error in errors.items()) or "no prediction"
 
 
 async def run_batch(
@@ -437,7 +436,7 @@ async def _run_locked(
         already_done=len(images) - len(todo),
         resumed_from_checkpoint=run.from_checkpoint,
         failed=run.failed,
-        agents_failed=run.agents_failed,
+        no_answer=run.no_answer,
         dropped_partial_bytes=existing.dropped_bytes,
         metrics=summarise(all_decisions, task),
         wall_s=time.perf_counter() - started,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from core.cli import JsonOption, emit_json, output_dir, print_table, progress_bar, stderr_console
+from core.cli import JsonOption, emit_json, print_table, progress_bar, stderr_console
 from core.errors import InputError
 
 app = typer.Typer(
@@ -26,12 +26,7 @@ def leaf(
         typer.Argument(help="Leaf photos, folders (DIR/<label>/* gives the true label) or CSVs."),
     ] = None,
     out_dir: Annotated[
-        Path,
-        typer.Option(
-            "--out-dir",
-            help="Where the HTML reports are written.",
-            callback=output_dir("the reports"),
-        ),
+        Path, typer.Option("--out-dir", help="Where the HTML reports are written.")
     ] = DEFAULT_OUT_DIR,
     trust: Annotated[
         Path | None, typer.Option("--trust", help="Trust profiles JSON (`trustorch eval trust`).")
@@ -67,12 +62,14 @@ def leaf(
 
       trustorch demo leaf --serve --port 7860 --clip-model ~/models/clip-vit-base-patch32
     """
-    from core.files import output_folder
+    from core.files import check_output_folder, output_folder
     from core.task import load_task
     from orchestrator.demo.pipeline import build_pipeline
 
     if not serve and not images:
         raise InputError("give at least one image (or --serve for the web page)")
+    if not serve:
+        check_output_folder(out_dir, what="the reports")
     if serve:
         from orchestrator.demo.web import check_port
 
