@@ -144,7 +144,8 @@ def field_path(loc: Sequence[Any]) -> str:
 def first_error(error: ValidationError, *, tagged: Collection[str] = ()) -> tuple[list[Any], str]:
     """(location, message) of the first error of ``error``: the location as pydantic gives it,
     less the tag it adds after a field holding a tagged union (one of ``tagged``), and the
-    message in our wording."""
+    message in our wording; a bad key of a mapping is named in the message, the location
+    being the mapping."""
     first = error.errors()[0]
     loc = list(first["loc"])
     kept: list[Any] = []
@@ -152,4 +153,8 @@ def first_error(error: ValidationError, *, tagged: Collection[str] = ()) -> tupl
         if i > 0 and loc[i - 1] in tagged and isinstance(item, str):
             continue
         kept.append(item)
-    return kept, error_message(first)
+    message = error_message(first)
+    if len(kept) >= 2 and kept[-1] == "[key]":  # a bad key of a mapping: name it
+        message = f"key {kept[-2]!r} {message.removesuffix(_got(kept[-2]))}"
+        kept = kept[:-2]
+    return kept, message

@@ -35,8 +35,6 @@ def profile_error(loc: list[Any], message: str) -> str:
     """One line naming the profile and the field of a schema error at ``loc``."""
     if len(loc) >= 2 and loc[0] == "profiles":
         name, rest = loc[1], loc[2:]
-        if rest == ["[key]"]:
-            return f"profile name {name!r}: {message}"
         where = f", field {field_path(rest)!r}" if rest else ""
         return f"profile {name!r}{where}: {message}"
     return f"field {field_path(loc)!r}: {message}" if loc else message
