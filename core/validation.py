@@ -12,7 +12,7 @@ import math
 from collections.abc import Collection, Sequence
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, Strict, ValidationError
 from pydantic_core import ErrorDetails
 
 
@@ -110,7 +110,9 @@ def error_message(error: ErrorDetails) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
+        value = error.get("input")
+        scalar = not isinstance(value, dict | list | tuple | BaseModel)
+        return str(ctx.get("error", error["msg"])) + (_got(value) if scalar else "")
     if kind == "literal_error":
         return f"must be {ctx.get('expected')}{_got(error.get('input'))}"
     if kind == "union_tag_invalid":
