@@ -1,16 +1,22 @@
 """The one reader of JSON the product did not write itself: files (trust profiles, policies,
-tasks, price tables), JSONL lines and JSON held in CSV cells.
+tasks, price tables), JSONL lines and JSON held in CSV cells; and the one writer of the JSON the
+product writes (``dumps_json``).
 
 Every failure is an ``InputError`` naming the source (and line), never a ``RecursionError`` or a
 ``JSONDecodeError``: nesting deeper than ``max_depth`` is refused before the parser sees it, and a
 file is checked to be a regular file under ``max_bytes`` before it is read.
+
+``dumps_json`` never writes ``NaN`` or ``Infinity`` (not JSON; strict parsers refuse them): a
+non-finite number is written as ``null``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +112,44 @@ def read_json_file(
     """The JSON value of a file (``read_text_file`` then ``parse_json``)."""
     text = read_text_file(path, what=what, max_bytes=max_bytes)
     return parse_json(text, source=str(path), max_depth=max_depth)
+
+
+def finite_json_value(value: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf, numpy's too) replaced by None;
+    ``default`` turns other objects (numpy scalars and arrays) into plain values first."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json_value(v, default) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json_value(v, default) for v in value]
+    if value is None or isinstance(value, str | int):
+        return value
+    if default is not None:
+        try:
+            plain = default(value)
+        except TypeError:
+            return value
+        return finite_json_value(plain, default)
+    return value
+
+
+def dumps_json(
+    obj: Any,
+    *,
+    indent: int | None = None,
+    ensure_ascii: bool = True,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
+    """``json.dumps`` that writes strict JSON: non-finite numbers become ``null``."""
+    options: dict[str, Any] = {
+        "indent": indent,
+        "ensure_ascii": ensure_ascii,
+        "sort_keys": sort_keys,
+        "default": default,
+    }
+    try:
+        return json.dumps(obj, allow_nan=False, **options)
+    except ValueError:  # a NaN or an infinity somewhere: the slow path cleans the whole value
+        return json.dumps(finite_json_value(obj, default), allow_nan=False, **options)

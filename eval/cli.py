@@ -65,6 +65,8 @@ def _load(
     if agents is not None and not wanted:
         raise InputError("--agents is empty")
     records = read_records(file, task=task_obj, truth_column=truth_column, agents=wanted)
+    for note in records.label_notes:
+        print(f"note: {note}", file=sys.stderr)
     if not records.records:
         raise InputError(f"no records for agents {wanted}", path=str(file))
     if len(records.labels) < 2:
