@@ -37,6 +37,7 @@ from typing import Any
 
 from agents.types import Prediction
 from core.errors import InputError
+from core.study import resolve_data_path
 from core.tables import read_rows
 from core.task import LabelSpellings, Task, label_spellings, preset_names
 from eval.recorded.decisions import decision_rows, is_decisions_header, named_preset, score_labels
@@ -132,9 +133,10 @@ def read_records(
     """Read a wide CSV or a long CSV/JSONL of labelled predictions (format auto-detected).
 
     Without a task, the labels are the sorted set of truth values (for decisions see the module
-    docstring). ``agents`` keeps only those.
+    docstring). ``agents`` keeps only those. ``study:case1`` and ``study:case3`` name the
+    study's files shipped with the package (``core.study``).
     """
-    p = Path(path)
+    p = resolve_data_path(path)
     header, rows = read_rows(p)
     raw_rows = list(rows)
     notes: list[str] = []
