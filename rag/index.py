@@ -64,7 +64,9 @@ def scan_source(source: str | Path, task: Task, *, show_progress: bool = True) -
     hashing = bar.add_task("hashing", total=None)
 
     def hashed(done: int, found: int) -> None:
-        if done == 1:  # drawn from the first image read on, so a bad source fails without a bar
+        # Drawn from the first image read on, so a bad source fails without a bar, and only
+        # for several images (like `agents predict`): one image's refusal is one line alone.
+        if done == 1 and found > 1:
             bar.start()
         bar.update(hashing, completed=done, total=found)
 
