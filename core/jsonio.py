@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import InputError, os_reason
+from core.errors import InputError
+from core.reading import read_utf8_file
 
 DEFAULT_MAX_DEPTH = 64
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -75,31 +75,9 @@ def parse_json(
 
 
 def read_text_file(path: str | Path, *, what: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
-    """The UTF-8 text of a regular file of at most ``max_bytes`` (checked before reading)."""
-    p = Path(path)
-    try:
-        info = p.stat()
-    except FileNotFoundError:
-        raise InputError(f"no such {what}", path=str(p)) from None
-    except OSError as e:
-        raise InputError(f"cannot read the {what} ({os_reason(e)})", path=str(p)) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"the {what} is not a regular file", path=str(p))
-    if info.st_size > max_bytes:
-        raise InputError(
-            f"the {what} is {info.st_size} bytes, over the cap of {max_bytes} bytes", path=str(p)
-        )
-    try:
-        with p.open("rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as e:
-        raise InputError(f"cannot read the {what} ({os_reason(e)})", path=str(p)) from None
-    if len(data) > max_bytes:
-        raise InputError(f"the {what} grew over the cap of {max_bytes} bytes", path=str(p))
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 text file", path=str(p)) from None
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (checked before reading, and
+    read without blocking on a FIFO: ``core.reading``)."""
+    return read_utf8_file(path, what=what, max_bytes=max_bytes)
 
 
 def read_json_file(

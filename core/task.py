@@ -121,8 +121,6 @@ def load_task(name_or_path: str | Path) -> Task:
     source: str
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise InputError("no such task file", path=str(path))
         text, source = read_text_file(path, what="task file"), str(path)
     else:
         preset = resources.files("prompts") / "tasks" / f"{name_or_path}.json"
