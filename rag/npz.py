@@ -20,6 +20,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.reading import open_regular_file
+from core.study import resolve_data_path
 from core.task import Task
 
 MAX_NPZ_BYTES = 4 * 1024 * 1024 * 1024
@@ -44,9 +45,10 @@ def read_embeddings_npz(
     """Read ``embeddings`` [n, d], ``labels`` [n] and optional ``image`` [n] names, unpickled.
 
     Ids: sha256 of the UTF-8 string ``"image:" + name`` (no image bytes exist), or without
-    names, sha256 of the row's float32 vector bytes.
+    names, sha256 of the row's float32 vector bytes. ``study:train-embeddings`` names the
+    study's index shipped with the package (``core.study``).
     """
-    file = Path(path)
+    file = resolve_data_path(path)
     arrays = _load_arrays(file, max_bytes=max_bytes)
     vectors = _vectors(arrays["embeddings"], file)
     n = len(vectors)

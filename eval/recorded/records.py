@@ -29,16 +29,16 @@ Labels (truths, predictions, score keys) are read through one normaliser: the ta
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agents.types import Prediction
+from core import reading
 from core.errors import InputError
 from core.study import resolve_data_path
-from core.tables import read_rows
+from core.tables import DEFAULT_MAX_TABLE_BYTES, read_rows
 from core.task import LabelSpellings, Task, label_spellings, preset_names
 from eval.recorded.decisions import decision_rows, is_decisions_header, named_preset, score_labels
 from eval.recorded.fields import parse_confidence, parse_round, parse_scores
@@ -115,7 +115,8 @@ class RecordSet:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The sha256 of an input file, read in chunks under the table cap."""
+    return reading.file_sha256(path, what="file", max_bytes=DEFAULT_MAX_TABLE_BYTES)
 
 
 def discover_wide_agents(header: Sequence[str]) -> list[str]:
