@@ -168,29 +168,7 @@ class RunFigures:
             self.assessments += 1
             self.policy_cost_usd += a["cost_usd"]
             self.policy_latency.add(a["latency_s"])
-        first: dict[str, str | None] = {}
-        last: dict[str, tuple[int, str | None]] = {}
-        failed: list[str] = []
-        for p in preds:
-            agent = self.agents.get(p["agent"]) or self._new_agent(p["agent"])
-            agent.calls += 1
-            agent.cost_usd += p["cost_usd"]
-            agent.latency.add(p["latency_s"])
-            if p["label"] is None:
-                agent.failures += 1
-                failed.append(f"round {p['round']}: {p['agent']}: {p['error'] or 'no answer'}")
-            if p["round"] == 0:
-                first[p["agent"]] = p["label"]
-                if truth is not None:
-                    agent.first_looks_labelled += 1
-                    agent.first_looks_correct += int(p["label"] == truth)
-            else:
-                agent.second_looks += 1
-                if p["round"] >= last.get(p["agent"], (0, None))[0]:
-                    last[p["agent"]] = (p["round"], p["label"])
-        for name, (_, again) in last.items():
-            if name in first and again != first[name]:
-                self.agents[name].changed_answers += 1
+        failed = self._add_agents(preds, truth)
         self.agent_failures += len(failed)
         self.seen_labels.update(x for x in (label, truth) if x is not None)
         if label is not None:
@@ -227,9 +205,33 @@ class RunFigures:
         if kept:
             self.traces[n] = d
 
-    def _new_agent(self, name: str) -> AgentStats:
-        self.agents[name] = AgentStats(name)
-        return self.agents[name]
+    def _add_agents(self, preds: list[dict[str, Any]], truth: str | None) -> list[str]:
+        """Count each agent's calls of one decision; its failed calls, described."""
+        first: dict[str, str | None] = {}
+        last: dict[str, tuple[int, str | None]] = {}
+        failed: list[str] = []
+        for p in preds:
+            name = p["agent"]
+            agent = self.agents.get(name) or self.agents.setdefault(name, AgentStats(name))
+            agent.calls += 1
+            agent.cost_usd += p["cost_usd"]
+            agent.latency.add(p["latency_s"])
+            if p["label"] is None:
+                agent.failures += 1
+                failed.append(f"round {p['round']}: {name}: {p['error'] or 'no answer'}")
+            if p["round"] == 0:
+                first[name] = p["label"]
+                if truth is not None:
+                    agent.first_looks_labelled += 1
+                    agent.first_looks_correct += int(p["label"] == truth)
+            else:
+                agent.second_looks += 1
+                if p["round"] >= last.get(name, (0, None))[0]:
+                    last[name] = (p["round"], p["label"])
+        for name, (_, again) in last.items():
+            if name in first and again != first[name]:
+                self.agents[name].changed_answers += 1
+        return failed
 
     def _add_reevaluation(self, d: dict[str, Any]) -> None:
         self.reevaluated += 1
@@ -263,15 +265,15 @@ def read_run(
         raise InputError(f"--max-rows must be at least 1, got {max_rows}")
     source = Path(path)
     figures = RunFigures(path=str(source), max_rows=max_rows, bins=bins)
-    for n, size, decision in decision_lines(source):
-        if n == -1:
+    for line in decision_lines(source):
+        if line.torn:
             figures.notes.append(
-                f"ignored a truncated last line ({size} bytes): the run may still be writing"
+                f"ignored a truncated last line ({line.size} bytes): the run may still be writing"
             )
-        elif decision is not None:
-            figures.add(n, decision)
+        elif line.decision is not None:
+            figures.add(line.number, line.decision)
         if on_progress is not None:
-            on_progress(size)
+            on_progress(line.size)
     if not figures.images:
         raise InputError("no decisions in the file (it is empty)", path=str(source))
     if figures.other_configs:

@@ -12,7 +12,7 @@ import math
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.errors import InputError, os_reason
 from core.jsonio import parse_json
@@ -113,9 +113,18 @@ def check_decision(obj: Any, *, path: str, line: int) -> dict[str, Any]:
     return d
 
 
-def decision_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
-    """(line number, bytes read, checked decision or None for a blank line), streamed. A last
-    line without its newline that does not parse is dropped (``None``, with line number -1)."""
+class Line(NamedTuple):
+    """One line of the file: its number, its size in bytes, and its checked decision (None for
+    a blank line, and for a last line cut short, which is then ``torn``)."""
+
+    number: int
+    size: int
+    decision: dict[str, Any] | None
+    torn: bool = False
+
+
+def decision_lines(path: Path) -> Iterator[Line]:
+    """The file's lines, streamed, each checked as it is read."""
     where = str(path)
     try:
         info = path.stat()
@@ -142,13 +151,13 @@ def decision_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None
             except UnicodeDecodeError:
                 raise InputError("not a UTF-8 line", path=where, line=n) from None
             if not text.strip():
-                yield n, len(raw), None
+                yield Line(n, len(raw), None)
                 continue
             try:
                 obj = parse_json(text, source=where, line=n, what="JSON line")
             except InputError:
                 if raw.endswith(b"\n"):
                     raise
-                yield -1, len(raw), None
+                yield Line(n, len(raw), None, torn=True)
                 return
-            yield n, len(raw), check_decision(obj, path=where, line=n)
+            yield Line(n, len(raw), check_decision(obj, path=where, line=n))
