@@ -12,6 +12,7 @@ from core.cli import JsonOption, emit_json, print_table, progress_bar, stdout_co
 from core.errors import InputError
 from eval.recorded.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
 from eval.retrieval_cli import retrieval
+from eval.run_report.cli import report
 
 app = typer.Typer(
     help="Offline evaluation: calibration, trust profiles, retrieval, replay.", no_args_is_help=True
@@ -367,3 +368,4 @@ def trust(
 
 
 app.command("retrieval")(retrieval)
+app.command("report")(report)
