@@ -52,7 +52,8 @@ def parse_json(
 ) -> Any:
     """``json.loads(text)``, or an InputError ``invalid {what} (...)`` naming source, line and
     field. With ``line=None`` the decoder's own line number is reported."""
-    if ("[" in text or "{" in text) and nesting_depth(text) > max_depth:
+    # Nesting never exceeds the number of opening brackets: most texts skip the scan.
+    if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise InputError(
             f"invalid {what} (nested deeper than {max_depth} levels)",
             path=source,
