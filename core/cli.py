@@ -9,7 +9,6 @@ prints as one line with exit code 2; an output path that cannot be written (``ou
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -23,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from core.errors import TrustorchError
+from core.jsonio import dumps_json
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 TaskOption = Annotated[
@@ -146,7 +146,7 @@ def output_dir(what: str) -> Callable[[Path | None], Path | None]:
 
 def emit_json(obj: Any) -> None:
     """One JSON object on stdout (numpy scalars converted), nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_to_plain) + "\n")
+    sys.stdout.write(dumps_json(obj, indent=2, default=_to_plain) + "\n")
     sys.stdout.flush()
 
 

@@ -24,6 +24,7 @@ from core.cli import (
 from core.errors import InputError
 from eval.recorded.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
 from eval.retrieval_cli import retrieval
+from eval.run_report.cli import report
 
 app = typer.Typer(
     help="Offline evaluation: calibration, trust profiles, retrieval, replay.", no_args_is_help=True
@@ -123,6 +124,8 @@ def _load(
         task_obj = load_task(task)
     wanted = _agent_list(agents) if agents is not None else None
     records = read_records(file, task=task_obj, truth_column=truth_column, agents=wanted)
+    for note in records.label_notes:
+        print(f"note: {note}", file=sys.stderr)
     if not records.records:
         raise InputError(f"no records for agents {wanted}", path=str(file))
     if len(records.labels) < 2:
@@ -416,3 +419,4 @@ def trust(
 
 
 app.command("retrieval")(retrieval)
+app.command("report")(report)

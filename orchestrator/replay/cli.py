@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,6 +122,8 @@ def replay(
     the_task = load_task(task) if task else None
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
+    for note in records.label_notes:
+        print(f"note: {note}", file=sys.stderr)
     n_rows = len(records.ids())
     reports = []
     with progress_bar(disable=json_out) as bar:
