@@ -152,8 +152,7 @@ def run(
     --resume continues a killed run; finished images are not sent to any agent again.
     One run at a time writes an --out (OUT.lock): a second one is refused.
     The checkpoint (OUT.checkpoints.sqlite) is removed once every image is decided, unless
-    --keep-checkpoint; an image on which every agent failed is not written (exit code 1), so
-    --resume asks the agents again.
+    --keep-checkpoint. A run in which every agent failed on every image exits with code 1.
 
     Agents: see --agent; their options (the same as trustorch agents predict -o) go with
     --agent-option and are part of the run's configuration that --resume checks.
@@ -227,13 +226,6 @@ def run(
         emit_json({**summary.to_dict(), "notes": notes, "out": str(out), "checkpoint": kept})
     else:
         _print_summary(summary, out)
-    if summary.every_agent_failed_everywhere:
-        typer.echo(
-            f"error: every agent failed on every image ({len(summary.failed)} images; first: "
-            f"{summary.no_answer[0]}); nothing was written to {out}",
-            err=True,
-        )
-        raise typer.Exit(1)
     if summary.failed:
         stderr_console().print(
             f"{len(summary.failed)} image(s) failed and are not in {out}; "
@@ -241,6 +233,13 @@ def run(
             highlight=False,
             markup=False,
         )
+    if summary.every_agent_failed_everywhere:
+        typer.echo(
+            f"error: every agent failed on every image ({summary.decided} images; first: "
+            f"{summary.no_answer[0]}); their lines in {out} hold no agent's answer",
+            err=True,
+        )
+    if summary.failed or summary.every_agent_failed_everywhere:
         raise typer.Exit(1)
 
 

@@ -22,8 +22,8 @@ sha256 (``ImageGraph.thread_id``): another setup's checkpoint is never read.
 One writer per output: ``run_batch`` holds ``OUT.lock`` (``core.files.writer_lock``) for the
 whole run, resumed or not; a second run on the same ``out`` is refused before it writes.
 
-An image on which every agent failed is not a decision: it is counted as failed, not written,
-and its thread is dropped, so ``--resume`` asks the agents again.
+An image on which every agent failed is still decided and written (its trace holds the errors);
+``RunSummary.no_answer`` lists them, so a caller can tell a run in which no agent ever answered.
 """
 
 from __future__ import annotations
@@ -197,13 +197,13 @@ class RunSummary:
     metrics: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     no_answer: list[str] = field(default_factory=list)
-    """The agents' errors (``gpt: ...; qwen: ...``) of each image of ``failed`` on which every
-    agent failed."""
+    """The agents' errors (``gpt: ...; qwen: ...``) of each image decided now on which every
+    agent failed (its decision is an abstention, or the retriever's alone)."""
 
     @property
     def every_agent_failed_everywhere(self) -> bool:
-        """Every image tried in this run failed because every agent failed on it."""
-        return self.decided == 0 and 0 < len(self.no_answer) == len(self.failed)
+        """Every agent failed on every image decided in this run (and at least one was)."""
+        return self.decided > 0 and len(self.no_answer) == self.decided
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -327,25 +327,21 @@ class _Run:
         async with gate:
             try:
                 decision = await self.decide(item)
-                no_answer = every_agent_failed(decision)
-                if no_answer is not None:
-                    await self.graph.forget(item.image)
             except Exception as e:
                 self.fail(item, f"{type(e).__name__}: {e}")
                 return
             finally:
                 if self.progress is not None:
                     self.progress.advance(bar)
-        if no_answer is not None:
-            self.no_answer.append(no_answer)
-            self.fail(item, f"every agent failed ({no_answer})")
-            return
         if item.image.sha256 in self.written:
             return
         line = decision if self.run_config is None else {**decision, "run": self.run_config}
         self.writer.write(line)
         self.written.add(item.image.sha256)
         self.decisions.append(decision)
+        no_answer = every_agent_failed(decision)
+        if no_answer is not None:
+            self.no_answer.append(no_answer)
 
 
 def every_agent_failed(decision: dict[str, Any]) -> str | None:
