@@ -153,7 +153,7 @@ def replay(
         emit_json(report)
         return
     if len(reports) == 1:
-        rows = [[f"{policy} ({report['engine']})", *(report[k] for k in SUMMARY_KEYS)]]
+        rows = [[policy, *(report[k] for k in SUMMARY_KEYS)]]
     else:
         rows = [[f"{policy} seed {r['seed']}", *(r[k] for k in SUMMARY_KEYS)] for r in reports]
         rows.append([f"{policy} mean", *(report["mean"][k] for k in SUMMARY_KEYS)])
