@@ -106,9 +106,13 @@ class ClipAgent:
         results: list[Prediction | None] = [None] * len(images)
         for i, ref in enumerate(images):
             try:
-                decoded.append(
-                    open_image(ref, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+                image = open_image(
+                    ref,
+                    max_bytes=self.max_bytes,
+                    max_pixels=self.max_pixels,
+                    shortest_side=self.clip.image_side,
                 )
+                decoded.append(image)
                 slots.append(i)
             except TrustorchError as e:
                 results[i] = Prediction.failure(self.name, str(e), round=round)

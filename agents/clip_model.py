@@ -46,6 +46,20 @@ class ClipModel:
     def dim(self) -> int:
         return int(self.model.config.projection_dim)
 
+    @property
+    def image_side(self) -> int:
+        """The shorter side, in pixels, the processor resizes an image to before cropping: an
+        image decoded for this model needs no more (``core.images.open_image``)."""
+        processor = getattr(self.processor, "image_processor", self.processor)
+        sides = [
+            getattr(size, key, None) if not isinstance(size, dict) else size.get(key)
+            for size in (getattr(processor, "size", None), getattr(processor, "crop_size", None))
+            if size is not None
+            for key in ("shortest_edge", "height", "width")
+        ]
+        found = [int(side) for side in sides if side]
+        return max(found) if found else int(self.model.config.vision_config.image_size)
+
     def embed_images(self, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
         """L2-normalised float32 image embeddings, shape [len(images), dim]."""
         import torch

@@ -38,6 +38,9 @@ ANSWER_PREFIX = '{"label": "'
 LABEL_SUFFIX = '"'
 REASON_PREFIX = ', "reason": "'
 HF_VLM_ENV = "TRUSTORCH_HF_VLM"
+# A large photo is shrunk while decoded to no less than this on its shorter side: more than the
+# few hundred thousand pixels local VLM processors keep by default, far less than 36 MP.
+VLM_IMAGE_SIDE = 1024
 
 
 @dataclass
@@ -212,7 +215,12 @@ class HFVLMAgent:
         """Synchronous ``predict``."""
         start = time.perf_counter()
         try:
-            decoded = open_image(image, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+            decoded = open_image(
+                image,
+                max_bytes=self.max_bytes,
+                max_pixels=self.max_pixels,
+                shortest_side=VLM_IMAGE_SIDE,
+            )
             context = self.prompt(task, round=round, previous=previous, evidence=evidence)
             with self._lock:
                 logps = self.label_logprobs(decoded, context, task.labels)

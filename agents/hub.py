@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from agents.errors import ModelLoadError
+from core.extras import missing_extra_error
 
 Loaded = TypeVar("Loaded")
 LOAD_ERRORS = (OSError, ValueError, KeyError)
@@ -51,9 +52,10 @@ def load_local_first(
 ) -> Loaded:
     """``load(local_only)`` first with ``True``; for a hub id that is not cached, again with
     ``False`` when the hub can be reached. Every failure is a one-line ModelLoadError naming
-    ``what`` (e.g. "CLIP") and ending with ``hint`` (how to pass a local folder)."""
+    ``what`` (e.g. "CLIP") and ending with ``hint`` (how to pass a local folder); a missing
+    optional package (torchvision for Qwen2.5-VL's processor) names the extra to install."""
     try:
-        return load(True)
+        return _load_or_name_extra(load, True, what, name_or_path)
     except LOAD_ERRORS as local_error:
         if Path(name_or_path).expanduser().is_dir():
             raise _load_error(what, name_or_path, local_error, hint) from local_error
@@ -64,9 +66,18 @@ def load_local_first(
                 f"Face cache, and {hub}; {hint}"
             ) from local_error
         try:
-            return load(False)
+            return _load_or_name_extra(load, False, what, name_or_path)
         except LOAD_ERRORS as e:
             raise _load_error(what, name_or_path, e, hint) from e
+
+
+def _load_or_name_extra(
+    load: Callable[[bool], Loaded], local_only: bool, what: str, name_or_path: str
+) -> Loaded:
+    try:
+        return load(local_only)
+    except ImportError as e:
+        raise missing_extra_error(e, needed_by=f"{what} '{name_or_path}'") from e
 
 
 def _load_error(what: str, name_or_path: str, error: Exception, hint: str) -> ModelLoadError:

@@ -15,7 +15,10 @@ from typing import Any
 
 from agents.types import EvidenceView, Prediction
 from core.errors import InputError
+from core.reading import read_utf8_file
 from core.task import Task
+
+TEMPLATE_MAX_BYTES = 1024 * 1024
 
 
 def template_names() -> list[str]:
@@ -26,8 +29,8 @@ def template_names() -> list[str]:
 def load_template(name: str) -> str:
     """The text of template ``name`` (``agent``, ``reevaluate``, ...) or of a ``.txt`` file."""
     path = Path(name)
-    if path.suffix == ".txt" and path.is_file():
-        return path.read_text(encoding="utf-8")
+    if path.suffix == ".txt" and path.exists():
+        return read_utf8_file(path, what="prompt template", max_bytes=TEMPLATE_MAX_BYTES)
     resource = resources.files("prompts") / "templates" / f"{name}.txt"
     if not resource.is_file():
         raise InputError(

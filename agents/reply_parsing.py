@@ -107,14 +107,28 @@ def _labels_starting_with(fragment: str, forms: Mapping[str, set[str]]) -> list[
     return [label for label, fs in forms.items() if any(f.startswith(core) for f in fs)]
 
 
+def _probability(logprob: float) -> float | None:
+    """exp(logprob), or None for a logprob that is no probability (NaN, +inf, > 0 by more
+    than rounding)."""
+    if not math.isfinite(logprob) and logprob != -math.inf:
+        return None
+    if logprob > 1e-6:
+        return None
+    return min(math.exp(logprob), 1.0)
+
+
 def label_distribution(
     tokens: Sequence[TokenChoice], task: Task, label: str, raw_label: str | None = None
 ) -> dict[str, float] | None:
     """The distribution over the task's labels at the token where the answer's label starts.
 
-    Each top alternative at that position goes to the label it begins (an ambiguous prefix goes
-    to the answered label when it is among its candidates, else is split); the mass is then
-    normalised over the labels. None when the position or any label mass cannot be found.
+    Each observed token at that position (the chosen one and the top alternatives) goes to the
+    label it begins (an ambiguous prefix goes to the answered label when it is among its
+    candidates, else is split). The observed probabilities are kept as they are; the mass not
+    observed on any label (1 minus their sum) is spread evenly over the labels that got none,
+    or over the labels other than the answer when every label got some. A token whose
+    logprob is not a probability (NaN, > 0) is ignored. None when the position cannot be found
+    or the answered label got no observed probability.
     """
     if not tokens:
         return None
@@ -143,6 +157,9 @@ def label_distribution(
     forms = _label_forms(task)
     mass = dict.fromkeys(task.labels, 0.0)
     for token, logprob in alternatives.items():
+        p = _probability(logprob)
+        if p is None:
+            continue
         if prefix:
             if not token.startswith(prefix):
                 continue
@@ -150,7 +167,6 @@ def label_distribution(
         matches = _labels_starting_with(token, forms)
         if not matches:
             continue
-        p = math.exp(logprob)
         if len(matches) == 1:
             mass[matches[0]] += p
         elif label in matches:
@@ -158,7 +174,12 @@ def label_distribution(
         else:
             for m in matches:
                 mass[m] += p / len(matches)
-    total = sum(mass.values())
-    if total <= 0 or mass[label] <= 0:
+    if mass[label] <= 0:
         return None
-    return {k: v / total for k, v in mass.items()}
+    observed = sum(mass.values())
+    if observed > 1.0:  # rounding in the server's logprobs: no mass is left over
+        return {k: v / observed for k, v in mass.items()}
+    unseen = [k for k, v in mass.items() if v <= 0] or [k for k in mass if k != label]
+    for k in unseen:
+        mass[k] += (1.0 - observed) / len(unseen)
+    return mass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
@@ -12,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from core.jsonio import dumps_json
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 TaskOption = Annotated[
     str, typer.Option("--task", help="Task preset name (apple-leaf) or a task JSON file.")
@@ -20,7 +21,7 @@ TaskOption = Annotated[
 
 def emit_json(obj: Any) -> None:
     """One JSON object on stdout (numpy scalars converted), nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_to_plain) + "\n")
+    sys.stdout.write(dumps_json(obj, indent=2, default=_to_plain) + "\n")
     sys.stdout.flush()
 
 

@@ -8,7 +8,9 @@ Sources, in the order given:
 
 - a ``.csv`` file (suffix in any case) is a manifest: a ``path`` (or ``image`` / ``file``) column
   and a ``label`` (or ``truth`` / ``category``) column, which may be left out unless labels are
-  required. Relative paths are read from the manifest's folder; rows keep file order. Every
+  required. Relative paths are read from the manifest's folder, http(s) URLs are fetched (any
+  other scheme is refused); rows keep file order. It is parsed by the ``csv`` module, so a quoted
+  field may hold commas and line breaks, and a row's line is the line it starts on. Every
   problem of the manifest itself is an InputError naming it, its line (the header is line 1) and
   the column.
 - any other file is one image without a label (an InputError when labels are required);
@@ -29,15 +31,18 @@ Folder rules:
   folder without any image;
 - a folder that cannot be listed is skipped, with its reason.
 
-Each image is read once, to hash its bytes (``core.images.image_ref``); with ``decodes`` it is
-decoded in full too (byte and pixel caps, truncated data). An image that cannot be read (or
-decoded) is skipped with its reason, and with ``unique`` an image with the same bytes as an
-earlier one is skipped as a duplicate. A source that does not exist is an InputError.
+A source that is an http(s) URL is one image without a label (when labels are optional).
+
+Each image is read once under the byte cap, hashing its bytes as they come
+(``core.images.image_ref``; a FIFO or a device is refused before a byte is read); with
+``decodes`` it is decoded in full too (byte and pixel caps, truncated data). An image that
+cannot be read (or decoded) is skipped with its reason, and with ``unique`` an image with the
+same bytes as an earlier one is skipped as a duplicate. A source that does not exist is an
+InputError.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -45,16 +50,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError, os_reason
-from core.images import IMAGE_SUFFIXES, ImageRef, LabelledImage, SkippedImage, image_ref
-from core.tables import check_unique_columns
+from core.images import (
+    IMAGE_SUFFIXES,
+    ImageRef,
+    LabelledImage,
+    SkippedImage,
+    image_ref,
+    url_scheme,
+)
+from core.reading import read_file_bytes
+from core.tables import check_unique_columns, csv_records
 from core.task import Task
 
 PATH_COLUMNS = ("path", "image", "file")
 LABEL_COLUMNS = ("label", "truth", "category")
 MANIFEST_SUFFIX = ".csv"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
-# A file a source names before it is read: its path, its label, its manifest line.
-_Named = tuple[Path, str | None, int | None]
+# An image a source names before it is read: its path or URL, its label, its manifest line.
+_Named = tuple[str, str | None, int | None]
 
 
 @dataclass
@@ -88,13 +102,16 @@ def scan_images(
     out = ScannedImages()
     named: list[_Named] = []
     for source in sources:
+        if url_scheme(str(source)) is not None and not labels_required:
+            named.append((str(source), None, None))
+            continue
         named += _named_images(Path(source), task, labels_required=labels_required, out=out)
     first_with: dict[str, str] = {}
     for done, (path, truth, line) in enumerate(named, start=1):
         try:
             ref = _read(path, decodes=decodes)
         except InputError as e:
-            out.skipped.append(SkippedImage(str(path), e.message))
+            out.skipped.append(SkippedImage(path, e.message))
         else:
             if unique and ref.sha256 in first_with:
                 reason = f"same bytes as {first_with[ref.sha256]}"
@@ -108,14 +125,12 @@ def scan_images(
     return out
 
 
-def _read(path: Path, *, decodes: bool) -> ImageRef:
-    """``path``'s identity, from one read; InputError with the reason it cannot be read."""
-    if not path.exists():
-        raise InputError("no such file", path=str(path))
-    try:
-        return image_ref(str(path), decodes=decodes)
-    except OSError as e:
-        raise InputError(f"cannot read the file ({os_reason(e)})", path=str(path)) from None
+def _read(source: str, *, decodes: bool) -> ImageRef:
+    """The identity of ``source`` (a path or an http(s) URL), from one bounded read; InputError
+    with the reason it cannot be read."""
+    if url_scheme(source) is None and not os.path.lexists(source):
+        raise InputError("no such file", path=source)
+    return image_ref(source, decodes=decodes)
 
 
 def _named_images(
@@ -123,16 +138,18 @@ def _named_images(
 ) -> list[_Named]:
     if source.is_dir():
         return _folder_images(source, task, labels_required=labels_required, out=out)
-    if source.is_file() and source.suffix.lower() == MANIFEST_SUFFIX:
+    # Anything else that exists (a FIFO, a device too) is read by the bounded readers, which
+    # refuse what is not a regular file before reading a byte.
+    if source.exists() and source.suffix.lower() == MANIFEST_SUFFIX:
         return _manifest_images(source, task, labels_required=labels_required)
-    if source.is_file():
+    if source.exists():
         if labels_required:
             raise InputError(
                 "an image file has no label: give a folder DIR/<label>/<image> or a CSV "
                 "manifest (path,label)",
                 path=str(source),
             )
-        return [(source, None, None)]
+        return [(str(source), None, None)]
     what = "folder or manifest" if labels_required else "file or folder"
     raise InputError(f"no such {what}", path=str(source))
 
@@ -148,13 +165,13 @@ def _folder_images(
                 raise InputError(
                     "image is not in a label folder (DIR/<label>/<image>)", path=str(path)
                 )
-            named.append((path, None, None))
+            named.append((str(path), None, None))
             continue
         if labels_required:
             truth: str | None = task.require_label(path.name, path=str(path))
         else:
             truth = task.normalise_label(path.name)
-        named += [(image, truth, None) for image in _walk(path, inside, out)]
+        named += [(str(image), truth, None) for image in _walk(path, inside, out)]
     if labels_required and not named:
         raise InputError(
             f"no images found: expected DIR/<label>/<image> with labels {', '.join(task.labels)}",
@@ -195,14 +212,16 @@ def _entries(folder: Path, out: ScannedImages) -> list[tuple[Path, bool]]:
 
 
 def _manifest_images(manifest: Path, task: Task, *, labels_required: bool) -> list[_Named]:
+    data = read_file_bytes(manifest, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
     try:
-        text = manifest.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputError("not a UTF-8 CSV manifest", path=str(manifest)) from None
-    except OSError as e:
-        raise InputError(f"cannot read the manifest ({os_reason(e)})", path=str(manifest)) from None
-    reader = csv.DictReader(text.splitlines())
-    header = [(h or "").strip() for h in reader.fieldnames or []]
+    if "\x00" in text:
+        raise InputError("not a UTF-8 CSV manifest (it holds NUL bytes)", path=str(manifest))
+    records = csv_records(text, path=str(manifest))
+    first = next(records, None)
+    header = [field.strip() for field in first[1]] if first is not None else []
     check_unique_columns(header, path=str(manifest))
     path_col = next((c for c in PATH_COLUMNS if c in header), None)
     label_col = next((c for c in LABEL_COLUMNS if c in header), None)
@@ -218,14 +237,22 @@ def _manifest_images(manifest: Path, task: Task, *, labels_required: bool) -> li
             path=str(manifest),
             line=1,
         )
+    path_at = header.index(path_col)
+    label_at = header.index(label_col) if label_col else None
     named: list[_Named] = []
-    for row in reader:
-        line = reader.line_num
-        row = {(k or "").strip(): v for k, v in row.items()}
-        raw_path = str(row.get(path_col) or "").strip()
+    for line, fields in records:
+        if any(extra.strip() for extra in fields[len(header) :]):
+            raise InputError(
+                "row has more fields than the header (quote a path that holds a comma)",
+                path=str(manifest),
+                line=line,
+            )
+        raw_path = fields[path_at].strip() if path_at < len(fields) else ""
         if not raw_path:
             raise InputError("empty image path", path=str(manifest), line=line, field=path_col)
-        raw_label = str(row.get(label_col) or "").strip() if label_col else ""
+        raw_label = ""
+        if label_at is not None and label_at < len(fields):
+            raw_label = fields[label_at].strip()
         if labels_required and not raw_label:
             raise InputError("empty label", path=str(manifest), line=line, field=label_col)
         label = (
@@ -233,8 +260,16 @@ def _manifest_images(manifest: Path, task: Task, *, labels_required: bool) -> li
             if raw_label
             else None
         )
-        image = Path(raw_path)
-        named.append((image if image.is_absolute() else manifest.parent / image, label, line))
+        named.append((_manifest_source(raw_path, manifest), label, line))
     if not named:
         raise InputError("manifest has no rows", path=str(manifest))
     return named
+
+
+def _manifest_source(raw_path: str, manifest: Path) -> str:
+    """A manifest's path cell as a source: a URL stays a URL (an http(s) one is fetched, any
+    other scheme is refused when read), a relative path is read from the manifest's folder."""
+    if url_scheme(raw_path) is not None:
+        return raw_path
+    image = Path(raw_path)
+    return str(image if image.is_absolute() else manifest.parent / image)

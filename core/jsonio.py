@@ -1,20 +1,26 @@
 """The one reader of JSON the product did not write itself: files (trust profiles, policies,
-tasks, price tables), JSONL lines and JSON held in CSV cells.
+tasks, price tables), JSONL lines and JSON held in CSV cells; and the one writer of the JSON the
+product writes (``dumps_json``).
 
 Every failure is an ``InputError`` naming the source (and line), never a ``RecursionError`` or a
 ``JSONDecodeError``: nesting deeper than ``max_depth`` is refused before the parser sees it, and a
 file is checked to be a regular file under ``max_bytes`` before it is read.
+
+``dumps_json`` never writes ``NaN`` or ``Infinity`` (not JSON; strict parsers refuse them): a
+non-finite number is written as ``null``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import InputError, os_reason
+from core.errors import InputError
+from core.reading import read_utf8_file
 
 DEFAULT_MAX_DEPTH = 64
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -46,7 +52,8 @@ def parse_json(
 ) -> Any:
     """``json.loads(text)``, or an InputError ``invalid {what} (...)`` naming source, line and
     field. With ``line=None`` the decoder's own line number is reported."""
-    if ("[" in text or "{" in text) and nesting_depth(text) > max_depth:
+    # Nesting never exceeds the number of opening brackets: most texts skip the scan.
+    if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise InputError(
             f"invalid {what} (nested deeper than {max_depth} levels)",
             path=source,
@@ -69,31 +76,9 @@ def parse_json(
 
 
 def read_text_file(path: str | Path, *, what: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
-    """The UTF-8 text of a regular file of at most ``max_bytes`` (checked before reading)."""
-    p = Path(path)
-    try:
-        info = p.stat()
-    except FileNotFoundError:
-        raise InputError(f"no such {what}", path=str(p)) from None
-    except OSError as e:
-        raise InputError(f"cannot read the {what} ({os_reason(e)})", path=str(p)) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"the {what} is not a regular file", path=str(p))
-    if info.st_size > max_bytes:
-        raise InputError(
-            f"the {what} is {info.st_size} bytes, over the cap of {max_bytes} bytes", path=str(p)
-        )
-    try:
-        with p.open("rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as e:
-        raise InputError(f"cannot read the {what} ({os_reason(e)})", path=str(p)) from None
-    if len(data) > max_bytes:
-        raise InputError(f"the {what} grew over the cap of {max_bytes} bytes", path=str(p))
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 text file", path=str(p)) from None
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (checked before reading, and
+    read without blocking on a FIFO: ``core.reading``)."""
+    return read_utf8_file(path, what=what, max_bytes=max_bytes)
 
 
 def read_json_file(
@@ -106,3 +91,44 @@ def read_json_file(
     """The JSON value of a file (``read_text_file`` then ``parse_json``)."""
     text = read_text_file(path, what=what, max_bytes=max_bytes)
     return parse_json(text, source=str(path), max_depth=max_depth)
+
+
+def finite_json_value(value: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf, numpy's too) replaced by None;
+    ``default`` turns other objects (numpy scalars and arrays) into plain values first."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json_value(v, default) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json_value(v, default) for v in value]
+    if value is None or isinstance(value, str | int):
+        return value
+    if default is not None:
+        try:
+            plain = default(value)
+        except TypeError:
+            return value
+        return finite_json_value(plain, default)
+    return value
+
+
+def dumps_json(
+    obj: Any,
+    *,
+    indent: int | None = None,
+    ensure_ascii: bool = True,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
+    """``json.dumps`` that writes strict JSON: non-finite numbers become ``null``."""
+    options: dict[str, Any] = {
+        "indent": indent,
+        "ensure_ascii": ensure_ascii,
+        "sort_keys": sort_keys,
+        "default": default,
+    }
+    try:
+        return json.dumps(obj, allow_nan=False, **options)
+    except ValueError:  # a NaN or an infinity somewhere: the slow path cleans the whole value
+        return json.dumps(finite_json_value(obj, default), allow_nan=False, **options)

@@ -1,7 +1,8 @@
 """Seeded percentile-bootstrap intervals for accuracy, ECE and CCC, vectorised over resamples.
 
 Each resample draws n rows with replacement (a multinomial count per row), so one matrix
-product gives every resample's statistic at once: 1000 resamples of 160 rows take a few ms.
+product gives a chunk of resamples' statistics at once: 1000 resamples of 160 rows take a few
+ms. Chunks hold at most ``CHUNK_ELEMENTS`` counts, so 100,000 rows need no 800 MB matrix.
 ECE uses the same equal-width bins as ``eval.metrics`` (a test checks it equals netcal's value
 on the full data). A resample where the CCC is undefined (constant confidence or correctness)
 is left out of the CCC interval; the interval is None when none is defined.
@@ -9,11 +10,16 @@ is left out of the CCC interval; the interval is None when none is defined.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 
 from eval.metrics import DEFAULT_BINS, bin_index, check_confidence_correct
 
 DEFAULT_RESAMPLES = 1000
+CHUNK_ELEMENTS = 2_000_000
+"""Resample counts held at once (16 MB of float64), whatever the number of rows: memory is
+O(rows + resamples), not O(rows * resamples)."""
 DEFAULT_LEVEL = 0.95
 INTERVAL_KEYS = ("accuracy", "ece", "ccc")
 """The statistics ``bootstrap_intervals`` gives intervals of."""
@@ -21,8 +27,27 @@ INTERVAL_KEYS = ("accuracy", "ece", "ccc")
 
 def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
     """[resamples, n] how often each row is drawn in each resample (seeded)."""
+    return np.concatenate(list(resample_count_chunks(n, resamples, seed)))
+
+
+def resample_count_chunks(
+    n: int, resamples: int, seed: int, *, max_elements: int | None = None
+) -> Iterator[np.ndarray]:
+    """``resample_counts`` a few resamples at a time (at most ``max_elements`` counts per
+    chunk, default ``CHUNK_ELEMENTS``; at least one resample): the same draws, in the same
+    order, for any chunk size."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    per_chunk = max(1, (max_elements or CHUNK_ELEMENTS) // max(n, 1))
+    for start in range(0, resamples, per_chunk):
+        size = min(per_chunk, resamples - start)
+        yield rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
+
+
+def _per_resample(
+    n: int, resamples: int, seed: int, statistics: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``statistics`` (a row per weighting) of every resample, computed chunk by chunk."""
+    return np.concatenate([statistics(w) for w in resample_count_chunks(n, resamples, seed)])
 
 
 def ece_of_weights(
@@ -86,19 +111,23 @@ def bootstrap_intervals(
     if acc_rows.ndim != 1 or acc_rows.size == 0:
         raise ValueError("correct_all must be a non-empty 1-D array")
     out: dict[str, tuple[float, float]] = {}
-    w_all = resample_counts(acc_rows.size, resamples, seed)
-    acc = _interval(w_all @ acc_rows / acc_rows.size, level)
+    accuracy = _per_resample(acc_rows.size, resamples, seed, lambda w: w @ acc_rows / acc_rows.size)
+    acc = _interval(accuracy, level)
     if acc is not None:
         out["accuracy"] = acc
     conf = np.asarray(confidence, dtype=np.float64)
     if conf.size == 0:
         return out
     conf, corr = check_confidence_correct(conf, correct)
-    w = resample_counts(conf.size, resamples, seed + 1)
-    ece = _interval(ece_of_weights(w, conf, corr, bins), level)
+
+    def ece_and_ccc(w: np.ndarray) -> np.ndarray:
+        return np.stack([ece_of_weights(w, conf, corr, bins), pearson_of_weights(w, conf, corr)], 1)
+
+    both = _per_resample(conf.size, resamples, seed + 1, ece_and_ccc)
+    ece = _interval(both[:, 0], level)
     if ece is not None:
         out["ece"] = ece
-    ccc = _interval(pearson_of_weights(w, conf, corr), level)
+    ccc = _interval(both[:, 1], level)
     if ccc is not None:
         out["ccc"] = ccc
     return out

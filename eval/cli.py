@@ -12,6 +12,7 @@ from core.cli import JsonOption, emit_json, print_table, progress_bar, stdout_co
 from core.errors import InputError
 from eval.recorded.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
 from eval.retrieval_cli import retrieval
+from eval.run_report.cli import report
 
 app = typer.Typer(
     help="Offline evaluation: calibration, trust profiles, retrieval, replay.", no_args_is_help=True
@@ -65,6 +66,8 @@ def _load(
     if agents is not None and not wanted:
         raise InputError("--agents is empty")
     records = read_records(file, task=task_obj, truth_column=truth_column, agents=wanted)
+    for note in records.label_notes:
+        print(f"note: {note}", file=sys.stderr)
     if not records.records:
         raise InputError(f"no records for agents {wanted}", path=str(file))
     if len(records.labels) < 2:
@@ -365,3 +368,4 @@ def trust(
 
 
 app.command("retrieval")(retrieval)
+app.command("report")(report)

@@ -16,10 +16,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PrivateAttr, create_model
+from pydantic import BaseModel, ConfigDict, PrivateAttr, StrictBool, create_model, model_validator
 
 from agents.types import Prediction
 from core.errors import InputError
+from core.validation import (
+    Count,
+    FiniteFloat,
+    Name,
+    PositiveCount,
+    Probability,
+    check_strictly_increasing,
+)
 from eval.bootstrap import bootstrap_intervals
 from eval.metric_table import (
     CALIBRATION_METRICS,
@@ -69,36 +77,52 @@ __all__ = [
 class ReliabilityTable(BaseModel):
     """Per equal-width bin: count, mean confidence and accuracy (0.0 where the count is 0)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    edges: list[float]
-    counts: list[int]
-    mean_confidence: list[float]
-    accuracy: list[float]
+    edges: list[FiniteFloat]
+    counts: list[Count]
+    mean_confidence: list[Probability]
+    accuracy: list[Probability]
+
+    @model_validator(mode="after")
+    def _one_value_per_bin(self) -> ReliabilityTable:
+        check_strictly_increasing(self.edges, "edges")
+        bins = len(self.edges) - 1
+        for key in ("counts", "mean_confidence", "accuracy"):
+            if len(getattr(self, key)) != bins:
+                raise ValueError(
+                    f"{key} has {len(getattr(self, key))} values for {bins} bins "
+                    f"({len(self.edges)} edges)"
+                )
+        return self
 
 
 class _ProfileCounts(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    agent: str
-    labels: tuple[str, ...]
-    n: int
-    accuracy: float
-    macro_precision: float
-    macro_recall: float
-    macro_f1: float
-    per_class_recall: dict[str, float]
-    confusion: list[list[int]]
+    agent: Name
+    labels: tuple[Name, ...]
+    n: Count
+    accuracy: Probability
+    macro_precision: Probability
+    macro_recall: Probability
+    macro_f1: Probability
+    per_class_recall: dict[str, Probability]
+    confusion: list[list[Count]]
+
+
+# The type of each recorded metric setting, by the type of its default (bins, OCR threshold).
+_SETTING_TYPES: dict[type, Any] = {int: PositiveCount, float: Probability}
 
 
 def _metric_fields() -> dict[str, Any]:
     """One field per calibration metric, each followed by the setting it records."""
     fields: dict[str, Any] = {}
     for metric in CALIBRATION_METRICS:
-        fields[metric.key] = (float | None, ... if metric.required else None)
+        fields[metric.key] = (FiniteFloat | None, ... if metric.required else None)
         if metric.setting is not None:
             key, setting = metric.setting
-            fields[key] = (type(getattr(DEFAULT_SETTINGS, setting)), ...)
+            fields[key] = (_SETTING_TYPES[type(getattr(DEFAULT_SETTINGS, setting))], ...)
     return fields
 
 
@@ -121,18 +145,43 @@ class TrustProfile(_ProfileMetrics):
     ``reliability``: what the reliability diagram draws (None without valid predictions).
     """
 
-    intervals: dict[str, tuple[float, float]]
+    intervals: dict[str, tuple[FiniteFloat, FiniteFloat]]
     recalibration: dict[str, Any]
-    recalibrated: dict[str, float]
+    recalibrated: dict[str, FiniteFloat]
     data_sha256: str
-    default: bool = False
-    n_invalid: int = 0
-    confusion_has_invalid: bool = False
-    seed: int = 0
-    bootstrap: int = 0
+    default: StrictBool = False
+    n_invalid: Count = 0
+    confusion_has_invalid: StrictBool = False
+    seed: Count = 0
+    bootstrap: Count = 0
     reliability: ReliabilityTable | None = None
 
     _map: Recalibrator | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrustProfile:
+        """The counts agree with the labels (what a loaded file must satisfy to be used)."""
+        k = len(self.labels)
+        if k < 2:
+            raise ValueError(f"'labels' needs at least two labels, got {list(self.labels)}")
+        if len(set(self.labels)) != k:
+            raise ValueError(f"'labels' names a label twice: {list(self.labels)}")
+        unknown = sorted(set(self.per_class_recall) - set(self.labels))
+        if unknown:
+            raise ValueError(f"'per_class_recall' names labels not in 'labels': {unknown}")
+        columns = k + int(self.confusion_has_invalid)
+        if len(self.confusion) != k or any(len(row) != columns for row in self.confusion):
+            shape = f"{len(self.confusion)} x {sorted({len(row) for row in self.confusion})}"
+            raise ValueError(
+                f"'confusion' is {shape}, not {k} x {columns} ({k} labels"
+                + (", plus the column of failed answers)" if self.confusion_has_invalid else ")")
+            )
+        if self.n_invalid > self.n:
+            raise ValueError(f"'n_invalid' ({self.n_invalid}) is more than 'n' ({self.n})")
+        for key, bounds in self.intervals.items():
+            if bounds[0] > bounds[1]:
+                raise ValueError(f"'intervals.{key}' runs from {bounds[0]} down to {bounds[1]}")
+        return self
 
     @property
     def settings(self) -> MetricSettings:

@@ -15,7 +15,9 @@ class Assessment:
 
     ``scores`` is the fused distribution over the task's labels; ``trusted`` says whether the
     graph may finalize now; ``reevaluate`` names the agents to ask again when not trusted;
-    ``weights`` are the per-source weights used; ``reason`` explains the routing choice.
+    ``weights`` are the per-source weights used; ``reason`` explains the routing choice;
+    ``fallback`` says why a policy could not decide its own way and used its fallback rule
+    (empty when it did not: e.g. the ``llm`` policy without a valid reply).
     """
 
     policy: str
@@ -30,6 +32,7 @@ class Assessment:
     reason: str = ""
     cost_usd: float = 0.0
     latency_s: float = 0.0
+    fallback: str = ""
 
     def __post_init__(self) -> None:
         # Plain Python values only: the graph's checkpoints store this object as it is.

@@ -35,7 +35,7 @@ from core.cli import progress_bar, stderr_console
 from core.errors import InputError, os_reason
 from core.files import output_folder
 from core.images import LabelledImage, SkippedImage
-from core.jsonio import parse_json
+from core.jsonio import dumps_json, parse_json
 from core.task import Task
 from orchestrator.graph import ImageGraph, run_image
 
@@ -115,7 +115,7 @@ class JsonlWriter:
             raise InputError(f"cannot write the output ({os_reason(e)})", path=str(path)) from None
 
     def write(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = (dumps_json(record, ensure_ascii=False) + "\n").encode("utf-8")
         written = os.write(self._fd, line)
         if written != len(line):
             raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")

@@ -125,7 +125,8 @@ def import_(
       trustorch index import vectors.npz --model my-clip --index-dir ./index --json
     """
     from core.task import load_task
-    from rag.index import import_embeddings, read_embeddings_npz
+    from rag.index import import_embeddings
+    from rag.npz import read_embeddings_npz
 
     the_task = load_task(task)
     data = read_embeddings_npz(file, the_task)

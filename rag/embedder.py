@@ -26,11 +26,6 @@ class EmbeddedBatch:
     failures: list[SkippedImage] = field(default_factory=list)
 
 
-def open_rgb(ref: ImageRef | LoadedImage) -> Any:
-    """The decoded RGB image of ``ref`` (InputError when it is not a readable image)."""
-    return open_image(ref)
-
-
 class ImageEmbedder:
     """Embeds images and texts with one loaded CLIP (the one the CLIP agent uses)."""
 
@@ -56,9 +51,14 @@ class ImageEmbedder:
         """L2-normalised float32 [n, dim] for texts."""
         return self.clip.embed_texts(texts)
 
+    def open_rgb(self, ref: ImageRef | LoadedImage) -> Any:
+        """The decoded RGB image of ``ref``, shrunk while decoded to what CLIP needs
+        (InputError when it is not a readable image)."""
+        return open_image(ref, shortest_side=self.clip.image_side)
+
     def embed_refs(self, refs: Sequence[ImageRef | LoadedImage]) -> np.ndarray:
         """Embeddings of image references; an unreadable image raises InputError."""
-        return self.embed_images([open_rgb(ref) for ref in refs])
+        return self.embed_images([self.open_rgb(ref) for ref in refs])
 
     def stream(self, items: Iterable[LabelledImage]) -> Iterator[EmbeddedBatch]:
         """Embedded batches of ``batch_size`` readable images, failures alongside."""
@@ -67,7 +67,7 @@ class ImageEmbedder:
         failures: list[SkippedImage] = []
         for item in items:
             try:
-                images.append(open_rgb(item.image))
+                images.append(self.open_rgb(item.image))
             except InputError as e:
                 failures.append(SkippedImage(item.image.source, e.message))
                 continue

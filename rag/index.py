@@ -1,4 +1,5 @@
-"""Building an image index: from an ImageFolder or a CSV manifest, or from precomputed vectors.
+"""Building an image index: from an ImageFolder or a CSV manifest, or from precomputed vectors
+(read by ``rag.npz``).
 
 A build scans its source with labels required (``core.image_inputs``: which files count, hidden
 files, symlinks, order, labels), hashing every file, and skips the sha256 ids the index already
@@ -9,14 +10,11 @@ report.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from core.cli import progress_bar
 from core.errors import InputError
@@ -24,6 +22,7 @@ from core.image_inputs import ScannedImages, scan_images
 from core.images import LabelledImage, SkippedImage
 from core.task import Task
 from rag.embedder import ImageEmbedder
+from rag.npz import ImportedVectors
 from rag.store import ImageIndex
 
 
@@ -59,19 +58,30 @@ class BuildReport:
 
 def scan_source(source: str | Path, task: Task, *, show_progress: bool = True) -> ScannedImages:
     """The labelled images of an ImageFolder (``DIR/<label>/*``) or a CSV manifest
-    (``path,label``), each read once to hash it (rules: ``core.image_inputs``)."""
+    (``path,label``), each read once to hash it (rules: ``core.image_inputs``); InputError when
+    not one of them can be read."""
     bar = progress_bar(disable=not show_progress)
     hashing = bar.add_task("hashing", total=None)
 
     def hashed(done: int, found: int) -> None:
-        if done == 1:  # drawn from the first image read on, so a bad source fails without a bar
+        # Drawn from the first image read on, so a bad source fails without a bar, and only
+        # for several images (like `agents predict`): one image's refusal is one line alone.
+        if done == 1 and found > 1:
             bar.start()
         bar.update(hashing, completed=done, total=found)
 
     try:
-        return scan_images([source], task, labels_required=True, progress=hashed)
+        scanned = scan_images([source], task, labels_required=True, progress=hashed)
     finally:
         bar.stop()
+    if not scanned.images and scanned.skipped:
+        first = scanned.skipped[0]
+        raise InputError(
+            f"no readable images ({len(scanned.skipped)} unreadable; first: "
+            f"{first.source}: {first.reason})",
+            path=str(source),
+        )
+    return scanned
 
 
 def build_index(
@@ -157,85 +167,19 @@ def _timed(it: Iterator[Any]) -> Iterator[tuple[Any, float]]:
         yield item, time.perf_counter() - t0
 
 
-@dataclass(frozen=True)
-class ImportedVectors:
-    ids: list[str]
-    vectors: np.ndarray
-    labels: list[str]
-    sources: list[str]
-    id_scheme: str
-
-
-def read_embeddings_npz(path: str | Path, task: Task) -> ImportedVectors:
-    """Read ``embeddings`` [n, d], ``labels`` [n] and optional ``image`` [n] names, unpickled.
-
-    Ids: sha256 of the UTF-8 string ``"image:" + name`` (no image bytes exist), or without
-    names, sha256 of the row's float32 vector bytes.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise InputError("no such embeddings file", path=str(file))
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except ValueError as e:
-        raise InputError(
-            f"refused: holds pickled objects or is malformed ({e})", path=str(file)
-        ) from None
-    except (OSError, EOFError) as e:
-        raise InputError(f"not a readable .npz file ({e})", path=str(file)) from None
-    for key in ("embeddings", "labels"):
-        if key not in arrays:
-            raise InputError(f"missing array (has: {', '.join(arrays)})", path=str(file), field=key)
-    vectors = np.asarray(arrays["embeddings"])
-    if vectors.ndim != 2 or vectors.shape[0] == 0 or not np.issubdtype(vectors.dtype, np.number):
-        raise InputError(
-            f"must be a non-empty numeric [n, d] array, got {vectors.dtype} {vectors.shape}",
-            path=str(file),
-            field="embeddings",
-        )
-    vectors = vectors.astype(np.float32)
-    bad = ~np.isfinite(vectors).all(axis=1) | (np.abs(vectors).sum(axis=1) == 0)
-    bad_rows = np.flatnonzero(bad)
-    if len(bad_rows):
-        raise InputError(
-            f"row {int(bad_rows[0])} is zero or not finite", path=str(file), field="embeddings"
-        )
-    raw_labels = arrays["labels"]
-    names = arrays.get("image")
-    n = len(vectors)
-    for key, arr in (("labels", raw_labels), ("image", names)):
-        if arr is not None and arr.shape != (n,):
-            raise InputError(f"must have shape ({n},), got {arr.shape}", path=str(file), field=key)
-    labels = [
-        task.require_label(str(text), path=str(file), field=f"labels[{i}]")
-        for i, text in enumerate(raw_labels.tolist())
-    ]
-    if names is not None:
-        sources = [str(name) for name in names.tolist()]
-        ids = [hashlib.sha256(f"image:{name}".encode()).hexdigest() for name in sources]
-        scheme = "sha256 of 'image:' + the npz 'image' name (no image bytes in the file)"
-    else:
-        ids = [hashlib.sha256(row.tobytes()).hexdigest() for row in vectors]
-        sources = [f"{file.name}#{i}" for i in range(n)]
-        scheme = "sha256 of the row's float32 embedding bytes (no names in the file)"
-    return ImportedVectors(ids, vectors, labels, sources, scheme)
-
-
 def import_embeddings(
     data: ImportedVectors, index: ImageIndex, *, model: str, split: str = "train"
 ) -> BuildReport:
     """Insert precomputed vectors of ``model``; ids already present are skipped."""
     started = time.perf_counter()
     unique = len(set(data.ids))
-    present = index.existing_ids(data.ids)
     added = index.add(
         data.ids, data.vectors, model=model, labels=data.labels, sources=data.sources, split=split
     )
     return BuildReport(
         seen=len(data.ids),
         added=added,
-        already_indexed=len(present),
+        already_indexed=unique - added,
         duplicates=len(data.ids) - unique,
         total=index.count(),
         insert_s=time.perf_counter() - started,

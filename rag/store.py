@@ -4,16 +4,20 @@
 data directory) or an ``HttpClient`` for a ``chroma run`` server. Open it once per process and
 pass it on. Each collection records the model and dimension of its vectors; vectors of another
 model or dimension are refused with ``StoreError``. Ids are image sha256: adding an image that is
-already there changes nothing.
+already there changes nothing. Processes that open, create or write one embedded folder at the
+same time take turns on an advisory lock file in it (``folder_lock``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
+import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,63 @@ DEFAULT_HNSW: dict[str, Any] = {
 }
 _PAGE = 5000
 CHROMA_DB_FILE = "chroma.sqlite3"  # what an embedded Chroma folder holds once it is an index
+LOCK_FILE = ".trustorch-write.lock"
+
+
+class _FolderLock:
+    """An exclusive ``flock`` on an index folder's lock file, waited for, re-entrant within a
+    process (a thread waits for another thread of it; a nested hold by the same thread passes)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self.threads = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self.threads:
+            if self.depth == 0:
+                self.fd = _locked_fd(self.path)
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+                if self.depth == 0 and self.fd is not None:
+                    os.close(self.fd)  # closing the descriptor releases the flock
+                    self.fd = None
+
+
+def _locked_fd(path: Path) -> int | None:
+    """A descriptor of ``path`` holding an exclusive flock, or None where the folder cannot hold
+    a lock file (read-only): then there is nobody to keep out."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+_folder_locks: dict[str, _FolderLock] = {}
+_folder_locks_guard = threading.Lock()
+
+
+def folder_lock(folder: str | Path) -> AbstractContextManager[None]:
+    """Held while an embedded index folder is created or written: Chroma's migrations and the
+    check-then-add of ``ImageIndex.add`` are not safe from several processes at once, so
+    concurrent imports into one folder take turns (and each row is added once)."""
+    real = os.path.realpath(folder)
+    with _folder_locks_guard:
+        lock = _folder_locks.get(real)
+        if lock is None:
+            lock = _folder_locks[real] = _FolderLock(Path(real))
+    return lock.held()
 
 
 def default_index_dir() -> Path:
@@ -98,9 +159,15 @@ class StoredVectors:
 class ChromaStore:
     """A Chroma client (embedded folder or server) and the collections it holds."""
 
-    def __init__(self, client: Any, location: str) -> None:
+    def __init__(self, client: Any, location: str, *, folder: Path | None = None) -> None:
         self.client = client
         self.location = location
+        self.folder = folder
+
+    def writing(self) -> AbstractContextManager[None]:
+        """The folder's write lock for an embedded store (``folder_lock``); a server
+        serialises its own writes."""
+        return folder_lock(self.folder) if self.folder is not None else nullcontext()
 
     @classmethod
     def open(
@@ -138,10 +205,11 @@ class ChromaStore:
             raise InputError(f"no index at {folder}; build one with `trustorch index build`")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            client = chromadb.PersistentClient(path=str(folder), settings=settings)
+            with folder_lock(folder):
+                client = chromadb.PersistentClient(path=str(folder), settings=settings)
         except Exception as e:
             raise StoreError(f"cannot open the index folder {folder}: {e}") from e
-        return cls(client, str(folder))
+        return cls(client, str(folder), folder=folder)
 
     def index(self, task: str, model: str, dim: int) -> ImageIndex:
         """The index of (task, model), created empty when absent; refuses another dimension."""
@@ -153,15 +221,16 @@ class ChromaStore:
             "trustorch_schema": SCHEMA_VERSION,
         }
         try:
-            collection = self.client.get_or_create_collection(
-                name,
-                embedding_function=None,
-                configuration={"hnsw": dict(DEFAULT_HNSW)},
-                metadata=metadata,
-            )
+            with self.writing():
+                collection = self.client.get_or_create_collection(
+                    name,
+                    embedding_function=None,
+                    configuration={"hnsw": dict(DEFAULT_HNSW)},
+                    metadata=metadata,
+                )
         except Exception as e:
             raise StoreError(f"Chroma at {self.location} refused collection {name}: {e}") from e
-        index = ImageIndex(collection, self.location)
+        index = ImageIndex(collection, self.location, writing=self.writing)
         if index.model != model or index.dim != int(dim):
             raise StoreError(
                 f"collection {name} at {self.location} holds {index.dim}-d vectors of model "
@@ -174,7 +243,8 @@ class ChromaStore:
         found = [info for info in self.indexes() if info.task == task]
         chosen = [i for i in found if i.model == model] if model is not None else found
         if len(chosen) == 1:
-            return ImageIndex(self.client.get_collection(chosen[0].collection), self.location)
+            collection = self.client.get_collection(chosen[0].collection)
+            return ImageIndex(collection, self.location, writing=self.writing)
         present = ", ".join(f"'{i.model}' ({i.dim}-d, {i.count} images)" for i in found)
         if not chosen:
             wanted = f" and model '{model}'" if model else ""
@@ -204,9 +274,16 @@ class ChromaStore:
 class ImageIndex:
     """One collection: labelled image vectors of one task made by one model."""
 
-    def __init__(self, collection: Any, location: str) -> None:
+    def __init__(
+        self,
+        collection: Any,
+        location: str,
+        *,
+        writing: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self.collection = collection
         self.location = location
+        self.writing = writing
         meta = collection.metadata or {}
         self.task = str(meta.get("trustorch_task", ""))
         self.model = str(meta.get("trustorch_model", ""))
@@ -256,6 +333,18 @@ class ImageIndex:
         arr = self.check_vectors(vectors, model)
         if not len(ids) == len(arr) == len(labels) == len(sources):
             raise StoreError("ids, vectors, labels and sources differ in length")
+        with self.writing():
+            return self._add_new(ids, arr, labels=labels, sources=sources, split=split)
+
+    def _add_new(
+        self,
+        ids: Sequence[str],
+        arr: np.ndarray,
+        *,
+        labels: Sequence[str],
+        sources: Sequence[str],
+        split: str,
+    ) -> int:
         present = self.existing_ids(ids)
         keep: list[int] = []
         seen: set[str] = set()

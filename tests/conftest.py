@@ -7,23 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from core.study import study_folder
 from core.task import Task, load_task
-
-PAPER_DIR = Path(
-    os.environ.get(
-        "TRUSTORCH_PAPER_DATA", Path(__file__).resolve().parents[2] / "shared/data/paper"
-    )
-)
 
 
 @pytest.fixture(scope="session")
 def paper_dir() -> Path:
-    if not (PAPER_DIR / "case1_zero_shot.csv").is_file():
-        pytest.skip(
-            f"the reference study's recorded data is not at {PAPER_DIR} "
-            "(set TRUSTORCH_PAPER_DATA to the folder holding case1_zero_shot.csv)"
-        )
-    return PAPER_DIR
+    """The study's recorded outputs: the copy shipped in the package (figures only), or the
+    folder named by ``TRUSTORCH_PAPER_DATA`` (e.g. the full copy with reasons)."""
+    override = os.environ.get("TRUSTORCH_PAPER_DATA")
+    folder = Path(override) if override else study_folder()
+    if not (folder / "case1_zero_shot.csv").is_file():
+        pytest.fail(f"no case1_zero_shot.csv in {folder} (TRUSTORCH_PAPER_DATA)")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -222,10 +222,11 @@ def test_logprobs_give_the_label_distribution(leaf: ImageRef, apple_task: Task) 
     assert pred.label == "rust"
     assert pred.scores is not None
     assert sum(pred.scores.values()) == pytest.approx(1.0)
-    expected = {"rust": 0.6, "scab": 0.25, "healthy": 0.1, "black-rot": 0.04}
-    for label, p in expected.items():
-        assert pred.scores[label] == pytest.approx(p / 0.99)
-    assert pred.confidence == pytest.approx(0.6 / 0.99)
+    # every label was observed: the answer keeps its 0.6, the 0.01 on '{' goes to the others
+    expected = {"rust": 0.6, "scab": 0.25 + 0.01 / 3, "healthy": 0.1 + 0.01 / 3}
+    for label, p in {**expected, "black-rot": 0.04 + 0.01 / 3}.items():
+        assert pred.scores[label] == pytest.approx(p)
+    assert pred.confidence == pytest.approx(0.6)
     assert pred.reported_confidence == pytest.approx(0.95)
     assert agent.client.features.logprobs is True
 
@@ -360,9 +361,8 @@ def test_label_distribution_with_a_merged_prefix_token(apple_task: Task) -> None
         TokenChoice('-rot"}', 0.0),
     ]
     scores = label_distribution(tokens, apple_task, "black-rot")
-    assert scores == pytest.approx(
-        {"black-rot": 0.7 / 0.95, "healthy": 0.0, "rust": 0.2 / 0.95, "scab": 0.05 / 0.95}
-    )
+    # observed mass kept; the 0.05 seen on no label goes to the one label seen nowhere
+    assert scores == pytest.approx({"black-rot": 0.7, "healthy": 0.05, "rust": 0.2, "scab": 0.05})
     assert label_distribution([TokenChoice("rust", 0.0)], apple_task, "healthy") is None
 
 

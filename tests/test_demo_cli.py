@@ -217,7 +217,7 @@ def test_web_without_gradio_names_the_extra(monkeypatch):
     from orchestrator.demo.web import import_gradio
 
     monkeypatch.setitem(sys.modules, "gradio", None)
-    with pytest.raises(TrustorchError, match=r"optional extra 'demo'.*pip install"):
+    with pytest.raises(TrustorchError, match=r"web page needs gradio.*trust-orchestrator\[demo\]"):
         import_gradio()
 
 

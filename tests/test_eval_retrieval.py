@@ -20,7 +20,8 @@ from eval.retrieval import (
     loo_neighbours,
 )
 from eval.retrieval_cli import retrieval
-from rag.index import import_embeddings, read_embeddings_npz
+from rag.index import import_embeddings
+from rag.npz import read_embeddings_npz
 from rag.store import ChromaStore, ImageIndex
 
 STUDY_MODEL = "openai/clip-vit-base-patch32"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import pathlib
+import os
 import weakref
 from pathlib import Path
 
@@ -34,15 +34,16 @@ def clip(tiny_clip_dir):
 
 
 class ReadCounter:
-    """Counts opens of one file, PIL opens and first decodes (loads of unloaded images)."""
+    """Counts opens of one file (every reader of user files opens through ``os.open``: the
+    bounded readers of ``core.reading``), PIL opens and first decodes."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
         self.reads = self.pil_opens = self.decodes = 0
-        real_open, real_pil_open = pathlib.Path.open, PIL.Image.open
+        real_open, real_pil_open = os.open, PIL.Image.open
         real_load = PIL.ImageFile.ImageFile.load
 
-        def path_open(p, *args, **kwargs):
-            self.reads += Path(p) == path
+        def os_open(p, *args, **kwargs):
+            self.reads += isinstance(p, str | Path) and Path(p) == path
             return real_open(p, *args, **kwargs)
 
         def pil_open(*args, **kwargs):
@@ -53,7 +54,7 @@ class ReadCounter:
             self.decodes += getattr(image, "_im", None) is None
             return real_load(image)
 
-        monkeypatch.setattr(pathlib.Path, "open", path_open)
+        monkeypatch.setattr(os, "open", os_open)
         monkeypatch.setattr(PIL.Image, "open", pil_open)
         monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", load)
 

@@ -14,7 +14,8 @@ from core.errors import InputError
 from core.task import Task
 from orchestrator.cli import main
 from rag.embedder import ImageEmbedder
-from rag.index import build_index, import_embeddings, read_embeddings_npz, scan_source
+from rag.index import build_index, import_embeddings, scan_source
+from rag.npz import read_embeddings_npz
 from rag.store import ChromaStore
 
 COLOURS = {

@@ -338,7 +338,7 @@ def test_profile_on_other_labels_or_a_bad_confusion_is_an_input_error(tmp_path, 
         load_profiles(path, ["gpt"], task=apple_task)
     short = _measured("qwen@reeval", apple_task.labels, confusion=[[1, 0], [0, 1]])
     path = _profile_file(tmp_path, {"qwen@reeval": short})
-    with pytest.raises(InputError, match="agent 'qwen@reeval' has a confusion matrix of 2 x"):
+    with pytest.raises(InputError, match="profile 'qwen@reeval': 'confusion' is 2 x "):
         load_profiles(path, ["qwen"], task=apple_task)
 
 
@@ -376,9 +376,13 @@ def test_policy_file_settings_replace_the_default_thresholds(tmp_path, capsys):
     majority = ["--policy", "majority", "--out", str(tmp_path / "o2.jsonl")]
     code, err = _run_cli(tmp_path, capsys, *args[:2], *majority)
     assert code == 1 and "--policy-file holds trust policy settings" in err
-    policy_file.write_text('{"format": "trustorch-trust-policy", "policy": {"weights": []}}')
+    policy_file.write_text(
+        '{"format": "trustorch-trust-policy", "version": 1, '
+        '"policy": {"name": "trust", "weights": [], "thresholds": {}}}'
+    )
     code, err = _run_cli(tmp_path, capsys, *args[:2], "--out", str(tmp_path / "o3.jsonl"))
-    assert code == 1 and err.endswith(f"{policy_file}: 'policy.weights' has the wrong type")
+    assert code == 1
+    assert err.endswith(f"{policy_file}: field 'policy.weights': must be an object, got list")
 
 
 def test_study_style_profiles_are_read_as_first_and_second_look(tmp_path, apple_task, paper_dir):

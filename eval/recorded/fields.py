@@ -4,7 +4,7 @@ InputError naming the file, line and column."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.errors import InputError
@@ -50,11 +50,19 @@ def parse_round(raw: Any, *, path: str, line: int, column: str) -> int:
 
 
 def parse_scores(
-    raw: Any, task_labels: Sequence[str], *, path: str, line: int, column: str
+    raw: Any,
+    task_labels: Sequence[str],
+    *,
+    path: str,
+    line: int,
+    column: str,
+    normalise: Callable[[str], str | None] | None = None,
 ) -> dict[str, float] | None:
     """Scores as JSON object ``{label: p}`` or the study's list ``[{category, confidence}]``.
 
-    Labels missing from the object get 0; the result is renormalised to sum to 1.
+    Each key is read through ``normalise`` (the file's label normaliser; None: keys must be
+    labels as spelled). Labels missing from the object get 0; the result is renormalised to
+    sum to 1.
     """
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         return None
@@ -76,10 +84,11 @@ def parse_scores(
             "scores must be a JSON object label -> probability", path=path, line=line, field=column
         )
     scores = {label: 0.0 for label in task_labels}
-    for label, value in pairs:
+    for key, value in pairs:
+        label = normalise(str(key)) if normalise is not None else key
         if label not in scores:
             raise InputError(
-                f"scores name unknown label {label!r}", path=path, line=line, field=column
+                f"scores name unknown label {key!r}", path=path, line=line, field=column
             )
         scores[label] = parse_confidence(value, path=path, line=line, column=column)
     total = sum(scores.values())

@@ -20,20 +20,26 @@ Error policy (the README repeats it):
 - counted and reported, never fatal: an empty prediction or a predicted label outside the
   task's labels (the agent failed to answer in the label set: kept as ``pred=None``, scored as
   wrong).
+
+Labels (truths, predictions, score keys) are read through one normaliser: the task's
+``normalise_label`` (its synonyms, case, ``-``/``_``/space), or without a task
+``core.task.label_spellings`` over the file's truths, so 'BLACK ROT', 'Black-Rot' and
+'black_rot' are one label; a note says which spellings were merged or read as the task's.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agents.types import Prediction
+from core import reading
 from core.errors import InputError
-from core.tables import read_rows
-from core.task import Task
+from core.study import resolve_data_path
+from core.tables import DEFAULT_MAX_TABLE_BYTES, read_rows
+from core.task import LabelSpellings, Task, label_spellings, preset_names
 from eval.recorded.decisions import decision_rows, is_decisions_header, named_preset, score_labels
 from eval.recorded.fields import parse_confidence, parse_round, parse_scores
 
@@ -83,6 +89,8 @@ class RecordSet:
     records: list[Record]
     invalid_predictions: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    label_notes: list[str] = field(default_factory=list)
+    """Labels read as another spelling (merged spellings, the task's): for stderr."""
 
     @property
     def agents(self) -> list[str]:
@@ -107,7 +115,8 @@ class RecordSet:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The sha256 of an input file, read in chunks under the table cap."""
+    return reading.file_sha256(path, what="file", max_bytes=DEFAULT_MAX_TABLE_BYTES)
 
 
 def discover_wide_agents(header: Sequence[str]) -> list[str]:
@@ -125,9 +134,10 @@ def read_records(
     """Read a wide CSV or a long CSV/JSONL of labelled predictions (format auto-detected).
 
     Without a task, the labels are the sorted set of truth values (for decisions see the module
-    docstring). ``agents`` keeps only those.
+    docstring). ``agents`` keeps only those. ``study:case1`` and ``study:case3`` name the
+    study's files shipped with the package (``core.study``).
     """
-    p = Path(path)
+    p = resolve_data_path(path)
     header, rows = read_rows(p)
     raw_rows = list(rows)
     notes: list[str] = []
@@ -165,31 +175,37 @@ def read_records(
     if id_col is None:
         raise InputError("missing id column ('id' or 'image')", path=str(p))
 
+    spellings: LabelSpellings | None = None
     if task is not None:
         labels = task.labels
+        normalise = task.normalise_label
     else:
-        truths = {str(r.get(truth_col, "")).strip() for _, r in raw_rows} - {""}
-        labels = tuple(sorted(truths | extra_labels))
+        truths = [str(r.get(truth_col) or "") for _, r in raw_rows]
+        spellings = label_spellings(
+            [*truths, *sorted(extra_labels)], also_seen=_predicted_texts(raw_rows, header)
+        )
+        labels = spellings.labels
+        normalise = spellings.normalise
+    respelled: dict[str, str] = {}
 
     def truth_of(n: int, row: dict[str, Any]) -> str:
         raw = str(row.get(truth_col) or "").strip()
-        label = task.normalise_label(raw) if task is not None else (raw or None)
-        if label is None or label not in labels:
+        label = normalise(raw)
+        if label is None:
             raise InputError(
                 f"true label {raw!r} is not one of {list(labels)}",
                 path=str(p),
                 line=n,
                 field=truth_col,
             )
+        if raw != label:
+            respelled[raw] = label
         return label
 
     invalid: dict[str, int] = {}
 
     def pred_of(agent: str, raw: Any) -> str | None:
-        text = str(raw or "").strip()
-        label = (
-            task.normalise_label(text) if task is not None else (text if text in labels else None)
-        )
+        label = normalise(str(raw or ""))
         if label is None:
             invalid[agent] = invalid.get(agent, 0) + 1
         return label
@@ -226,7 +242,12 @@ def read_records(
                     pred=pred,
                     confidence=conf,
                     scores=parse_scores(
-                        row.get("scores"), labels, path=str(p), line=n, column="scores"
+                        row.get("scores"),
+                        labels,
+                        path=str(p),
+                        line=n,
+                        column="scores",
+                        normalise=normalise,
                     ),
                     reason=str(row.get("reason") or ""),
                     round=rnd,
@@ -269,7 +290,12 @@ def read_records(
                         pred=pred,
                         confidence=conf,
                         scores=parse_scores(
-                            row.get(scores_col), labels, path=str(p), line=n, column=scores_col
+                            row.get(scores_col),
+                            labels,
+                            path=str(p),
+                            line=n,
+                            column=scores_col,
+                            normalise=normalise,
                         ),
                         reason=str(row.get(f"{agent}_reason") or ""),
                         image=str(row.get("image") or ""),
@@ -280,6 +306,7 @@ def read_records(
         f"{agent}: {count} prediction(s) empty or outside the label set, scored as wrong"
         for agent, count in invalid.items()
     ]
+
     return RecordSet(
         path=str(p),
         sha256=file_sha256(p),
@@ -287,4 +314,37 @@ def read_records(
         records=records,
         invalid_predictions=invalid,
         notes=notes,
+        label_notes=_spelling_notes(task, spellings, respelled),
     )
+
+
+def _predicted_texts(rows: list[tuple[int, dict[str, Any]]], header: Sequence[str]) -> list[str]:
+    """Every predicted label text of the rows (long ``pred``, wide ``<agent>_pred``)."""
+    columns = ["pred"] if "pred" in header else [f"{a}_pred" for a in discover_wide_agents(header)]
+    return [str(row.get(c) or "") for _, row in rows for c in columns]
+
+
+def _spelling_notes(
+    task: Task | None, spellings: LabelSpellings | None, respelled: dict[str, str]
+) -> list[str]:
+    """What was read as another spelling: the task's labels, merged spellings of a file read
+    without a task, and a preset whose labels the file's look like."""
+    if task is not None:
+        if not respelled:
+            return []
+        pairs = "; ".join(f"{raw!r} as {label!r}" for raw, label in sorted(respelled.items()))
+        return [f"true labels read as task {task.name}'s: {pairs}"]
+    assert spellings is not None
+    notes = [note] if (note := spellings.note()) is not None else []
+    from core.task import load_task
+
+    for name in preset_names():
+        preset = load_task(name)
+        mapped = [preset.normalise_label(label) for label in spellings.labels]
+        same_labels = None not in mapped and len(set(mapped)) == len(mapped)
+        if same_labels and mapped != list(spellings.labels):
+            notes.append(
+                f"the labels look like task {name}'s ({', '.join(preset.labels)}) spelled "
+                f"otherwise; pass --task {name} to read them as that task's"
+            )
+    return notes

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError, TrustorchError, os_reason
+from core.extras import missing_extra_error
 from core.images import ImageRef
 from orchestrator.decision import Decision
 from orchestrator.demo.pipeline import DemoPipeline
 
-EXTRA_HINT = "pip install 'trust-orchestrator[demo]' (or: pip install gradio)"
 REPORT_HEIGHT_PX = 1400
 
 
@@ -25,9 +25,7 @@ def import_gradio() -> Any:
     try:
         import gradio
     except ImportError as e:
-        raise TrustorchError(
-            f"the web page needs the optional extra 'demo' (gradio is not installed): {EXTRA_HINT}"
-        ) from e
+        raise missing_extra_error(e, needed_by="the web page") from e
     return gradio
 
 

@@ -1,13 +1,17 @@
 """The ``llm`` policy: an orchestrator LLM behind an OpenAI-compatible API.
 
-It uses the reference study's two prompts (``prompts/templates/orchestrator_*.txt``): before the
-last round the LLM reads the agents' answers and their measured calibration (accuracy, ECE, OCR,
-CCC) and either decides or asks named agents to re-evaluate; on the last round it decides.
+The decision takes the reference study's two steps (arXiv 2507.10571), with prompts of our own
+(``prompts/templates/orchestrator_*.txt``): before the last round the LLM reads the agents'
+answers and their measured calibration (accuracy, ECE, OCR, CCC) and either decides or names
+agents to look again; on the last round it decides. The agents' answers are quoted as JSON data
+between ``<answers>`` markers (angle brackets inside them escaped, so an answer cannot close the
+quote), and the prompt says that text inside is not an instruction.
 
 Replies are constrained by a JSON schema, sent in the way the server takes one (the adapter,
 ``agents.openai_compat``, learns that once per server and model) and priced from its one price
 table. A reply that is still not valid is asked for once more, then the policy falls back to a
-confidence-weighted vote and says so in the reason: it never raises into the graph.
+confidence-weighted vote, says so in the reason and names why in ``Assessment.fallback`` (run
+summaries count them): it never raises into the graph.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from orchestrator.policies.common import latest_answers
 from rag.evidence import Evidence
 
 REASON_MAX_CHARS = 400
-REPLY_MAX_TOKENS = 320
+AGENT_REASON_MAX_CHARS = 300
 METRIC_NAMES = (("accuracy", "accuracy"), *((m.key, m.name) for m in metrics_in(Report.PROMPT)))
 
 
@@ -80,6 +84,13 @@ def _reply_schema(
     }
 
 
+def reply_token_budget(reason_max_chars: int, agents: int) -> int:
+    """Tokens a schema-valid reply may need: the reason at one token per character (the worst
+    case, for servers that do not enforce ``maxLength``), plus the other fields and the agents'
+    names (a cut reply is no reply at all, so the budget errs on the large side)."""
+    return reason_max_chars + 96 + 16 * agents
+
+
 def orchestrator_client(
     *,
     model: str,
@@ -89,9 +100,10 @@ def orchestrator_client(
     max_retries: int = 2,
     prices: Mapping[str, ModelPrice] | None = None,
     servers: ServerFeatureTable | None = None,
+    max_tokens: int = reply_token_budget(REASON_MAX_CHARS, agents=4),
 ) -> OpenAIChatClient:
-    """The orchestrator LLM's client: short replies at temperature 0 with a fixed seed, no
-    log-probabilities."""
+    """The orchestrator LLM's client: replies at temperature 0 with a fixed seed, no
+    log-probabilities, ``max_tokens`` sized to the reply schema."""
     return OpenAIChatClient(
         model=model,
         base_url=base_url,
@@ -100,7 +112,7 @@ def orchestrator_client(
         max_retries=max_retries,
         logprobs=False,
         temperature=0.0,
-        max_tokens=REPLY_MAX_TOKENS,
+        max_tokens=max_tokens,
         seed=0,
         prices=prices,
         servers=servers,
@@ -127,15 +139,26 @@ def _calibration_text(agents: Sequence[str], profiles: Mapping[str, Any]) -> str
     return "\n".join(lines)
 
 
+def quoted_json(value: Any) -> str:
+    """``value`` as one line of JSON with ``<`` and ``>`` escaped, so that text written by a
+    model cannot end the ``<answers>`` quote it is placed in."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
 def _responses_text(predictions: Sequence[Prediction]) -> str:
-    blocks = []
+    lines = []
     for p in predictions:
-        if not p.ok:
-            blocks.append(f"Agent {p.agent} (round {p.round}): failed to answer ({p.error})")
-            continue
-        body = {"category": p.label, "confidence": round(p.confidence, 3), "reason": p.reason[:300]}
-        blocks.append(f"Agent {p.agent} (round {p.round}) response:\n{json.dumps(body)}")
-    return "\n\n".join(blocks) if blocks else "(no agent answered)"
+        body: dict[str, Any] = {"agent": p.agent, "look": p.round + 1}
+        if p.ok:
+            body |= {
+                "category": p.label,
+                "confidence": round(p.confidence, 3),
+                "reason": p.reason[:AGENT_REASON_MAX_CHARS],
+            }
+        else:
+            body["failed"] = (p.error or "no answer")[:AGENT_REASON_MAX_CHARS]
+        lines.append(quoted_json(body))
+    return "\n".join(lines) if lines else "(no agent answered)"
 
 
 def _retrieval_text(evidence: Evidence | None) -> str:
@@ -309,7 +332,7 @@ class LlmPolicy:
         mass = sum(totals.values())
         reason = f"llm fallback ({why}): confidence-weighted vote"
         if mass <= 0:
-            return Assessment.abstention(
+            abstention = Assessment.abstention(
                 policy=self.name,
                 labels=task.labels,
                 round=round,
@@ -317,6 +340,7 @@ class LlmPolicy:
                 trusted=True,
                 confidence=1.0 / len(task.labels),
             )
+            return Assessment(**{**abstention.to_dict(), "fallback": why})
         scores = {lab: v / mass for lab, v in totals.items()}
         label = max(scores, key=scores.__getitem__)
         answered = {p.label for p in latest if p.ok}
@@ -332,4 +356,5 @@ class LlmPolicy:
             reevaluate=reevaluate,
             prediction_set=[label],
             reason=reason + ("" if trusted else "; the agents disagree: re-evaluate"),
+            fallback=why,
         )

@@ -13,47 +13,29 @@ nothing else:
    ``reeval_cost`` per unit of re-evaluation rate, within ``reeval_budget`` (``"budget"``
    spends the whole budget). The cut is placed midway between two observed confidences.
 
-``save_trust_policy`` / ``load_trust_policy_settings``: the fitted settings (weights, thresholds,
-...; not the profiles) as a JSON file, for ``trustorch run --policy-file``.
+``save_trust_policy`` / ``load_trust_policy_settings`` (``orchestrator.policies.policy_file``,
+with the file's schema): the fitted settings (weights, thresholds, ...; not the profiles) as a
+JSON file, for ``trustorch run --policy-file``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from agents.types import REEVAL_SUFFIX
 from core.errors import InputError
-from core.files import write_text_atomically
-from core.jsonio import read_json_file
 from eval.folds import held_out_rows, stratified_folds
 from eval.recorded.records import RecordSet
 from orchestrator.policies.fusion import fused_log_probabilities
+from orchestrator.policies.policy_file import load_trust_policy_settings, save_trust_policy
 from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles
-
-if TYPE_CHECKING:
-    from orchestrator.policies.trust import TrustPolicy
 
 MAX_WEIGHT = 5.0
 CRITERIA = ("log_loss", "accuracy", "budget")
-POLICY_FILE_FORMAT = "trustorch-trust-policy"
-POLICY_FILE_VERSION = 1
-SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    "weights": (dict,),
-    "thresholds": (dict,),
-    "abstain_below": (int, float),
-    "set_coverage": (int, float),
-    "default_weight": (int, float),
-    "reevaluate": (list, type(None)),
-    "agent_model": (str,),
-    "keep_first_looks": (bool,),
-}
 
 
 def fit_weights(ratios: np.ndarray, truth: np.ndarray, *, l2: float = 1e-3) -> np.ndarray:
@@ -208,49 +190,14 @@ def fit_stacked(
     )
 
 
-def save_trust_policy(
-    path: str | Path, policy: TrustPolicy, *, fitted_on: Mapping[str, Any]
-) -> None:
-    """Write the policy's fitted settings (``TrustPolicy.to_dict``) and what they were fitted on."""
-    payload = {
-        "format": POLICY_FILE_FORMAT,
-        "version": POLICY_FILE_VERSION,
-        "fitted_on": dict(fitted_on),
-        "policy": policy.to_dict(),
-    }
-    write_text_atomically(path, json.dumps(payload, indent=2) + "\n", what="the policy file")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
-    """The keyword settings of ``TrustPolicy`` saved by ``save_trust_policy`` (without
-    ``retrieval_source``: the run names its own retriever); InputError naming the file if bad."""
-    p = Path(path)
-    data = read_json_file(p, what="policy file")
-    if not isinstance(data, dict) or data.get("format") != POLICY_FILE_FORMAT:
-        raise InputError(
-            f"not a trust policy file (expected format {POLICY_FILE_FORMAT!r}; "
-            "write one with trustorch eval replay --save-policy)",
-            path=str(p),
-        )
-    raw = data.get("policy")
-    if not isinstance(raw, dict):
-        raise InputError("'policy' must be an object of settings", path=str(p))
-    settings: dict[str, Any] = {}
-    for key, types in SETTING_TYPES.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        if not isinstance(value, types):
-            raise InputError(f"'policy.{key}' has the wrong type", path=str(p))
-        settings[key] = value
-    for stage, weights in settings.get("weights", {}).items():
-        if not isinstance(weights, dict) or not all(_number(w) for w in weights.values()):
-            raise InputError(f"'policy.weights.{stage}' must map sources to numbers", path=str(p))
-    for stage, cut in settings.get("thresholds", {}).items():
-        if cut is not None and not _number(cut):
-            raise InputError(f"'policy.thresholds.{stage}' must be a number or null", path=str(p))
-    return settings
+__all__ = [
+    "CRITERIA",
+    "MAX_WEIGHT",
+    "StackedFit",
+    "choose_threshold",
+    "fit_stacked",
+    "fit_weights",
+    "load_trust_policy_settings",
+    "save_trust_policy",
+    "stage_sources",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -121,6 +122,8 @@ def replay(
         options["trust_threshold"] = trust_threshold
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
+    for note in records.label_notes:
+        print(f"note: {note}", file=sys.stderr)
     n_rows = len(records.ids())
     reports = []
     traced: list[str] = []

@@ -1,0 +1,99 @@
+"""The trust policy file: the fitted settings of a ``TrustPolicy`` (weights, thresholds, ...;
+not the profiles) that ``trustorch eval replay --save-policy`` writes and ``trustorch run
+--policy-file`` reads, checked whole against the schema below when it is read.
+
+A file is ``{format, version, fitted_on, policy}``. In ``policy``, ``name``, ``weights`` (per
+stage, per source: a finite weight >= 0) and ``thresholds`` (per stage: a probability, or null
+for a stage that is never trusted early) are required; the other settings are optional (the
+policy's defaults). A field the schema does not know is refused. ``policy_file_schema()`` is the
+JSON Schema of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+
+from core.errors import InputError
+from core.files import write_text_atomically
+from core.jsonio import dumps_json, read_json_file
+from core.validation import Name, NonNegativeFloat, Probability, field_path, first_error
+
+if TYPE_CHECKING:
+    from orchestrator.policies.trust import TrustPolicy
+
+POLICY_FILE_FORMAT = "trustorch-trust-policy"
+POLICY_FILE_VERSION = 1
+
+Stage = Literal["first", "evidence", "reeval"]
+"""The stages of ``orchestrator.policies.trust`` (``STAGES``)."""
+
+
+class PolicySettings(BaseModel):
+    """What ``TrustPolicy.to_dict`` writes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["trust"]
+    weights: dict[Stage, dict[Name, NonNegativeFloat]]
+    thresholds: dict[Stage, Probability | None]
+    abstain_below: Probability = 0.5
+    set_coverage: Probability = 0.95
+    default_weight: NonNegativeFloat = 0.5
+    retrieval_source: Name | None = None
+    reevaluate: list[Name] | None = None
+    agent_model: Literal["calibrated", "confusion", "joint"] = "confusion"
+    keep_first_looks: StrictBool = False
+
+
+class PolicyFile(BaseModel):
+    """A whole trust policy file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["trustorch-trust-policy"]  # POLICY_FILE_FORMAT
+    version: Literal[1]  # POLICY_FILE_VERSION
+    fitted_on: dict[str, Any] = {}
+    policy: PolicySettings
+
+
+def policy_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a trust policy file."""
+    return PolicyFile.model_json_schema()
+
+
+def save_trust_policy(
+    path: str | Path, policy: TrustPolicy, *, fitted_on: Mapping[str, Any]
+) -> None:
+    """Write the policy's fitted settings (``TrustPolicy.to_dict``) and what they were fitted on."""
+    payload = {
+        "format": POLICY_FILE_FORMAT,
+        "version": POLICY_FILE_VERSION,
+        "fitted_on": dict(fitted_on),
+        "policy": policy.to_dict(),
+    }
+    write_text_atomically(path, dumps_json(payload, indent=2) + "\n", what="the policy file")
+
+
+def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
+    """The keyword settings of ``TrustPolicy`` saved by ``save_trust_policy`` (those the file
+    gives, without ``name`` and ``retrieval_source``: the run names its own retriever); an
+    InputError naming the file and the field when anything in it is unusable."""
+    p = Path(path)
+    data = read_json_file(p, what="policy file")
+    if not isinstance(data, dict) or data.get("format") != POLICY_FILE_FORMAT:
+        raise InputError(
+            f"not a trust policy file (expected format {POLICY_FILE_FORMAT!r}; "
+            "write one with trustorch eval replay --save-policy)",
+            path=str(p),
+        )
+    try:
+        stored = PolicyFile.model_validate(data)
+    except ValidationError as e:
+        loc, message = first_error(e)
+        raise InputError(f"field {field_path(loc)!r}: {message}", path=str(p)) from None
+    settings = stored.policy.model_dump(exclude_unset=True, exclude={"name", "retrieval_source"})
+    return settings
