@@ -37,7 +37,6 @@ from orchestrator.replay.agent import ReplayAgent
 from orchestrator.replay.retriever import RecordedRetriever
 from rag.evidence import Evidence
 
-ENGINES = ("arrays", "direct", "graph")
 DIRECT_POLICIES = (MajorityPolicy, MaxConfidencePolicy, SinglePolicy)
 
 
