@@ -311,6 +311,7 @@ def test_bad_option_values_are_usage_errors_found_before_any_work(
     ("argv", "what"),
     [
         ([*REPLAY, "--save-policy", "{blocker}/p.json"], "the policy file"),
+        ([*REPLAY, "--trace", "{blocker}/t.jsonl"], "the trace"),
         ([*RUN, "--out"], "the output"),
         ([*RUN, "--checkpoint"], "the checkpoint"),
         (["eval", "trust", "missing.csv", "--out", "{blocker}/p.json"], "the trust profiles"),

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from orchestrator.policies.trust_fit import CRITERIA, fit_stacked
 from orchestrator.policies.trust_sources import (
     AGENT_MODELS,
     EVIDENCE_SOURCE,
+    RatioTable,
     SourceColumns,
     SourceProfiles,
     evidence_prediction,
@@ -84,6 +86,30 @@ def _answers(predictions: Sequence[Prediction], *, keep_first_looks: bool) -> li
         if key not in by_key or p.round >= by_key[key].round:
             by_key[key] = p
     return list(by_key.values())
+
+
+@dataclass(frozen=True)
+class AnswerColumn:
+    """One source of a stage on many rows: its profile key, its agent and each row's answer
+    (None where the source has no answer on that row, e.g. no retrieval vote)."""
+
+    key: str
+    agent: str
+    answers: Sequence[Prediction | None]
+
+
+@dataclass(frozen=True)
+class StageVerdicts:
+    """What ``TrustPolicy.assess`` says at one stage, for many rows at once."""
+
+    labels: np.ndarray
+    """Index of the fused label; -1 where no source had a usable answer (an abstention)."""
+    confidence: np.ndarray
+    trusted: np.ndarray
+    abstains_if_final: np.ndarray
+    """Whether the row abstains when this stage is its last round."""
+    usable: np.ndarray
+    """Whether any source answered (else the policy abstains and names no agent to ask)."""
 
 
 class TrustPolicy:
@@ -246,6 +272,46 @@ class TrustPolicy:
             abstain_below=self.abstain_below,
         )
 
+    def assess_columns(
+        self, task: Task, stage: str, columns: Sequence[AnswerColumn]
+    ) -> StageVerdicts:
+        """``assess`` of every row at once, on arrays: each row's sources are one answer from
+        each column, in the order ``assess`` would fuse them; the values are the ones ``assess``
+        computes (a source without a usable answer adds nothing to the pooled sum)."""
+        self._check_fitted()
+        rows = len(columns[0].answers) if columns else 0
+        ratios = np.zeros((rows, len(columns), len(task.labels)))
+        answered = np.zeros((rows, len(columns)), dtype=bool)
+        weights = np.zeros(len(columns))
+        for s, column in enumerate(columns):
+            profile, is_default = self._profile(column.key, column.agent, task)
+            weights[s] = self._weight(stage, column.key, is_default)
+            table = RatioTable(profile, task.labels, agent_model=self.agent_model)
+            for i, answer in enumerate(column.answers):
+                if answer is not None and answer.ok:
+                    ratios[i, s] = table(answer)
+                    answered[i, s] = True
+        fused = fuse(
+            ratios, weights, log_prior=np.full(len(task.labels), math.log(1.0 / len(task.labels)))
+        )
+        usable = answered.any(axis=1)
+        best = fused.argmax(axis=1)
+        confidence = np.where(usable, fused[np.arange(rows), best], 0.0)
+        threshold = self.thresholds_.get(stage)
+        trusted = usable & (threshold is not None) & (confidence >= (threshold or 0.0))
+        return StageVerdicts(
+            labels=np.where(usable, best, -1),
+            confidence=confidence,
+            trusted=trusted,
+            abstains_if_final=~usable | (~trusted & (confidence < self.abstain_below)),
+            usable=usable,
+        )
+
+    def agents_to_ask(self, agents: Sequence[str]) -> list[str]:
+        """Which of ``agents`` an untrusted assessment asks to look again (``reevaluate``)."""
+        names = (a for a in agents if a not in (self.retrieval_source, EVIDENCE_SOURCE))
+        return [a for a in dict.fromkeys(names) if self.reevaluate is None or a in self.reevaluate]
+
     async def assess(
         self,
         *,
@@ -302,16 +368,7 @@ class TrustPolicy:
         )
         if notes:
             why += "; " + "; ".join(notes)
-        to_ask: list[str] = []
-        if not trusted:
-            agents = list(
-                dict.fromkeys(
-                    p.agent
-                    for p in sources
-                    if p.agent not in (self.retrieval_source, EVIDENCE_SOURCE)
-                )
-            )
-            to_ask = [a for a in agents if self.reevaluate is None or a in self.reevaluate]
+        to_ask = [] if trusted else self.agents_to_ask([p.agent for p in sources])
         out_label: str | None = label
         if final and not trusted and confidence < self.abstain_below:
             out_label = None

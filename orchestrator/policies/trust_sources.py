@@ -14,6 +14,7 @@ column with the stated confidence folded in.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +89,38 @@ def log_ratio(
     }
 
 
+RatioKey = tuple[str | None, float, tuple[tuple[str, float], ...] | None]
+
+
+def ratio_key(prediction: Prediction) -> RatioKey:
+    """What ``log_ratio`` reads of an answer: its label, confidence and scores."""
+    scores = tuple(prediction.scores.items()) if prediction.scores is not None else None
+    return prediction.label, prediction.confidence, scores
+
+
+class RatioTable:
+    """``log_ratio`` of one source's profile, computed once per distinct answer.
+
+    Recorded answers repeat (a label with one of a few confidences), so a column of thousands
+    of rows needs only a handful of profile readings; each is the very value ``log_ratio``
+    gives, in the label order ``labels``.
+    """
+
+    def __init__(self, profile: TrustProfile, labels: Sequence[str], *, agent_model: str) -> None:
+        self.profile = profile
+        self.labels = list(labels)
+        self.agent_model = agent_model
+        self._rows: dict[RatioKey, list[float]] = {}
+
+    def __call__(self, prediction: Prediction) -> list[float]:
+        key = ratio_key(prediction)
+        row = self._rows.get(key)
+        if row is None:
+            ratio = log_ratio(self.profile, prediction, agent_model=self.agent_model)
+            row = self._rows[key] = [ratio[y] for y in self.labels]
+        return row
+
+
 def evidence_prediction(evidence: Evidence, source: str) -> Prediction:
     """The retrieval vote as one more answer: its top label, with the vote as scores."""
     top = evidence.top_label
@@ -106,6 +139,12 @@ class SourceColumns:
     agent: str
     first: str
     reeval: str | None = None
+
+
+def record_key(record: Record) -> RatioKey:
+    """What ``record_prediction`` reads of a record: its label, confidence and scores."""
+    scores = tuple(record.scores.items()) if record.scores is not None else None
+    return record.pred, record.confidence, scores
 
 
 def record_prediction(record: Record, *, retrieval: bool = False) -> Prediction:
@@ -127,6 +166,12 @@ def profile_sources(
     if retrieval:
         out[retrieval] = (retrieval, True)
     return out
+
+
+def rows_sha256(file_sha256: str, agent: str, ids: Sequence[str]) -> str:
+    """The identity of a profile's training data: the file, the recorded agent and its rows."""
+    text = "\n".join([file_sha256, agent, *sorted(ids)])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def records_by_agent(records: RecordSet, ids: set[str]) -> dict[str, dict[str, Record]]:
@@ -167,13 +212,20 @@ class SourceProfiles:
         rows = records_by_agent(records, set(ids))
         profiles: dict[str, TrustProfile] = {}
         for key, (agent, _) in sources.items():
-            present = [r for r in (rows.get(agent, {}).get(i) for i in ids) if r is not None]
+            recorded = rows.get(agent, {})
+            present = [r for r in (recorded.get(i) for i in ids) if r is not None]
             if not present:
                 raise InputError(
                     f"no records of '{agent}' among the training rows", path=records.path
                 )
             profiles[key] = fit_trust_profile(
-                key, present, records.labels, bootstrap=0, cv_folds=0, seed=self.seed
+                key,
+                present,
+                records.labels,
+                bootstrap=0,
+                cv_folds=0,
+                seed=self.seed,
+                data_sha256=rows_sha256(records.sha256, agent, [r.id for r in present]),
             )
         self.profiles_ = profiles
         self.sources_ = list(sources)
@@ -187,12 +239,18 @@ class SourceProfiles:
         rows = records_by_agent(records, set(ids))
         out = np.zeros((len(ids), len(sources), len(self.labels_)))
         for s, (key, (agent, is_vote)) in enumerate(sources.items()):
+            table = RatioTable(self.profiles_[key], self.labels_, agent_model=self.agent_model)
+            recorded = rows.get(agent, {})
+            read: dict[RatioKey, list[float] | None] = {}
             for i, rid in enumerate(ids):
-                rec = rows.get(agent, {}).get(rid)
+                rec = recorded.get(rid)
                 if rec is None:
                     continue
-                pred = record_prediction(rec, retrieval=is_vote)
-                if pred.ok:
-                    ratio = log_ratio(self.profiles_[key], pred, agent_model=self.agent_model)
-                    out[i, s] = [ratio[y] for y in self.labels_]
+                content = record_key(rec)
+                if content not in read:
+                    pred = record_prediction(rec, retrieval=is_vote)
+                    read[content] = table(pred) if pred.ok else None
+                ratio = read[content]
+                if ratio is not None:
+                    out[i, s] = ratio
         return out

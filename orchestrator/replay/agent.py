@@ -130,6 +130,10 @@ class ReplayAgent:
         evidence: EvidenceView | None = None,
     ) -> Prediction:
         self.calls += 1
+        return self.answer(image, round)
+
+    def answer(self, image: ImageRef, round: int) -> Prediction:
+        """The recorded answer for ``image`` in ``round`` (what ``predict`` plays back)."""
         rid = self._row_id(image)
         if rid is None or not self.answers.get(rid):
             return Prediction.failure(

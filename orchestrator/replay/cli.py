@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,10 +22,11 @@ from core.cli import (
     usage_error,
 )
 from core.errors import InputError
-from core.task import load_task
 from eval.metric_table import Report, metrics_in
-from eval.recorded.records import read_records
 from orchestrator.policies.registry import check_policy_name, policy_names
+
+if TYPE_CHECKING:
+    from orchestrator.decision import Decision
 
 REPLAYED_POLICIES_LEAVE_OUT = ("llm",)
 """Policies replay cannot play (the llm policy would call a live model)."""
@@ -85,13 +88,32 @@ def replay(
             callback=output_file("the policy file"),
         ),
     ] = None,
+    graph: Annotated[
+        bool,
+        typer.Option(
+            "--graph",
+            help="Run every row through the LangGraph graph itself (the same decisions as "
+            "the default array path, much slower).",
+        ),
+    ] = False,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace",
+            help="Write every held-out decision with its whole trace (answers, assessments, "
+            "routes) to this JSONL file, one line per row and seed; runs the graph.",
+            callback=output_file("the trace"),
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Replay recorded agents through the real graph, k-fold: fit on the training folds,
+    """Replay recorded agents with the graph's rules, k-fold: fit on the training folds,
     decide the held-out rows.
 
     First look = <agent>_initial_* columns, retrieval = rag_* (rag_scores_json),
-    re-evaluation = <agent>_* columns, played only when the policy asks.
+    re-evaluation = <agent>_* columns, played only when the policy asks. The rows are
+    decided on arrays, with the decisions the graph makes (--graph runs the graph itself;
+    --trace writes each decision's trace).
 
     Examples:
 
@@ -105,10 +127,14 @@ def replay(
 
         trustorch eval replay case3_trust_rag.csv --save-policy trust-policy.json
 
+        trustorch eval replay case3_trust_rag.csv --trace decisions.jsonl
+
     --save-policy fits the trust policy once more on every row (the cross-validated numbers
     above are its estimate on unseen rows) and saves its settings, not the profiles: run with
     the same agent names (and the retriever named like the file's, e.g. rag=retrieval).
     """
+    from core.task import load_task
+    from eval.recorded.records import read_records
     from orchestrator.replay.run import policy_fitter, refuse_decisions_file, run_replay
 
     if save_policy is not None and policy != "trust":
@@ -126,6 +152,7 @@ def replay(
         print(f"note: {note}", file=sys.stderr)
     n_rows = len(records.ids())
     reports = []
+    traced: list[str] = []
     with progress_bar(disable=json_out) as bar:
         for one_seed in seed_list:
             job = bar.add_task(f"replay {file.name} (seed {one_seed})", total=n_rows)
@@ -139,9 +166,14 @@ def replay(
                     task=the_task,
                     fit_policy=policy_fitter(policy, **options),
                     on_image=lambda job=job: bar.advance(job),
+                    engine="graph" if graph else "auto",
+                    on_decision=None if trace is None else _trace_line(traced, one_seed),
+                    records=records,
                 )
             )
     report = reports[0] if len(reports) == 1 else seeds_report(reports)
+    if trace is not None:
+        report["trace"] = _write_trace(trace, traced)
     if save_policy is not None:
         report["saved_policy"] = _save_policy(
             save_policy, records, policy_fitter(policy, **options), seed_list[0]
@@ -150,7 +182,7 @@ def replay(
         emit_json(report)
         return
     if len(reports) == 1:
-        rows = [[f"{policy} (graph)", *(report[k] for k in SUMMARY_KEYS)]]
+        rows = [[policy, *(report[k] for k in SUMMARY_KEYS)]]
     else:
         rows = [[f"{policy} seed {r['seed']}", *(r[k] for k in SUMMARY_KEYS)] for r in reports]
         rows.append([f"{policy} mean", *(report["mean"][k] for k in SUMMARY_KEYS)])
@@ -163,6 +195,8 @@ def replay(
     )
     if save_policy is not None:
         print(f"trust policy fitted on all {n_rows} rows saved to {save_policy}")
+    if trace is not None:
+        print(f"{len(traced)} decisions with their traces written to {trace}")
 
 
 SUMMARY_KEYS = (
@@ -172,6 +206,22 @@ SUMMARY_KEYS = (
     "reeval_rate",
     "vlm_calls_per_image",
 )
+
+
+def _trace_line(lines: list[str], seed: int) -> Callable[[Decision], None]:
+    """Appends each decision, with the seed of its fold split, to ``lines`` as JSON."""
+
+    def add(decision: Decision) -> None:
+        lines.append(json.dumps({"seed": seed, **decision.to_dict()}, ensure_ascii=False))
+
+    return add
+
+
+def _write_trace(path: Path, lines: list[str]) -> str:
+    from core.files import write_text_atomically
+
+    write_text_atomically(path, "".join(f"{line}\n" for line in lines), what="the trace")
+    return str(path)
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -74,6 +74,14 @@ class RecordedRetriever:
 
     async def retrieve(self, image: ImageRef, task: Task) -> Evidence:
         self.calls += 1
+        return self.evidence(image, task)
+
+    def has_vote(self, image: ImageRef) -> bool:
+        """Whether ``retrieve`` finds a recorded vote for ``image``."""
+        return self._row_id(image) is not None
+
+    def evidence(self, image: ImageRef, task: Task) -> Evidence:
+        """The recorded vote of ``image`` as Evidence (what ``retrieve`` gives)."""
         rid = self._row_id(image)
         if rid is None:
             raise InputError(f"no recorded retrieval vote for image '{image.source}'")

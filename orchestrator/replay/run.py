@@ -11,6 +11,12 @@ counts as wrong with its confidence), ``reeval_rate`` (fraction of images
 sent to re-evaluation), ``vlm_calls_per_image`` (agent calls; retrieval is not one). The same
 keys for every recorded source alone and for the study's recorded orchestrator are under
 ``baselines`` (fixed answers: no fitting involved).
+
+Engines (``engine``): the folds are decided by the graph itself (``graph``; also whenever every
+decision's trace is asked for, ``on_decision``) or, by default, without it
+(``orchestrator.replay.arrays``: ``arrays`` for the trust policy, ``direct`` for the
+baselines), with the same decisions and so the same figures; a policy without an array path
+(``llm``) always takes the graph.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import csv
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +41,18 @@ from eval.metrics import DEFAULT_BINS, classification_metrics
 from eval.recorded.decisions import is_decisions_header
 from eval.recorded.records import RecordSet, read_records
 from orchestrator.decision import Decision
-from orchestrator.graph import build_graph, classify
 from orchestrator.policies.base import FusionPolicy
 from orchestrator.policies.registry import make_policy
 from orchestrator.policies.trust import TrustPolicy
 from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles
 from orchestrator.replay.agent import INITIAL_SUFFIX, ReplayAgent, recorded_images
+from orchestrator.replay.arrays import RowDecision, decide_rows, engine_for
 from orchestrator.replay.retriever import RecordedRetriever
 
 ORCHESTRATOR_SOURCE = "orchestrator"
 REEVAL_FLAG_COLUMN = "orchestrator_requested_reeval"
+
+ENGINE_CHOICES = ("auto", "graph")
 
 FitPolicy = Callable[[RecordSet, Sequence[SourceColumns], Sequence[str], "str | None", int], Any]
 
@@ -126,12 +135,12 @@ def policy_fitter(name: str, **options: Any) -> FitPolicy:
 
 
 def decision_metrics(
-    decisions: Sequence[Decision], labels: Sequence[str], *, agents: int, bins: int
+    decisions: Sequence[RowDecision], labels: Sequence[str], *, agents: int, bins: int
 ) -> dict[str, Any]:
     truth = [labels.index(str(d.truth)) for d in decisions]
     pred = [labels.index(d.label) if d.label is not None else -1 for d in decisions]
     conf = [d.confidence for d in decisions]
-    calls = sum(1 for d in decisions for p in d.predictions)
+    calls = sum(d.calls for d in decisions)
     out = _scores(truth, pred, conf, len(labels), bins)
     out["reeval_rate"] = sum(d.reevaluated for d in decisions) / len(decisions)
     out["vlm_calls_per_image"] = calls / len(decisions)
@@ -208,6 +217,8 @@ def _ids_digest(ids: Sequence[str]) -> str:
 async def _run_fold(
     graph: Any, images: Sequence[LabelledImage], concurrency: int, tick: Callable[[], None]
 ) -> list[Decision]:
+    from orchestrator.graph import classify
+
     gate = asyncio.Semaphore(concurrency)
 
     async def one(li: LabelledImage) -> Decision:
@@ -217,6 +228,78 @@ async def _run_fold(
         return decision
 
     return list(await asyncio.gather(*(one(li) for li in images)))
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """A recorded file ready to replay: its records and task, the agents and the retriever
+    that play them back, and one ``LabelledImage`` per row."""
+
+    records: RecordSet
+    task: Task
+    columns: list[SourceColumns]
+    retrieval: str | None
+    images: list[LabelledImage]
+    agents: list[ReplayAgent]
+    retriever: RecordedRetriever | None
+
+    @classmethod
+    def of(cls, path: str | Path, records: RecordSet, task: Task | None = None) -> ReplaySetup:
+        columns, retrieval = replay_columns(records)
+        agents = [ReplayAgent.from_records(records, c.agent) for c in columns]
+        for agent, c in zip(agents, columns, strict=True):
+            agent.can_reevaluate = c.reeval is not None
+        retriever = RecordedRetriever.from_records(records, source=retrieval) if retrieval else None
+        return cls(
+            records=records,
+            task=task_for(records, task),
+            columns=columns,
+            retrieval=retrieval,
+            images=recorded_images(path, records=records),
+            agents=agents,
+            retriever=retriever,
+        )
+
+
+def decide_fold(
+    setup: ReplaySetup,
+    policy: FusionPolicy,
+    images: Sequence[LabelledImage],
+    *,
+    max_rounds: int,
+    engine: str = "auto",
+    concurrency: int = 64,
+    on_image: Callable[[], None] | None = None,
+    on_decision: Callable[[Decision], None] | None = None,
+) -> tuple[str, list[RowDecision]]:
+    """The engine used and the decisions of a fitted ``policy`` on ``images``: without the
+    graph when the policy has an array path, unless ``engine="graph"`` or ``on_decision``
+    (every decision's trace) is asked for."""
+    used = "graph" if engine == "graph" or on_decision is not None else engine_for(policy)
+    if used != "graph":
+        return used, decide_rows(
+            policy,
+            task=setup.task,
+            agents=setup.agents,
+            retriever=setup.retriever,
+            images=images,
+            max_rounds=max_rounds,
+            on_image=on_image,
+        )
+    from orchestrator.graph import build_graph
+
+    graph = build_graph(
+        task=setup.task,
+        agents=setup.agents,
+        policy=policy,
+        retriever=setup.retriever,
+        max_rounds=max_rounds,
+    )
+    decisions = asyncio.run(_run_fold(graph, images, concurrency, on_image or _nop))
+    if on_decision is not None:
+        for decision in decisions:
+            on_decision(decision)
+    return used, [RowDecision.of(d) for d in decisions]
 
 
 def task_for(records: RecordSet, task: Task | None) -> Task:
@@ -238,29 +321,41 @@ def run_replay(
     concurrency: int = 64,
     fit_policy: FitPolicy | None = None,
     on_image: Callable[[], None] | None = None,
+    engine: str = "auto",
+    on_decision: Callable[[Decision], None] | None = None,
+    records: RecordSet | None = None,
 ) -> dict[str, Any]:
-    """Run the replay benchmark on one recorded file (see the module docstring)."""
+    """Run the replay benchmark on one recorded file (see the module docstring).
+
+    ``engine="graph"`` runs every row through the graph; ``on_decision`` is given each
+    held-out row's whole ``Decision`` (graph only). ``records`` is ``path`` already read.
+    """
+    if engine not in ENGINE_CHOICES:
+        raise InputError(f"engine must be one of {ENGINE_CHOICES}, got {engine!r}")
     refuse_decisions_file(path)
-    records = read_records(path, task=task)
-    task = task_for(records, task)
-    columns, retrieval = replay_columns(records)
-    images = recorded_images(path, records=records)
+    records = records if records is not None else read_records(path, task=task)
+    setup = ReplaySetup.of(path, records, task)
+    columns, retrieval, images = setup.columns, setup.retrieval, setup.images
     fit = fit_policy or policy_fitter(policy)
-    agents = [ReplayAgent.from_records(records, c.agent) for c in columns]
-    for agent, c in zip(agents, columns, strict=True):
-        agent.can_reevaluate = c.reeval is not None
-    retriever = RecordedRetriever.from_records(records, source=retrieval) if retrieval else None
-    decisions: list[Decision] = []
+    decisions: list[RowDecision] = []
     details: list[dict[str, Any]] = []
+    used: list[str] = []
     for k, held in enumerate(replay_folds(images, folds, seed)):
         held_set = set(held)
         train_ids = [li.extra["id"] for i, li in enumerate(images) if i not in held_set]
         held_images = [images[i] for i in held]
         fitted = fit(records, columns, train_ids, retrieval, seed)
-        graph = build_graph(
-            task=task, agents=agents, policy=fitted, retriever=retriever, max_rounds=max_rounds
+        fold_engine, fold_decisions = decide_fold(
+            setup,
+            fitted,
+            held_images,
+            max_rounds=max_rounds,
+            engine=engine,
+            concurrency=concurrency,
+            on_image=on_image,
+            on_decision=on_decision,
         )
-        fold_decisions = asyncio.run(_run_fold(graph, held_images, concurrency, on_image or _nop))
+        used.append(fold_engine)
         decisions.extend(fold_decisions)
         detail: dict[str, Any] = {
             "fold": k,
@@ -275,7 +370,7 @@ def run_replay(
             detail["weights"] = fitted.weights_
         details.append(detail)
     labels = list(records.labels)
-    report = decision_metrics(decisions, labels, agents=len(agents), bins=bins)
+    report = decision_metrics(decisions, labels, agents=len(setup.agents), bins=bins)
     return {
         "file": str(path),
         "sha256": records.sha256,
@@ -283,6 +378,7 @@ def run_replay(
         "folds": folds,
         "seed": seed,
         "max_rounds": max_rounds,
+        "engine": "+".join(dict.fromkeys(used)),
         **report,
         "agents_replayed": {c.agent: {"first": c.first, "reeval": c.reeval} for c in columns},
         "retrieval": retrieval,
