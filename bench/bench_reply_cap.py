@@ -6,7 +6,8 @@ with the same reply. Measured in one run, each scenario beside the normal baseli
 
 - ``normal``: a valid answer with a one-sentence reason;
 - ``huge_reason``: a valid answer whose reason is ``--reason-mb`` MB of text;
-- ``huge_body`` (``--body-mb``): a reply body far over the adapter's byte cap.
+- ``huge_body`` (``--body-mb``): a reply body far over the adapter's byte cap, its size
+  declared in Content-Length; ``huge_body_chunked``: the same streamed without a length.
 
 For each: the exit status, the decision JSONL line bytes (mean and max), the SQLite checkpoint
 bytes per image, the stored reason's length and whether it says it was truncated, the agent's
@@ -31,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from openai_server import ScriptedReply, chat_reply, openai_server  # noqa: E402
+from openai_server import ScriptedReply, chat_reply, huge_reply, openai_server  # noqa: E402
 
 LABELS = ("healthy", "rust", "scab", "multiple_diseases")
 
@@ -116,11 +117,6 @@ def run_once(work: Path, images: Path, reply: ScriptedReply, count: int) -> dict
     }
 
 
-def huge_body_reply(megabytes: float) -> ScriptedReply:
-    reply = chat_reply(answer("x" * int(megabytes * 1_000_000)))
-    return reply
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
@@ -134,7 +130,8 @@ def main() -> None:
         "huge_reason": chat_reply(answer("y" * int(args.reason_mb * 1_000_000))),
     }
     if args.body_mb > 0:
-        scenarios["huge_body"] = huge_body_reply(args.body_mb)
+        scenarios["huge_body"] = huge_reply(int(args.body_mb * 1_000_000), chunked=False)
+        scenarios["huge_body_chunked"] = huge_reply(int(args.body_mb * 1_000_000))
     results: dict[str, Any] = {
         "images": args.images,
         "reason_mb": args.reason_mb,
