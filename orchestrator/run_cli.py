@@ -258,6 +258,7 @@ def run_configuration(
     """What decides a run's answers, as plain JSON values: a resumed run must match it.
     ``agent_options`` (checked option values by agent spec, API keys left out) is left out when
     empty, so files written before agents took options on ``run`` still resume."""
+    from core.redact import redact_url
     from eval.recorded.records import file_sha256
 
     def where(path: str | None) -> str | None:
@@ -272,7 +273,7 @@ def run_configuration(
         "trust_sha256": file_sha256(trust) if trust is not None else None,
         "policy_file_sha256": file_sha256(policy_file) if policy_file is not None else None,
         "max_rounds": max_rounds,
-        "index": where(retrieval.index_dir) or retrieval.chroma_url,
+        "index": where(retrieval.index_dir) or redact_url(retrieval.chroma_url or "") or None,
         "k": retrieval.k,
     }
     if agent_options:
