@@ -360,7 +360,8 @@ def test_run_with_2mb_reasons_keeps_lines_and_checkpoints_small(tmp_path: Path) 
     images = make_images(tmp_path / "images", 2)
     out = tmp_path / "out.jsonl"
     with openai_server([answer_with_reason("y" * 2_000_000)]) as server:
-        code, _, stderr, _ = run_cli(run_args(images, out), cli_env(server.base_url), tmp_path)
+        args = run_args(images, out, "--keep-checkpoint")  # measured below
+        code, _, stderr, _ = run_cli(args, cli_env(server.base_url), tmp_path)
     assert code == 0, stderr
     lines = out.read_bytes().splitlines()
     found = decisions(out)
@@ -383,7 +384,8 @@ def test_run_against_a_gigabyte_reply_fails_the_agent_in_one_line_with_bounded_m
         code, _, stderr, peak_kib = run_cli(
             run_args(images, out), cli_env(server.base_url), tmp_path
         )
-    assert code == 0, stderr
+    assert code == 1, stderr  # the only agent failed on every image
+    assert stderr.splitlines()[-1].startswith("error: every agent failed on every image")
     assert "Traceback" not in stderr
     (decision,) = decisions(out)
     errors = {p["error"] for p in decision["predictions"]}
@@ -402,7 +404,8 @@ def test_run_against_a_stalling_server_gives_up_at_the_agent_timeout(tmp_path: P
             tmp_path,
             hang_guard_s=120,
         )
-    assert code == 0, stderr
+    assert code == 1, stderr  # the only agent failed on every image
+    assert stderr.splitlines()[-1].startswith("error: every agent failed on every image")
     found = decisions(out)
     assert len(found) == 2
     for decision in found:
@@ -417,7 +420,8 @@ def test_run_with_a_stalling_server_gives_up_at_the_adapters_deadline(tmp_path: 
     with openai_server([stall_reply()]) as server:
         args = run_args(images, out, "--agent-option", "deadline_s=2", "--max-rounds", "1")
         code, _, stderr, _ = run_cli(args, cli_env(server.base_url), tmp_path, hang_guard_s=120)
-    assert code == 0, stderr
+    assert code == 1, stderr  # the only agent failed on every image
+    assert stderr.splitlines()[-1].startswith("error: every agent failed on every image")
     (decision,) = decisions(out)
     (pred,) = decision["predictions"]
     assert "timed out" in pred["error"] and "2 s deadline" in pred["error"]

@@ -69,6 +69,18 @@ def policy_names() -> list[str]:
     return [f"{n}:<agent>" if n == "single" else n for n in POLICY_FACTORIES]
 
 
+def check_policy_name(name: str, *, excluded: Sequence[str] = ()) -> str:
+    """``name`` when it names a policy of the registry (``single`` with its source), leaving
+    out ``excluded`` kinds; InputError listing the policies otherwise. Cheap: builds nothing."""
+    kind, _, arg = name.partition(":")
+    if kind.strip() not in POLICY_FACTORIES or kind.strip() in excluded:
+        known = [n for n in policy_names() if n.partition(":")[0] not in excluded]
+        raise InputError(f"unknown policy {name!r} (choose from {', '.join(known)})")
+    if kind.strip() == "single" and not arg.strip():
+        raise InputError("policy 'single' needs a source: single:<agent> (e.g. single:gpt)")
+    return name
+
+
 def make_policy(
     name: str,
     profiles: Mapping[str, TrustProfile] | None = None,
@@ -81,10 +93,9 @@ def make_policy(
     ``sources`` (the agents and the retriever of the run, when known) are what
     ``single:<source>`` may name: another name is an InputError, not a policy that never answers.
     """
+    check_policy_name(name)
     kind, _, arg = name.partition(":")
-    factory = POLICY_FACTORIES.get(kind.strip())
-    if factory is None:
-        raise InputError(f"unknown policy {name!r} (choose from {', '.join(policy_names())})")
+    factory = POLICY_FACTORIES[kind.strip()]
     if kind.strip() == "single" and sources is not None and arg.strip() not in ("", *sources):
         raise InputError(
             f"policy {name!r}: no source {arg.strip()!r} here (sources: {', '.join(sources)})"

@@ -10,25 +10,44 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from core.cli import JsonOption, emit_json, print_table, progress_bar
+from core.cli import (
+    JsonOption,
+    at_least,
+    checked_by,
+    emit_json,
+    number_in,
+    output_file,
+    print_table,
+    progress_bar,
+    usage_error,
+)
 from core.errors import InputError
 from eval.metric_table import Report, metrics_in
-from orchestrator.policies.registry import policy_names
+from orchestrator.policies.registry import check_policy_name, policy_names
 
 if TYPE_CHECKING:
     from orchestrator.decision import Decision
 
+REPLAYED_POLICIES_LEAVE_OUT = ("llm",)
+"""Policies replay cannot play (the llm policy would call a live model)."""
+
 
 def replay(
     file: Annotated[Path, typer.Argument(help="Recorded wide/long file (the study's case3 CSV).")],
-    folds: Annotated[int, typer.Option("--folds", help="Cross-validation folds over rows.")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split.")] = 0,
+    folds: Annotated[
+        int,
+        typer.Option("--folds", help="Cross-validation folds over rows.", callback=at_least(2)),
+    ] = 5,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the fold split.", callback=at_least(0))
+    ] = 0,
     seeds: Annotated[
         str | None,
         typer.Option(
             "--seeds",
             help="Several fold splits, e.g. 0-4 or 0,3,7: per-seed figures and their mean "
             "(replaces --seed).",
+            callback=checked_by(lambda text: parse_seeds(text)),
         ),
     ] = None,
     policy: Annotated[
@@ -36,10 +55,16 @@ def replay(
         typer.Option(
             "--policy",
             help=f"Fusion policy: {', '.join(n for n in policy_names() if n != 'llm')}.",
+            callback=checked_by(
+                lambda name: check_policy_name(name, excluded=REPLAYED_POLICIES_LEAVE_OUT)
+            ),
         ),
     ] = "trust",
     max_rounds: Annotated[
-        int, typer.Option("--max-rounds", help="Rounds per image (1 = no re-evaluation).")
+        int,
+        typer.Option(
+            "--max-rounds", help="Rounds per image (1 = no re-evaluation).", callback=at_least(1)
+        ),
     ] = 2,
     task: Annotated[
         str | None,
@@ -51,6 +76,7 @@ def replay(
             "--trust-threshold",
             help="trust policy: re-evaluate below this fused confidence instead of the "
             "threshold fitted on the training folds.",
+            callback=number_in(0.0, 1.0),
         ),
     ] = None,
     save_policy: Annotated[
@@ -59,6 +85,7 @@ def replay(
             "--save-policy",
             help="trust policy: also fit it on ALL rows and write its settings (weights, "
             "thresholds) to this JSON file, for trustorch run --policy-file.",
+            callback=output_file("the policy file"),
         ),
     ] = None,
     graph: Annotated[
@@ -75,6 +102,7 @@ def replay(
             "--trace",
             help="Write every held-out decision with its whole trace (answers, assessments, "
             "routes) to this JSONL file, one line per row and seed; runs the graph.",
+            callback=output_file("the trace"),
         ),
     ] = None,
     json_out: JsonOption = False,
@@ -109,17 +137,15 @@ def replay(
     from eval.recorded.records import read_records
     from orchestrator.replay.run import policy_fitter, refuse_decisions_file, run_replay
 
-    refuse_decisions_file(file)
     if save_policy is not None and policy != "trust":
-        raise InputError("--save-policy needs --policy trust")
-    the_task = load_task(task) if task else None
-    if max_rounds < 1:
-        raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")
+        raise usage_error("--save-policy needs --policy trust")
     options = {}
     if trust_threshold is not None:
-        if policy != "trust" or not 0.0 <= trust_threshold <= 1.0:
-            raise InputError("--trust-threshold needs --policy trust and a value in [0, 1]")
+        if policy != "trust":
+            raise usage_error("--trust-threshold needs --policy trust")
         options["trust_threshold"] = trust_threshold
+    refuse_decisions_file(file)
+    the_task = load_task(task) if task else None
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
     for note in records.label_notes:
