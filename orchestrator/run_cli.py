@@ -225,7 +225,7 @@ def run(
         kept = None if removed else str(checkpoint_path)
         emit_json({**summary.to_dict(), "notes": notes, "out": str(out), "checkpoint": kept})
     else:
-        _print_summary(summary, out)
+        _print_summary(summary, out, notes)
     if summary.failed:
         stderr_console().print(
             f"{len(summary.failed)} image(s) failed and are not in {out}; "
@@ -419,27 +419,65 @@ async def _run(
     return summary, notes, emptied
 
 
-def _print_summary(summary: Any, out: Path) -> None:
+def _print_summary(summary: Any, out: Path, notes: list[str]) -> None:
     data = summary.to_dict()
+    coverage = data.get("coverage")
     rows = [
         ("images", data["images"]),
         ("decided now", data["decided"]),
         ("already in output", data["already_done"]),
         ("skipped (unreadable, duplicate)", len(data["skipped"])),
         ("failed", len(data["failed"])),
+        ("answered (coverage)", _with_share(data.get("answered"), coverage)),
         ("abstained", data.get("abstained")),
+        ("policy fallbacks", data.get("policy_fallbacks")),
         ("re-evaluation rate", data.get("reeval_rate")),
         ("agent failures", data.get("agent_failures")),
         ("labelled", data.get("labelled")),
     ]
-    if data.get("labelled"):
+    if data.get("labelled_answered"):
         rows += [
-            ("accuracy", data.get("accuracy")),
-            ("macro F1", data.get("macro_f1")),
-            (f"ECE ({data.get('ece_bins')} bins)", data.get("ece")),
-            ("Brier", data.get("brier")),
+            ("accuracy (answered)", data.get("accuracy")),
+            ("accuracy (abstentions wrong)", data.get("accuracy_all")),
+            ("macro F1 (answered)", data.get("macro_f1")),
+            (f"ECE ({data.get('ece_bins')} bins, answered)", data.get("ece")),
+            ("Brier (answered)", data.get("brier")),
             (f"OCR (> {data.get('ocr_threshold')})", data.get("ocr")),
             ("CCC", data.get("ccc")),
         ]
     rows += [("cost (USD)", data.get("cost_usd")), ("wall time (s)", data["wall_s"])]
     print_table(f"run summary -> {out}", ["metric", "value"], rows)
+    for line in summary_warnings(data, notes):
+        typer.echo(line, err=True)
+
+
+def _with_share(count: int | None, share: float | None) -> str | None:
+    return None if count is None else f"{count} ({share:.1%})" if share is not None else str(count)
+
+
+def summary_warnings(data: dict[str, Any], notes: list[str]) -> list[str]:
+    """Lines that say what the table alone would hide: every decision abstained (the commonest
+    reason, and agents without trust profiles), the policy falling back instead of deciding its
+    own way."""
+    lines = []
+    decided = data.get("n") or 0
+    if decided and data.get("answered") == 0:
+        reasons = data.get("abstention_reasons") or [{"reason": "?"}]
+        untrusted = [n.split("'")[1] for n in notes if "has no trust profile" in n]
+        hint = (
+            f"; no trust profile for {', '.join(untrusted)}: fit them on labelled images with "
+            "'trustorch eval trust' and pass --trust"
+            if untrusted
+            else ""
+        )
+        lines.append(
+            f"every decision abstained ({decided} images){hint}; commonest reason: "
+            f"{reasons[0]['reason']}"
+        )
+    if data.get("policy_fallbacks"):
+        reasons = data.get("policy_fallback_reasons") or [{"reason": "?"}]
+        lines.append(
+            f"the policy fell back to its fallback rule on {data['policy_fallbacks']} of "
+            f"{decided} decisions; commonest reason: {reasons[0]['reason']}"
+        )
+    return lines

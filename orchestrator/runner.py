@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -220,42 +221,74 @@ class RunSummary:
         }
 
 
+def policy_fallback(decision: Mapping[str, Any]) -> str | None:
+    """Why the policy fell back to its fallback rule on this decision (the first round it did),
+    or None when it decided its own way every round."""
+    for a in decision.get("assessments", []) or []:
+        why = a.get("fallback") or ""
+        if why:
+            return str(why)
+    return None
+
+
 def summarise(decisions: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]:
-    """Counts, cost and latency of the decisions; accuracy and calibration where labels are
-    known (abstentions count as wrong at confidence 0)."""
+    """Counts, cost and latency of the decisions; coverage (answered / all); where labels are
+    known, accuracy and calibration on the answered images (``accuracy_all`` counts an
+    abstention as wrong); how often the policy fell back, and the commonest reasons for
+    abstaining."""
     from eval.metric_table import Report, calibration_metrics
     from eval.metrics import classification_metrics
 
+    n = len(decisions)
+    answered = [d for d in decisions if d.get("label") is not None]
+    abstention_reasons = Counter(
+        _last_reason(d) for d in decisions if d.get("label") is None
+    ).most_common(3)
+    fallbacks = [why for d in decisions if (why := policy_fallback(d)) is not None]
     out: dict[str, Any] = {
-        "n": len(decisions),
-        "abstained": sum(1 for d in decisions if d.get("label") is None),
+        "n": n,
+        "answered": len(answered),
+        "abstained": n - len(answered),
+        "coverage": len(answered) / n if n else None,
+        "abstention_reasons": [{"reason": r, "n": k} for r, k in abstention_reasons],
+        "policy_fallbacks": len(fallbacks),
+        "policy_fallback_reasons": [
+            {"reason": r, "n": k} for r, k in Counter(w[:160] for w in fallbacks).most_common(3)
+        ],
         "reeval_rate": (
-            sum(1 for d in decisions if int(d.get("rounds_used", 1)) > 1) / len(decisions)
-            if decisions
-            else None
+            sum(1 for d in decisions if int(d.get("rounds_used", 1)) > 1) / n if n else None
         ),
         "agent_failures": sum(
             1 for d in decisions for p in d.get("predictions", []) if p.get("label") is None
         ),
         "cost_usd": sum(float(d.get("cost_usd", 0.0)) for d in decisions),
         "mean_latency_s": (
-            sum(float(d.get("latency_s", 0.0)) for d in decisions) / len(decisions)
-            if decisions
-            else None
+            sum(float(d.get("latency_s", 0.0)) for d in decisions) / n if n else None
         ),
     }
     labelled = [d for d in decisions if d.get("truth") in task.labels]
     out["labelled"] = len(labelled)
     if not labelled:
         return out
-    truth = [task.index(d["truth"]) for d in labelled]
-    pred = [task.index(d["label"]) if d.get("label") in task.labels else -1 for d in labelled]
-    conf = [float(d.get("confidence", 0.0)) if d.get("label") else 0.0 for d in labelled]
+    answered_labelled = [d for d in labelled if d.get("label") in task.labels]
+    out["accuracy_all"] = sum(d["label"] == d["truth"] for d in answered_labelled) / len(labelled)
+    out["labelled_answered"] = len(answered_labelled)
+    if not answered_labelled:
+        return out
+    truth = [task.index(d["truth"]) for d in answered_labelled]
+    pred = [task.index(d["label"]) for d in answered_labelled]
+    conf = [float(d.get("confidence", 0.0)) for d in answered_labelled]
     correct = [int(t == p) for t, p in zip(truth, pred, strict=True)]
     cls = classification_metrics(truth, pred, len(task.labels))
     cal = calibration_metrics(conf, correct, report=Report.RUN_SUMMARY)
     out.update(accuracy=cls.accuracy, macro_f1=cls.macro_f1, **cal.values_with_settings())
     return out
+
+
+def _last_reason(decision: Mapping[str, Any]) -> str:
+    assessments = decision.get("assessments") or []
+    reason = str(assessments[-1].get("reason", "")) if assessments else ""
+    return reason[:160] or "no reason recorded"
 
 
 def _describe_update(node: str, update: Any) -> str:

@@ -11,9 +11,7 @@ import gzip
 import json
 import logging
 import os
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from openai_server import (
     openai_server,
     stall_reply,
 )
+from peak_rss import run_with_peak_rss
 from PIL import Image
 from test_agents_openai import make_agent, run
 
@@ -322,18 +321,11 @@ def cli_env(base_url: str, api_key: str = "sk-test", **extra: str) -> dict[str, 
 def run_cli(
     args: list[str], env: dict[str, str], work: Path, *, hang_guard_s: float = 180
 ) -> tuple[int, str, str, int]:
-    """Exit code, stdout, stderr and peak RSS (KiB, this child only, from ``os.wait4``)."""
-    stdout, stderr = work / "cli.stdout", work / "cli.stderr"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen([*trustorch_command(), *args], env=env, stdout=out, stderr=err)
-        guard = threading.Timer(hang_guard_s, proc.kill)
-        guard.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            guard.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, stdout.read_text(), stderr.read_text(), usage.ru_maxrss
+    """Exit code, stdout, stderr and peak RSS (KiB) of the command alone."""
+    code, peak, stdout, stderr = run_with_peak_rss(
+        [*trustorch_command(), *args], timeout_s=hang_guard_s, cwd=work, env=env
+    )
+    return code, stdout, stderr, peak // 1024
 
 
 def decisions(out: Path) -> list[dict]:
