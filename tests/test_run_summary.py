@@ -84,3 +84,22 @@ def test_an_llm_policy_that_cannot_reach_its_server_is_counted_as_falling_back(t
     assert summary["policy_fallbacks"] == summary["n"] == 3
     assert "connection" in summary["policy_fallback_reasons"][0]["reason"].lower()
     assert summary["accuracy"] == 1.0  # the scripted agents answer the folder's label
+
+
+def test_a_policy_file_fitted_with_a_retriever_is_refused_without_one(tmp_path, capsys):
+    from orchestrator.policies.trust import TrustPolicy
+    from orchestrator.policies.trust_fit import save_trust_policy
+
+    policy_file = tmp_path / "policy.json"
+    weights = {"first": {"a": 1.0, "rag": 1.0}, "reeval": {"a@reeval": 1.0, "rag": 0.5}}
+    fitted = TrustPolicy.from_profiles({}, retrieval_source="rag", weights=weights)
+    save_trust_policy(policy_file, fitted, fitted_on={"rows": 0})
+    data = make_images(tmp_path / "data", per_label=1)
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(data), "-a", agent_spec("a"), "--task", "apple-leaf", "-o", str(out)]
+    assert main([*args, "--policy-file", str(policy_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--policy-file weighs source(s) 'rag' that this run does not have (it has a)" in err
+    assert "-a NAME=retrieval and --index-dir" in err
+    assert not out.exists()
