@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -331,6 +332,26 @@ def calibration(
         console.print(f"wrote {path}")
 
 
+MIN_PROFILE_ANSWERS = 30
+"""Below this many answers a profile's figures are too uncertain to lean on without saying so."""
+
+
+def small_sample_warnings(profiles: Mapping[str, Any]) -> list[str]:
+    """One line per profile fitted on fewer than ``MIN_PROFILE_ANSWERS`` answers, with its
+    accuracy interval when one was measured."""
+    lines = []
+    for name, p in profiles.items():
+        if p.n >= MIN_PROFILE_ANSWERS:
+            continue
+        low_high = p.intervals.get("accuracy")
+        interval = f", 95% interval [{low_high[0]:.2f}, {low_high[1]:.2f}]" if low_high else ""
+        lines.append(
+            f"'{name}' is measured on {p.n} answers only (accuracy {p.accuracy:.3f}{interval}); "
+            f"trust is uncertain below {MIN_PROFILE_ANSWERS}: measure it on more labelled images"
+        )
+    return lines
+
+
 @app.command("trust")
 def trust(
     file: FileArg,
@@ -390,9 +411,14 @@ def trust(
         }
         for name, p in profiles.items()
     }
+    warnings = small_sample_warnings(profiles)
     if json_out:
-        emit_json({"out": str(out), "sha256": records.sha256, "agents": summary})
+        emit_json(
+            {"out": str(out), "sha256": records.sha256, "agents": summary, "warnings": warnings}
+        )
         return
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
     print_table(
         f"Trust profiles of {Path(records.path).name} -> {out}",
         [

@@ -256,3 +256,24 @@ def test_bad_numeric_options_are_one_line(tmp_path, capsys, argv, code, message)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), lines
     assert not (tmp_path / "o").exists()
+
+
+def test_trust_warns_about_a_profile_measured_on_few_answers(tmp_path, capsys):
+    labels = ["black-rot", "healthy", "rust", "scab"]
+    rows = ["id,agent,truth,pred,confidence"]  # long format: 'a' answered 7 images, 'b' 40
+    for i in range(40):
+        truth = labels[i % 4]
+        rows.append(f"{i},b,{truth},{truth},0.8")
+        if i < 7:
+            rows.append(f"{i},a,{truth},{truth if i % 3 else labels[(i + 1) % 4]},0.9")
+    data = tmp_path / "small.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "trust.json"
+    args = ["eval", "trust", str(data), "--task", "apple-leaf", "--out", str(out)]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, err
+    assert "'a' is measured on 7 answers only (accuracy 0.571, 95% interval [" in warnings[0]
+    code, printed, _ = run(capsys, *args, "--json")
+    assert json.loads(printed)["warnings"] == [warnings[0].removeprefix("warning: ")]
