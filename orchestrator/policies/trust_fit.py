@@ -31,7 +31,11 @@ from core.errors import InputError
 from eval.folds import held_out_rows, stratified_folds
 from eval.recorded.records import RecordSet
 from orchestrator.policies.fusion import cascade, fused_log_probabilities
-from orchestrator.policies.policy_file import load_trust_policy_settings, save_trust_policy
+from orchestrator.policies.policy_file import (
+    load_policy_selection,
+    load_trust_policy_settings,
+    save_trust_policy,
+)
 from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles, profile_sources
 
 MAX_WEIGHT = 5.0
@@ -344,6 +348,7 @@ __all__ = [
     "fit_stacked",
     "fit_weights",
     "inner_fold_assignment",
+    "load_policy_selection",
     "load_trust_policy_settings",
     "out_of_fold_ratios",
     "repeated_cross_fit",

@@ -35,9 +35,11 @@ def replay(
         str,
         typer.Option(
             "--policy",
-            help=f"Fusion policy: {', '.join(n for n in policy_names() if n != 'llm')}.",
+            help="Fusion policy: "
+            f"{', '.join(n for n in policy_names(fitted_on_records=True) if n != 'llm')} "
+            "(select: the family that inner cross-validation on the training folds supports).",
         ),
-    ] = "trust",
+    ] = "select",
     max_rounds: Annotated[
         int, typer.Option("--max-rounds", help="Rounds per image (1 = no re-evaluation).")
     ] = 2,
@@ -57,8 +59,9 @@ def replay(
         Path | None,
         typer.Option(
             "--save-policy",
-            help="trust policy: also fit it on ALL rows and write its settings (weights, "
-            "thresholds) to this JSON file, for trustorch run --policy-file.",
+            help="trust or select policy: also fit it on ALL rows and write its settings "
+            "(weights, thresholds; for select, the family chosen and its inner-CV scores) to "
+            "this JSON file, for trustorch run --policy-file.",
         ),
     ] = None,
     graph: Annotated[
@@ -110,15 +113,17 @@ def replay(
     from orchestrator.replay.run import policy_fitter, refuse_decisions_file, run_replay
 
     refuse_decisions_file(file)
-    if save_policy is not None and policy != "trust":
-        raise InputError("--save-policy needs --policy trust")
+    if save_policy is not None and policy not in ("trust", "select"):
+        raise InputError("--save-policy needs --policy trust or select")
     the_task = load_task(task) if task else None
     if max_rounds < 1:
         raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")
     options = {}
     if trust_threshold is not None:
-        if policy != "trust" or not 0.0 <= trust_threshold <= 1.0:
-            raise InputError("--trust-threshold needs --policy trust and a value in [0, 1]")
+        if policy not in ("trust", "select") or not 0.0 <= trust_threshold <= 1.0:
+            raise InputError(
+                "--trust-threshold needs --policy trust or select and a value in [0, 1]"
+            )
         options["trust_threshold"] = trust_threshold
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
@@ -160,6 +165,7 @@ def replay(
     else:
         rows = [[f"{policy} seed {r['seed']}", *(r[k] for k in SUMMARY_KEYS)] for r in reports]
         rows.append([f"{policy} mean", *(report["mean"][k] for k in SUMMARY_KEYS)])
+    rows += fold_baseline_rows(report)
     rows += [[name, *(b[k] for k in SUMMARY_KEYS)] for name, b in report["baselines"].items()]
     which = f"seed {seed_list[0]}" if len(seed_list) == 1 else f"seeds {seeds}"
     print_table(
@@ -167,8 +173,9 @@ def replay(
         ["source", *SUMMARY_KEYS],
         rows,
     )
+    print_families_chosen(report)
     if save_policy is not None:
-        print(f"trust policy fitted on all {n_rows} rows saved to {save_policy}")
+        print(f"{policy} policy fitted on all {n_rows} rows saved to {save_policy}")
     if trace is not None:
         print(f"{len(traced)} decisions with their traces written to {trace}")
 
@@ -227,7 +234,46 @@ def seeds_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "mean": {k: sum(r[k] for r in reports) / len(reports) for k in SUMMARY_KEYS},
         "per_seed": reports,
         "baselines": first["baselines"],
+        **fold_baselines_over_seeds(reports),
     }
+
+
+def fold_baselines_over_seeds(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each fold baseline's summary keys averaged over the seeds' reports, and the families
+    the select policy chose, per seed and fold."""
+    names = list(reports[0].get("fold_baselines", {}))
+    out: dict[str, Any] = {
+        "fold_baselines": {
+            name: {
+                k: sum(r["fold_baselines"][name][k] for r in reports) / len(reports)
+                for k in SUMMARY_KEYS
+            }
+            for name in names
+        }
+    }
+    if any("families_chosen" in r for r in reports):
+        out["families_chosen"] = [r.get("families_chosen", []) for r in reports]
+    return out
+
+
+def fold_baseline_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """Table rows of the baselines fitted on the policy's folds (their mean over seeds)."""
+    return [
+        [name, *(b[k] for k in SUMMARY_KEYS)]
+        for name, b in report.get("fold_baselines", {}).items()
+    ]
+
+
+def print_families_chosen(report: dict[str, Any]) -> None:
+    """One line: how often the select policy chose each family over the folds."""
+    from collections import Counter
+
+    chosen = report.get("families_chosen")
+    if not chosen:
+        return
+    flat = [f for per_seed in chosen for f in per_seed] if isinstance(chosen[0], list) else chosen
+    counts = ", ".join(f"{family} {n}" for family, n in Counter(flat).most_common())
+    print(f"families chosen over {len(flat)} fold(s): {counts}")
 
 
 def _save_policy(path: Path, records: Any, fit: Any, seed: int) -> str:

@@ -406,6 +406,10 @@ def run_replay(
         "agents_replayed": {c.agent: {"first": c.first, "reeval": c.reeval} for c in columns},
         "retrieval": retrieval,
         "baselines": recorded_baselines(records, columns, retrieval, bins=bins),
+        "fold_baselines": fold_baselines(
+            setup, folds=folds, seed=seed, max_rounds=max_rounds, bins=bins
+        ),
+        **selection_summary(details),
         "fold_details": details,
         "errors": [
             {"id": d.image, "truth": d.truth, "label": d.label, "confidence": d.confidence}
@@ -413,6 +417,47 @@ def run_replay(
             if d.label != d.truth
         ],
     }
+
+
+FOLD_BASELINES = ("majority", "best-single", "dawid-skene", "stacking")
+"""The baselines ``run_replay`` fits and decides on the policy's own folds."""
+
+
+def fold_baselines(
+    setup: ReplaySetup,
+    *,
+    folds: int,
+    seed: int,
+    max_rounds: int,
+    bins: int,
+    names: Sequence[str] = FOLD_BASELINES,
+) -> dict[str, dict[str, Any]]:
+    """Each baseline of ``names`` fitted on the training folds of the split ``seed`` and
+    scored on its held-out rows, as the policy is: the report's keys per baseline."""
+    records, images = setup.records, setup.images
+    held_folds = replay_folds(images, folds, seed)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        fit = policy_fitter(name)
+        decisions: list[RowDecision] = []
+        for held in held_folds:
+            held_set = set(held)
+            train_ids = [li.extra["id"] for i, li in enumerate(images) if i not in held_set]
+            fitted = fit(records, setup.columns, train_ids, setup.retrieval, seed)
+            _, fold_decisions = decide_fold(
+                setup, fitted, [images[i] for i in held], max_rounds=max_rounds
+            )
+            decisions.extend(fold_decisions)
+        out[name] = decision_metrics(
+            decisions, list(records.labels), agents=len(setup.agents), bins=bins
+        )
+    return out
+
+
+def selection_summary(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The select policy's choice per fold (``families_chosen``), when the policy is select."""
+    chosen = [d["selection"]["chosen"] for d in details if "selection" in d]
+    return {"families_chosen": chosen} if chosen else {}
 
 
 def _nop() -> None:
