@@ -133,7 +133,16 @@ def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path:
     from orchestrator.replay.run import replay_columns
 
     saved = tmp_path / "policy.json"
-    args = ["eval", "replay", str(case3), "--seed", "0", "--save-policy", str(saved), "--json"]
+    args = [
+        "eval",
+        "replay",
+        str(case3),
+        "--policy",
+        "trust",
+        "--save-policy",
+        str(saved),
+        "--json",
+    ]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["saved_policy"] == str(saved)
@@ -149,7 +158,7 @@ def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path:
     assert settings["weights"]["reeval"] == pytest.approx(expected["weights"]["reeval"])
     assert "retrieval_source" not in settings
     assert main(["eval", "replay", str(case3), "--policy", "majority", "--save-policy", "x"]) == 2
-    assert "--save-policy needs --policy trust" in capsys.readouterr().err
+    assert "--save-policy needs --policy trust or select" in capsys.readouterr().err
 
 
 def test_single_policy_must_name_a_replayed_source(case3: Path, capsys):

@@ -64,9 +64,16 @@ POLICY_FACTORIES: dict[str, PolicyFactory] = {
 }
 
 
-def policy_names() -> list[str]:
-    """The policy names as a user types them (``single:<agent>``), in registry order."""
-    return [f"{n}:<agent>" if n == "single" else n for n in POLICY_FACTORIES]
+FITTED_ON_RECORDS = ("select", "best-single", "dawid-skene", "stacking")
+"""Policies fitted on recorded answers (``trustorch eval replay --policy``), not built from
+trust profiles: ``orchestrator.replay.run.policy_fitter`` fits them."""
+
+
+def policy_names(*, fitted_on_records: bool = False) -> list[str]:
+    """The policy names as a user types them (``single:<agent>``), in registry order; with
+    ``fitted_on_records``, those of ``FITTED_ON_RECORDS`` first."""
+    names = [f"{n}:<agent>" if n == "single" else n for n in POLICY_FACTORIES]
+    return [*FITTED_ON_RECORDS, *names] if fitted_on_records else names
 
 
 def check_policy_name(name: str, *, excluded: Sequence[str] = ()) -> str:

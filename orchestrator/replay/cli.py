@@ -54,12 +54,14 @@ def replay(
         str,
         typer.Option(
             "--policy",
-            help=f"Fusion policy: {', '.join(n for n in policy_names() if n != 'llm')}.",
+            help="Fusion policy: "
+            f"{', '.join(n for n in policy_names(fitted_on_records=True) if n != 'llm')} "
+            "(select: the family that inner cross-validation on the training folds supports).",
             callback=checked_by(
                 lambda name: check_policy_name(name, excluded=REPLAYED_POLICIES_LEAVE_OUT)
             ),
         ),
-    ] = "trust",
+    ] = "select",
     max_rounds: Annotated[
         int,
         typer.Option(
@@ -83,8 +85,9 @@ def replay(
         Path | None,
         typer.Option(
             "--save-policy",
-            help="trust policy: also fit it on ALL rows and write its settings (weights, "
-            "thresholds) to this JSON file, for trustorch run --policy-file.",
+            help="trust or select policy: also fit it on ALL rows and write its settings "
+            "(weights, thresholds; for select, the family chosen and its inner-CV scores) to "
+            "this JSON file, for trustorch run --policy-file.",
             callback=output_file("the policy file"),
         ),
     ] = None,
@@ -137,12 +140,12 @@ def replay(
     from eval.recorded.records import read_records
     from orchestrator.replay.run import policy_fitter, refuse_decisions_file, run_replay
 
-    if save_policy is not None and policy != "trust":
-        raise usage_error("--save-policy needs --policy trust")
+    if save_policy is not None and policy not in ("trust", "select"):
+        raise usage_error("--save-policy needs --policy trust or select")
     options = {}
     if trust_threshold is not None:
-        if policy != "trust":
-            raise usage_error("--trust-threshold needs --policy trust")
+        if policy not in ("trust", "select"):
+            raise usage_error("--trust-threshold needs --policy trust or select")
         options["trust_threshold"] = trust_threshold
     refuse_decisions_file(file)
     the_task = load_task(task) if task else None
@@ -186,6 +189,7 @@ def replay(
     else:
         rows = [[f"{policy} seed {r['seed']}", *(r[k] for k in SUMMARY_KEYS)] for r in reports]
         rows.append([f"{policy} mean", *(report["mean"][k] for k in SUMMARY_KEYS)])
+    rows += fold_baseline_rows(report)
     rows += [[name, *(b[k] for k in SUMMARY_KEYS)] for name, b in report["baselines"].items()]
     which = f"seed {seed_list[0]}" if len(seed_list) == 1 else f"seeds {seeds}"
     print_table(
@@ -193,8 +197,9 @@ def replay(
         ["source", *SUMMARY_KEYS],
         rows,
     )
+    print_families_chosen(report)
     if save_policy is not None:
-        print(f"trust policy fitted on all {n_rows} rows saved to {save_policy}")
+        print(f"{policy} policy fitted on all {n_rows} rows saved to {save_policy}")
     if trace is not None:
         print(f"{len(traced)} decisions with their traces written to {trace}")
 
@@ -253,7 +258,46 @@ def seeds_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "mean": {k: sum(r[k] for r in reports) / len(reports) for k in SUMMARY_KEYS},
         "per_seed": reports,
         "baselines": first["baselines"],
+        **fold_baselines_over_seeds(reports),
     }
+
+
+def fold_baselines_over_seeds(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each fold baseline's summary keys averaged over the seeds' reports, and the families
+    the select policy chose, per seed and fold."""
+    names = list(reports[0].get("fold_baselines", {}))
+    out: dict[str, Any] = {
+        "fold_baselines": {
+            name: {
+                k: sum(r["fold_baselines"][name][k] for r in reports) / len(reports)
+                for k in SUMMARY_KEYS
+            }
+            for name in names
+        }
+    }
+    if any("families_chosen" in r for r in reports):
+        out["families_chosen"] = [r.get("families_chosen", []) for r in reports]
+    return out
+
+
+def fold_baseline_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """Table rows of the baselines fitted on the policy's folds (their mean over seeds)."""
+    return [
+        [name, *(b[k] for k in SUMMARY_KEYS)]
+        for name, b in report.get("fold_baselines", {}).items()
+    ]
+
+
+def print_families_chosen(report: dict[str, Any]) -> None:
+    """One line: how often the select policy chose each family over the folds."""
+    from collections import Counter
+
+    chosen = report.get("families_chosen")
+    if not chosen:
+        return
+    flat = [f for per_seed in chosen for f in per_seed] if isinstance(chosen[0], list) else chosen
+    counts = ", ".join(f"{family} {n}" for family, n in Counter(flat).most_common())
+    print(f"families chosen over {len(flat)} fold(s): {counts}")
 
 
 def _save_policy(path: Path, records: Any, fit: Any, seed: int) -> str:
