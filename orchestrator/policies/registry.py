@@ -76,12 +76,21 @@ def policy_names(*, fitted_on_records: bool = False) -> list[str]:
     return [*FITTED_ON_RECORDS, *names] if fitted_on_records else names
 
 
-def check_policy_name(name: str, *, excluded: Sequence[str] = ()) -> str:
+def check_policy_name(
+    name: str, *, excluded: Sequence[str] = (), fitted_on_records: bool = False
+) -> str:
     """``name`` when it names a policy of the registry (``single`` with its source), leaving
-    out ``excluded`` kinds; InputError listing the policies otherwise. Cheap: builds nothing."""
+    out ``excluded`` kinds (with ``fitted_on_records``, also the policies only a replay of
+    recorded answers can fit); InputError listing the policies otherwise. Cheap: builds
+    nothing."""
     kind, _, arg = name.partition(":")
-    if kind.strip() not in POLICY_FACTORIES or kind.strip() in excluded:
-        known = [n for n in policy_names() if n.partition(":")[0] not in excluded]
+    known_kinds = {*POLICY_FACTORIES, *(FITTED_ON_RECORDS if fitted_on_records else ())}
+    if kind.strip() not in known_kinds or kind.strip() in excluded:
+        known = [
+            n
+            for n in policy_names(fitted_on_records=fitted_on_records)
+            if n.partition(":")[0] not in excluded
+        ]
         raise InputError(f"unknown policy {name!r} (choose from {', '.join(known)})")
     if kind.strip() == "single" and not arg.strip():
         raise InputError("policy 'single' needs a source: single:<agent> (e.g. single:gpt)")

@@ -58,7 +58,9 @@ def replay(
             f"{', '.join(n for n in policy_names(fitted_on_records=True) if n != 'llm')} "
             "(select: the family that inner cross-validation on the training folds supports).",
             callback=checked_by(
-                lambda name: check_policy_name(name, excluded=REPLAYED_POLICIES_LEAVE_OUT)
+                lambda name: check_policy_name(
+                    name, excluded=REPLAYED_POLICIES_LEAVE_OUT, fitted_on_records=True
+                )
             ),
         ),
     ] = "select",
