@@ -10,6 +10,7 @@ prints as one line with exit code 2; an output path that cannot be written (``ou
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -158,8 +159,18 @@ def _to_plain(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+PIPED_WIDTH = 200
+"""Columns a table may use when stdout is a file or a pipe (no terminal says how wide): wide
+enough that no column name is cut."""
+
+
 def stdout_console() -> Console:
-    return Console(soft_wrap=False)
+    """The console tables go to: the terminal's width, or ``PIPED_WIDTH`` when piped (unless
+    ``COLUMNS`` says otherwise)."""
+    console = Console(soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(soft_wrap=False, width=PIPED_WIDTH)
+    return console
 
 
 def stderr_console() -> Console:

@@ -52,3 +52,22 @@ def test_version_prints_the_installed_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"trustorch {version('trust-orchestrator')}\n"
+
+
+def test_tables_keep_whole_column_names_when_piped(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli import entry; entry()"]
+        + ["eval", "replay", "study:case1", "--seed", "0", "--policy", "majority"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "vlm_calls_per_image" in done.stdout and "…" not in done.stdout
