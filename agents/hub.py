@@ -4,7 +4,8 @@ the hub client's minute of retries)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -75,9 +76,27 @@ def _load_or_name_extra(
     load: Callable[[bool], Loaded], local_only: bool, what: str, name_or_path: str
 ) -> Loaded:
     try:
-        return load(local_only)
+        with quiet_transformers():
+            return load(local_only)
     except ImportError as e:
         raise missing_extra_error(e, needed_by=f"{what} '{name_or_path}'") from e
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers without its progress bars ("Loading weights") and notices while a model
+    loads: they would land in the middle of a command's own output. Errors still surface."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load_error(what: str, name_or_path: str, error: Exception, hint: str) -> ModelLoadError:

@@ -60,3 +60,16 @@ def test_package_without_an_extra_and_unnamed_import_errors() -> None:
     assert isinstance(plain, MissingExtraError) and str(plain).endswith("pip install foo")
     vague = missing_extra_error(ImportError("cannot load libfoo.so\nmore"), needed_by="X")
     assert str(vague) == "X needs a package that is not installed (cannot load libfoo.so)"
+
+
+def test_loading_a_model_prints_no_progress_bar_or_notice(tiny_clip_dir: Path, capfd) -> None:
+    from transformers.utils import logging as hf_logging
+
+    from agents.clip_model import load_clip
+
+    before = (hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity())
+    capfd.readouterr()
+    load_clip(str(tiny_clip_dir), device="cpu")
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in err + out and "[transformers]" not in err + out
+    assert (hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()) == before
