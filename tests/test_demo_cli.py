@@ -210,7 +210,8 @@ def test_upload_handler_returns_summary_and_sandboxed_report(leaf_setup, apple_t
         assert 'data-abstained="true"' in inner
     assert asyncio.run(diagnose_upload(pipeline, None))[0].startswith("Upload a leaf photo")
     missing = asyncio.run(diagnose_upload(pipeline, "/nowhere/leaf.png"))
-    assert missing == ("Error: /nowhere/leaf.png: no such image file", "")
+    assert missing == ("Error: leaf.png: no such image file", "")
+    assert str(queries) not in inner and "q-rust.png" in inner  # the upload's folder stays private
 
 
 def test_web_without_gradio_names_the_extra(monkeypatch):

@@ -257,3 +257,20 @@ def test_trust_card_draws_the_profiles_reliability_diagram(tmp_path, apple_task)
     assert 'alt="reliability diagram of gpt"' in page
     assert base64.b64encode(png).decode() in page
     assert f"<td>gpt</td><td>200</td><td>{100 * profile.accuracy:.1f}%</td>" in page
+
+
+def test_asked_to_look_again_names_only_the_agents_that_did(leaf, retriever, apple_task):
+    import dataclasses
+
+    decision = two_round_decision(leaf, retriever, apple_task)
+    first, *rest = decision.assessments
+    assert first.reevaluate and not first.trusted
+    named = dataclasses.replace(first, reevaluate=["clip", *first.reevaluate])
+    decision = dataclasses.replace(decision, assessments=[named, *rest])
+    html_text = render_report(
+        decision, task=apple_task, image_bytes=Path(leaf.source).read_bytes(), trust={}
+    )
+    asked = re.findall(r"<p>Asked to look again: ([^<]*)</p>", html_text)
+    looked = sorted(p.agent for p in decision.predictions if p.round == 1)
+    assert asked and all(names == ", ".join(looked) for names in asked)
+    assert not any("clip" in names for names in asked)

@@ -126,7 +126,9 @@ def _prediction_row(p: Prediction, task: Task) -> str:
     )
 
 
-def _assessment_block(a: Assessment, task: Task, *, again: bool, last: bool) -> str:
+def _assessment_block(
+    a: Assessment, task: Task, *, again: bool, last: bool, looked_again: Sequence[str]
+) -> str:
     verdict = "trusted" if a.trusted else "not trusted"
     label = esc(a.label) if a.label is not None else "abstain"
     weights = "".join(
@@ -137,9 +139,11 @@ def _assessment_block(a: Assessment, task: Task, *, again: bool, last: bool) -> 
         if weights
         else ""
     )
+    # Only the agents that did look again: the policy may name some that cannot (CLIP).
+    again_names = [name for name in a.reevaluate if name in looked_again]
     asked = (
-        f"<p>Asked to look again: {esc(', '.join(a.reevaluate))}</p>"
-        if a.reevaluate and not last
+        f"<p>Asked to look again: {esc(', '.join(again_names))}</p>"
+        if again_names and not last
         else ""
     )
     when = f"round {a.round}, again with the retrieved evidence" if again else f"round {a.round}"
@@ -173,6 +177,7 @@ def _rounds_section(decision: Decision, task: Task) -> str:
                 task,
                 again=i > 0,
                 last=a is decision.assessments[-1],
+                looked_again=[p.agent for p in decision.predictions if p.round == a.round + 1],
             )
             for i, a in enumerate(in_round)
         )

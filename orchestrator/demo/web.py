@@ -7,13 +7,14 @@ extra (``pip install 'trust-orchestrator[demo]'``) imported only here, only when
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from pathlib import Path
 from typing import Any
 
 from core.errors import InputError, TrustorchError, os_reason
 from core.extras import missing_extra_error
-from core.images import ImageRef
+from core.images import ImageRef, read_image_bytes
 from orchestrator.decision import Decision
 from orchestrator.demo.pipeline import DemoPipeline
 
@@ -54,12 +55,16 @@ async def diagnose_upload(pipeline: DemoPipeline, path: str | None) -> tuple[str
     """Diagnose one uploaded file: (summary line, report iframe)."""
     if not path:
         return "Upload a leaf photo to diagnose it.", ""
+    # The upload lives in a temporary folder of the web server: the page names it by its file
+    # name only.
+    name = Path(path).name
     try:
         image = ImageRef.from_path(path)
-        decision = await pipeline.diagnose(image)
+        decision = dataclasses.replace(await pipeline.diagnose(image), image=name)
+        data = read_image_bytes(image)
     except TrustorchError as e:
-        return f"Error: {e}", ""
-    return summary_text(decision), report_frame(pipeline.report(decision, Path(path).read_bytes()))
+        return f"Error: {str(e).replace(path, name)}", ""
+    return summary_text(decision), report_frame(pipeline.report(decision, data))
 
 
 def build_app(pipeline: DemoPipeline) -> Any:
