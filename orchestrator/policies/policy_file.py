@@ -21,6 +21,7 @@ from core.errors import InputError
 from core.files import write_text_atomically
 from core.jsonio import dumps_json, read_json_file
 from core.validation import Name, NonNegativeFloat, Probability, field_path, first_error
+from orchestrator.policies.conformal import ConformalBlock
 
 if TYPE_CHECKING:
     from orchestrator.policies.trust import TrustPolicy
@@ -58,6 +59,7 @@ class PolicyFile(BaseModel):
     version: Literal[1]  # POLICY_FILE_VERSION
     fitted_on: dict[str, Any] = {}
     policy: PolicySettings
+    conformal: ConformalBlock | None = None
 
 
 def policy_file_schema() -> dict[str, Any]:
@@ -66,22 +68,27 @@ def policy_file_schema() -> dict[str, Any]:
 
 
 def save_trust_policy(
-    path: str | Path, policy: TrustPolicy, *, fitted_on: Mapping[str, Any]
+    path: str | Path,
+    policy: TrustPolicy,
+    *,
+    fitted_on: Mapping[str, Any],
+    conformal: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write the policy's fitted settings (``TrustPolicy.to_dict``) and what they were fitted on."""
+    """Write the policy's fitted settings (``TrustPolicy.to_dict``), what they were fitted on
+    and, when given, its conformal calibration (``orchestrator.policies.conformal``)."""
     payload = {
         "format": POLICY_FILE_FORMAT,
         "version": POLICY_FILE_VERSION,
         "fitted_on": dict(fitted_on),
         "policy": policy.to_dict(),
+        **({"conformal": dict(conformal)} if conformal is not None else {}),
     }
     write_text_atomically(path, dumps_json(payload, indent=2) + "\n", what="the policy file")
 
 
-def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
-    """The keyword settings of ``TrustPolicy`` saved by ``save_trust_policy`` (those the file
-    gives, without ``name`` and ``retrieval_source``: the run names its own retriever); an
-    InputError naming the file and the field when anything in it is unusable."""
+def read_policy_file(path: str | Path) -> PolicyFile:
+    """A trust policy file, checked whole; an InputError naming the file and the field when
+    anything in it is unusable."""
     p = Path(path)
     data = read_json_file(p, what="policy file")
     if not isinstance(data, dict) or data.get("format") != POLICY_FILE_FORMAT:
@@ -91,9 +98,14 @@ def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
             path=str(p),
         )
     try:
-        stored = PolicyFile.model_validate(data)
+        return PolicyFile.model_validate(data)
     except ValidationError as e:
         loc, message = first_error(e)
         raise InputError(f"field {field_path(loc)!r}: {message}", path=str(p)) from None
-    settings = stored.policy.model_dump(exclude_unset=True, exclude={"name", "retrieval_source"})
-    return settings
+
+
+def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
+    """The keyword settings of ``TrustPolicy`` saved by ``save_trust_policy`` (those the file
+    gives, without ``name`` and ``retrieval_source``: the run names its own retriever)."""
+    stored = read_policy_file(path)
+    return stored.policy.model_dump(exclude_unset=True, exclude={"name", "retrieval_source"})

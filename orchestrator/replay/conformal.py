@@ -89,6 +89,8 @@ class ConformalFold:
     test_labels: np.ndarray
     fit_ids: tuple[str, ...]
     calibration_ids: tuple[str, ...]
+    policy: FusionPolicy
+    """The policy fitted on ``fit_ids``, which gave both distributions."""
 
 
 def calibration_split(
@@ -121,7 +123,7 @@ def conformal_fold(
     seed: int,
 ) -> ConformalFold:
     """Split ``train_rows`` into fitting and calibration rows, fit the policy on the first,
-    and decide the calibration rows and ``test_rows`` with it."""
+    and decide the calibration rows and ``test_rows`` (possibly none) with it."""
     train = np.asarray(train_rows)
     fit_pos, cal_pos = calibration_split([truth[i] for i in train], fraction, seed)
     fit_rows, cal_rows = train[fit_pos].tolist(), train[cal_pos].tolist()
@@ -130,10 +132,11 @@ def conformal_fold(
     return ConformalFold(
         calibration=_distributions(decide(policy, cal_rows), labels),
         calibration_labels=np.array([index[truth[i]] for i in cal_rows], dtype=np.int64),
-        test=_distributions(decide(policy, list(test_rows)), labels),
+        test=_distributions(decide(policy, list(test_rows)) if len(test_rows) else [], labels),
         test_labels=np.array([index[truth[i]] for i in test_rows], dtype=np.int64),
         fit_ids=tuple(ids[i] for i in fit_rows),
         calibration_ids=tuple(ids[i] for i in cal_rows),
+        policy=policy,
     )
 
 

@@ -381,7 +381,9 @@ def run_replay(
         details.append(detail)
         if conformal is not None:
             conformal_folds.append(
-                _conformal_fold(setup, fit, held, seed, conformal.calibration_fraction, max_rounds)
+                conformal_calibration(
+                    setup, fit, held, seed, conformal.calibration_fraction, max_rounds
+                )
             )
     labels = list(records.labels)
     report = decision_metrics(decisions, labels, agents=len(setup.agents), bins=bins)
@@ -414,7 +416,7 @@ def _nop() -> None:
     return None
 
 
-def _conformal_fold(
+def conformal_calibration(
     setup: ReplaySetup,
     fit: FitPolicy,
     held: Sequence[int],
@@ -422,7 +424,8 @@ def _conformal_fold(
     fraction: float,
     max_rounds: int,
 ) -> ConformalFold:
-    """One outer fold's conformal calibration, on its training rows only."""
+    """The conformal calibration of the fold that holds out ``held``, on its training rows only
+    (``orchestrator.replay.conformal``; ``held`` empty: on every row)."""
     images, held_set = setup.images, set(held)
 
     def fit_on(ids: Sequence[str]) -> FusionPolicy:
