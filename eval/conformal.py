@@ -420,7 +420,7 @@ def confidence_sweep(probabilities: Any, labels: Any) -> list[SelectivePoint]:
     return [
         SelectivePoint(
             threshold=float(conf_sorted[i]),
-            answered=(i + 1) / y.size,
+            answered=float((i + 1) / y.size),
             accuracy=float(right[i] / (i + 1)),
         )
         for i in ends
