@@ -5,7 +5,10 @@ re-evaluation) stays the wrapped policy's; on the assessment that decides (trust
 round) the prediction set is the split-conformal set of the fused distribution
 (``eval.conformal.SplitConformal``) and the label is its single member, or None (the image is
 deferred) when the set is empty or holds several labels. The wrapped policy's own abstention
-(``abstain_below``) is replaced by this rule.
+(``abstain_below``) is replaced by this rule. A policy sees answers, not images, so the tie
+break of a randomized rule comes from a hash of the answers it fused (labels, confidences,
+scores, reasons, the retrieval vote: ``answers_key``): the same answers always get the same set,
+and answers from real models, with their own wording, differ from image to image.
 
 The calibration travels in the trust policy file, under ``conformal`` (``ConformalBlock``):
 ``trustorch eval replay --save-policy FILE --alpha A`` fits the policy on three quarters of the
@@ -27,7 +30,7 @@ from agents.types import Prediction
 from core.errors import InputError
 from core.task import Task
 from core.validation import Count, FiniteFloat, Name, Probability
-from eval.conformal import DEFAULT_SCORE, SplitConformal, check_alpha
+from eval.conformal import DEFAULT_SCORE, SplitConformal, check_alpha, tie_breaks
 from orchestrator.decision import Assessment
 from orchestrator.policies.base import FusionPolicy
 from rag.evidence import Evidence
@@ -73,12 +76,12 @@ class ConformalRule:
     sets: SplitConformal
     labels: tuple[str, ...]
 
-    def members(self, scores: dict[str, float]) -> list[str]:
-        """The prediction set of one fused distribution (``Assessment.scores``)."""
+    def members(self, scores: dict[str, float], key: str) -> list[str]:
+        """The prediction set of one fused distribution (``Assessment.scores``); ``key`` names
+        the row for its tie break."""
         row = [[scores.get(y, 0.0) for y in self.labels]]
-        return [
-            y for y, inside in zip(self.labels, self.sets.transform(row)[0], strict=True) if inside
-        ]
+        inside = self.sets.transform(row, tie_breaks([key], self.sets.seed))[0]
+        return [y for y, keep in zip(self.labels, inside, strict=True) if keep]
 
     def to_block(self, **calibrated_on: Any) -> dict[str, Any]:
         """The ``conformal`` field of a policy file."""
@@ -105,6 +108,18 @@ def load_conformal_rule(path: str | Path, *, alpha: float | None = None) -> Conf
             path=str(path),
         )
     return ConformalRule.from_block(block, alpha=alpha)
+
+
+def answers_key(predictions: Sequence[Prediction], evidence: Evidence | None) -> str:
+    """A text that identifies what a policy was given on one image."""
+    parts = [
+        f"{p.agent}@{p.round}:{p.label}:{p.confidence!r}:{sorted((p.scores or {}).items())}:"
+        f"{p.reason}"
+        for p in predictions
+    ]
+    if evidence is not None:
+        parts.append(f"vote:{sorted(evidence.vote.items())}")
+    return "\n".join(parts)
 
 
 class ConformalPolicy:
@@ -139,7 +154,7 @@ class ConformalPolicy:
                 f"the conformal calibration is over the labels {list(self.rule.labels)}, "
                 f"the task has {list(task.labels)}"
             )
-        members = self.rule.members(assessment.scores)
+        members = self.rule.members(assessment.scores, answers_key(predictions, evidence))
         label = members[0] if len(members) == 1 else None
         alpha = self.rule.sets.alpha
         verdict = "answers" if label is not None else "defers"

@@ -4,7 +4,8 @@ Calibration rows are never rows the fusion was fitted on, and never test rows: w
 outer training fold, a stratified quarter of the rows (``CALIBRATION_FRACTION``, drawn with the
 replay's seed) is set aside; the policy is fitted on the other three quarters, then decides the
 calibration quarter, whose fused distributions calibrate the sets (``eval.conformal``), and the
-held-out fold, whose sets are scored. The replay's own figures (accuracy, ECE, ...) still come
+held-out fold, whose sets are scored (ties broken by ``eval.conformal.tie_breaks`` of each
+row's id and the seed). The replay's own figures (accuracy, ECE, ...) still come
 from the policy fitted on the whole training fold; the sets, their coverage and the singleton
 rule's accuracy come from the policy fitted on three quarters of it, the one that a policy
 file written with ``--save-policy --alpha`` holds.
@@ -37,6 +38,7 @@ from eval.conformal import (
     confidence_sweep,
     defer_unless_singleton,
     set_metrics,
+    tie_breaks,
 )
 from eval.folds import stratified_folds
 from orchestrator.policies.base import FusionPolicy
@@ -89,6 +91,7 @@ class ConformalFold:
     test_labels: np.ndarray
     fit_ids: tuple[str, ...]
     calibration_ids: tuple[str, ...]
+    test_ids: tuple[str, ...]
     policy: FusionPolicy
     """The policy fitted on ``fit_ids``, which gave both distributions."""
 
@@ -136,6 +139,7 @@ def conformal_fold(
         test_labels=np.array([index[truth[i]] for i in test_rows], dtype=np.int64),
         fit_ids=tuple(ids[i] for i in fit_rows),
         calibration_ids=tuple(ids[i] for i in cal_rows),
+        test_ids=tuple(ids[i] for i in test_rows),
         policy=policy,
     )
 
@@ -160,7 +164,12 @@ def conformal_report(
         fitted = [
             settings.estimator(alpha, seed).fit(f.calibration, f.calibration_labels) for f in folds
         ]
-        sets = np.concatenate([c.transform(f.test) for c, f in zip(fitted, folds, strict=True)])
+        sets = np.concatenate(
+            [
+                c.transform(f.test, tie_breaks(f.test_ids, seed))
+                for c, f in zip(fitted, folds, strict=True)
+            ]
+        )
         metrics = set_metrics(sets, truth, label_names=labels).to_dict()
         levels.append(
             {
