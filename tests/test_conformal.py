@@ -409,3 +409,28 @@ def test_randomized_rule_in_the_policy_breaks_ties_by_the_answers(apple_task):
     answered = sum(out.label == labels[0] for out in outcomes)
     assert 8 < answered < 32  # the tie falls both ways, by the answers' hash
     assert all(out.prediction_set in ([], [labels[0]]) for out in outcomes)
+
+
+def test_seeds_mean_of_the_conformal_blocks():
+    from orchestrator.replay.conformal import conformal_seeds_mean
+
+    def level(coverage: float, accuracy: float | None, scab: float | None) -> dict:
+        return {
+            "alpha": 0.1,
+            "target_coverage": 0.9,
+            "coverage": coverage,
+            "mean_set_size": 2 * coverage,
+            "empty_rate": 0.0,
+            "singleton_rate": 0.5,
+            "singleton_accuracy": accuracy,
+            "coverage_per_class": {"rust": coverage, "scab": scab},
+        }
+
+    reports = [
+        {"conformal": {"levels": [level(0.8, 0.9, None)]}},
+        {"conformal": {"levels": [level(1.0, None, 0.5)]}},
+    ]
+    (mean,) = conformal_seeds_mean(reports)
+    assert mean["coverage"] == pytest.approx(0.9) and mean["mean_set_size"] == pytest.approx(1.8)
+    assert mean["singleton_accuracy"] == 0.9  # the seeds that answered anything
+    assert mean["coverage_per_class"] == {"rust": pytest.approx(0.9), "scab": 0.5}
