@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from agents.registry import BuildContext, default_registry
-from core.cli import JsonOption, TaskOption, emit_json, print_table, progress_bar
+from core.cli import JsonOption, TaskOption, device_name, emit_json, print_table, progress_bar
 from core.errors import InputError
 
 app = typer.Typer(
@@ -36,7 +36,8 @@ ClipModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
+    str | None,
+    typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).", callback=device_name),
 ]
 OptionOpt = Annotated[
     list[str] | None,
@@ -124,9 +125,20 @@ def predict(
     rows = asyncio.run(run_all())
     if json_output:
         emit_json({"task": task_obj.name, "labels": list(task_obj.labels), "predictions": rows})
-        return
+    else:
+        _print_predictions(task_obj.name, rows)
+    if all(r["label"] is None for r in rows):
+        typer.echo(
+            f"error: every agent failed on every image ({len(refs)} images; first: "
+            f"{rows[0]['agent']}: {rows[0]['error']})",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _print_predictions(task_name: str, rows: list[dict[str, Any]]) -> None:
     print_table(
-        f"task {task_obj.name}",
+        f"task {task_name}",
         ["image", "agent", "label", "conf", "second", "latency", "usd", "error"],
         [
             (

@@ -24,7 +24,7 @@ import numpy as np
 from agents.hub import load_local_first
 from agents.prompting import agent_instruction
 from agents.types import EvidenceView, Prediction
-from core.errors import TrustorchError
+from core.errors import InputError, TrustorchError
 from core.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -41,6 +41,9 @@ HF_VLM_ENV = "TRUSTORCH_HF_VLM"
 # A large photo is shrunk while decoded to no less than this on its shorter side: more than the
 # few hundred thousand pixels local VLM processors keep by default, far less than 36 MP.
 VLM_IMAGE_SIDE = 1024
+MAX_REASON_TOKENS = 512
+"""The most tokens a generated reason may have (``reason_tokens``): a reason is a sentence or
+two, and every token of it is a decoding step on this machine."""
 
 
 @dataclass
@@ -101,6 +104,10 @@ class HFVLMAgent:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        if not 0 <= reason_tokens <= MAX_REASON_TOKENS:
+            raise InputError(
+                f"reason_tokens must be in [0, {MAX_REASON_TOKENS}], got {reason_tokens}"
+            )
         self.vlm = vlm
         self.name = name or vlm.name.rstrip("/").rsplit("/", 1)[-1]
         self.reason_tokens = reason_tokens

@@ -13,6 +13,7 @@ from agents.clip_model import ClipModel
 from agents.options import OptionType
 from agents.registry import AgentKind, AgentSpec, AgentStatus, BuildContext
 from agents.types import Agent
+from core.redact import redact_url
 
 OPENAI_MODEL_ENV = "TRUSTORCH_OPENAI_MODEL"
 DEFAULT_OPENAI_MODEL = "gpt-4o"
@@ -24,6 +25,8 @@ _CLIENT_OPTIONS: dict[str, OptionType] = {
     "base_url": OptionType("str"),
     "api_key": OptionType("str", secret=True),
     "timeout_s": OptionType("float", minimum=0, exclusive=True),
+    "deadline_s": OptionType("float", minimum=0, exclusive=True),
+    "max_reply_bytes": _POSITIVE_INT,
     "max_retries": _COUNT,
     "backoff_s": OptionType("float", minimum=0),
     "max_backoff_s": OptionType("float", minimum=0),
@@ -83,7 +86,7 @@ def probe_openai(environ: Mapping[str, str]) -> AgentStatus:
     model = environ.get(OPENAI_MODEL_ENV) or DEFAULT_OPENAI_MODEL
     base_url = environ.get("OPENAI_BASE_URL")
     if environ.get("OPENAI_API_KEY") or base_url:
-        where = f"the server at {base_url}" if base_url else "the OpenAI API"
+        where = f"the server at {redact_url(base_url)}" if base_url else "the OpenAI API"
         return AgentStatus("openai", f"'{model}' through {where}", f"openai:{model}")
     return AgentStatus(
         "openai",

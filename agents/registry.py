@@ -18,6 +18,7 @@ from agents.openai_compat.modes import ServerFeatureTable
 from agents.options import OptionItem, OptionType, coerce_options
 from agents.types import Agent
 from core.errors import InputError
+from core.redact import redact_url
 from core.task import Task
 
 _NAME_PREFIX = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
@@ -147,9 +148,14 @@ class AgentRegistry:
         return coerce_options(kind.options, options, spec.text)
 
     def recorded_options(self, spec: AgentSpec, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``options`` without the secret ones (API keys), for a run's recorded configuration."""
+        """``options`` without the secret ones (API keys) and with URL credentials masked, for a
+        run's recorded configuration."""
         types = self._known(spec).options
-        return {k: v for k, v in options.items() if not (k in types and types[k].secret)}
+        return {
+            k: redact_url(v) if isinstance(v, str) and "://" in v else v
+            for k, v in options.items()
+            if not (k in types and types[k].secret)
+        }
 
     def assign_options(
         self, specs: Sequence[AgentSpec], items: Sequence[OptionItem], *, flag: str = "--option"

@@ -18,6 +18,27 @@ REEVAL_SUFFIX = "@reeval"
 """Appended to an agent's name for its re-evaluated answers (their own trust profile)."""
 RETRIEVAL_AGENT = "retrieval"
 """The default name of the retrieval agent, and the source name of a decision's evidence vote."""
+MAX_REASON_CHARS = 2000
+"""The longest ``Prediction.reason`` kept; a longer one is cut and says by how much."""
+MAX_ERROR_CHARS = 1000
+"""The longest ``Prediction.error`` kept."""
+
+
+def capped_text(text: str, limit: int) -> str:
+    """``text`` when it has at most ``limit`` characters, else its start followed by
+    ``... [truncated N chars]``, ``limit`` characters in all (so capping twice changes
+    nothing)."""
+    if len(text) <= limit:
+        return text
+
+    def marker(cut: int) -> str:
+        return f"... [truncated {cut:,} chars]"
+
+    # The marker's length depends on the count it shows: size it for the most that could be
+    # cut, then once more for what is cut (never longer, so the total stays within limit).
+    keep = max(limit - len(marker(len(text))), 0)
+    keep = max(limit - len(marker(len(text) - keep)), 0)
+    return f"{text[:keep]}{marker(len(text) - keep)}"[:limit]
 
 
 def _plain_float(value: float | None) -> float | None:
@@ -36,7 +57,9 @@ class Prediction:
     ``label`` is one of the task's labels, or None when the agent failed (``error`` says why).
     ``confidence`` is in [0, 1]; ``scores`` is a full distribution over the task's labels when
     the agent has one. ``reported_confidence`` keeps a model's self-reported number when
-    ``confidence`` was derived otherwise (token log-probabilities).
+    ``confidence`` was derived otherwise (token log-probabilities). Every agent's answer is
+    built here, so this is where ``reason`` and ``error`` are bounded (``MAX_REASON_CHARS``,
+    ``MAX_ERROR_CHARS``): a model's runaway text cannot swell the output and checkpoints.
     """
 
     agent: str
@@ -55,6 +78,9 @@ class Prediction:
         object.__setattr__(self, "latency_s", float(self.latency_s))
         object.__setattr__(self, "cost_usd", float(self.cost_usd))
         object.__setattr__(self, "reported_confidence", _plain_float(self.reported_confidence))
+        object.__setattr__(self, "reason", capped_text(str(self.reason), MAX_REASON_CHARS))
+        if self.error is not None:
+            object.__setattr__(self, "error", capped_text(str(self.error), MAX_ERROR_CHARS))
         if self.scores is not None:
             object.__setattr__(self, "scores", {str(k): float(v) for k, v in self.scores.items()})
         if not 0.0 <= self.confidence <= 1.0:

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from core.cli import JsonOption, emit_json, print_table, progress_bar, stdout_console
+from core.cli import (
+    JsonOption,
+    at_least,
+    checked_by,
+    emit_json,
+    number_in,
+    one_of,
+    output_dir,
+    output_file,
+    print_table,
+    progress_bar,
+    stdout_console,
+)
 from core.errors import InputError
 from eval.recorded.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
 from eval.retrieval_cli import retrieval
@@ -33,24 +46,72 @@ TaskOpt = Annotated[
     ),
 ]
 TruthOpt = Annotated[str, typer.Option("--truth-column", help="Column holding the true label.")]
+
+
+def _agent_list(text: str) -> list[str]:
+    """The agents of ``--agents a,b``; ValueError when it names none."""
+    wanted = [a.strip() for a in text.split(",") if a.strip()]
+    if not wanted:
+        raise ValueError("names no agent")
+    return wanted
+
+
+def _cv_folds(folds: int) -> None:
+    if folds < 0 or folds == 1:
+        raise ValueError(f"must be 0 (none) or at least 2, got {folds}")
+
+
+def _methods() -> tuple[str, ...]:
+    from eval.recalibration import METHODS
+
+    return METHODS
+
+
 AgentsOpt = Annotated[
-    str | None, typer.Option("--agents", help="Comma-separated agents to keep (default: all).")
+    str | None,
+    typer.Option(
+        "--agents",
+        help="Comma-separated agents to keep (default: all).",
+        callback=checked_by(_agent_list),
+    ),
 ]
-BinsOpt = Annotated[int, typer.Option("--bins", help="Equal-width bins for ECE/MCE.")]
+BinsOpt = Annotated[
+    int, typer.Option("--bins", help="Equal-width bins for ECE/MCE.", callback=at_least(1))
+]
 OcrOpt = Annotated[
-    float, typer.Option("--ocr-threshold", help="OCR: wrong fraction among confidence > T.")
+    float,
+    typer.Option(
+        "--ocr-threshold",
+        help="OCR: wrong fraction among confidence > T.",
+        callback=number_in(0.0, 1.0),
+    ),
 ]
 SeedOpt = Annotated[
     int, typer.Option("--seed", min=0, help="Seed of the bootstrap and the CV folds (>= 0).")
 ]
 BootstrapOpt = Annotated[
-    int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none).")
+    int,
+    typer.Option(
+        "--bootstrap",
+        help="Bootstrap resamples for the 95% intervals (0: none).",
+        callback=at_least(0),
+    ),
 ]
 MethodOpt = Annotated[
-    str, typer.Option("--method", help="Recalibration: auto, temperature, isotonic, histogram.")
+    str,
+    typer.Option(
+        "--method",
+        help="Recalibration: auto, temperature, isotonic, histogram.",
+        callback=one_of(_methods),
+    ),
 ]
 FoldsOpt = Annotated[
-    int, typer.Option("--folds", help="Cross-validation folds for held-out recalibration.")
+    int,
+    typer.Option(
+        "--folds",
+        help="Cross-validation folds for held-out recalibration (0: none).",
+        callback=checked_by(_cv_folds),
+    ),
 ]
 
 
@@ -62,9 +123,7 @@ def _load(
         from core.task import load_task
 
         task_obj = load_task(task)
-    wanted = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
-    if agents is not None and not wanted:
-        raise InputError("--agents is empty")
+    wanted = _agent_list(agents) if agents is not None else None
     records = read_records(file, task=task_obj, truth_column=truth_column, agents=wanted)
     for note in records.label_notes:
         print(f"note: {note}", file=sys.stderr)
@@ -77,23 +136,6 @@ def _load(
             path=str(file),
         )
     return records, wanted
-
-
-def _check_settings(
-    bins: int, ocr_threshold: float, bootstrap: int, folds: int, method: str
-) -> None:
-    from eval.recalibration import METHODS
-
-    if method not in METHODS:
-        raise InputError(f"unknown recalibration method {method!r} (choose from {list(METHODS)})")
-    if bins < 1:
-        raise InputError(f"--bins must be >= 1, got {bins}")
-    if not 0.0 <= ocr_threshold <= 1.0:
-        raise InputError(f"--ocr-threshold must be in [0, 1], got {ocr_threshold}")
-    if bootstrap < 0:
-        raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
-    if folds < 0 or folds == 1:
-        raise InputError(f"--folds must be 0 (none) or >= 2, got {folds}")
 
 
 def _fit(records: RecordSet, *, quiet: bool, **kwargs: Any) -> dict[str, Any]:
@@ -125,8 +167,7 @@ def _load_and_fit(
     bootstrap: int,
     folds: int,
 ) -> tuple[RecordSet, dict[str, Any]]:
-    """Check the settings, read the file and fit one profile per agent."""
-    _check_settings(bins, ocr_threshold, bootstrap, folds, method)
+    """Read the file and fit one profile per agent (the settings were checked when parsed)."""
     records, _ = _load(file, task, truth_column, agents)
     profiles = _fit(
         records,
@@ -201,7 +242,11 @@ def calibration(
     json_out: JsonOption = False,
     plots: Annotated[
         Path | None,
-        typer.Option("--plots", help="Write <agent>_reliability.png and _confidence.png here."),
+        typer.Option(
+            "--plots",
+            help="Write <agent>_reliability.png and _confidence.png here.",
+            callback=output_dir("a plot"),
+        ),
     ] = None,
     seed: SeedOpt = 0,
     bootstrap: BootstrapOpt = 1000,
@@ -287,10 +332,37 @@ def calibration(
         console.print(f"wrote {path}")
 
 
+MIN_PROFILE_ANSWERS = 30
+"""Below this many answers a profile's figures are too uncertain to lean on without saying so."""
+
+
+def small_sample_warnings(profiles: Mapping[str, Any]) -> list[str]:
+    """One line per profile fitted on fewer than ``MIN_PROFILE_ANSWERS`` answers, with its
+    accuracy interval when one was measured."""
+    lines = []
+    for name, p in profiles.items():
+        if p.n >= MIN_PROFILE_ANSWERS:
+            continue
+        low_high = p.intervals.get("accuracy")
+        interval = f", 95% interval [{low_high[0]:.2f}, {low_high[1]:.2f}]" if low_high else ""
+        lines.append(
+            f"'{name}' is measured on {p.n} answers only (accuracy {p.accuracy:.3f}{interval}); "
+            f"trust is uncertain below {MIN_PROFILE_ANSWERS}: measure it on more labelled images"
+        )
+    return lines
+
+
 @app.command("trust")
 def trust(
     file: FileArg,
-    out: Annotated[Path, typer.Option("--out", help="Trust profile JSON file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Trust profile JSON file to write.",
+            callback=output_file("the trust profiles"),
+        ),
+    ],
     task: TaskOpt = None,
     truth_column: TruthOpt = DEFAULT_TRUTH_COLUMN,
     agents: AgentsOpt = None,
@@ -339,9 +411,14 @@ def trust(
         }
         for name, p in profiles.items()
     }
+    warnings = small_sample_warnings(profiles)
     if json_out:
-        emit_json({"out": str(out), "sha256": records.sha256, "agents": summary})
+        emit_json(
+            {"out": str(out), "sha256": records.sha256, "agents": summary, "warnings": warnings}
+        )
         return
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
     print_table(
         f"Trust profiles of {Path(records.path).name} -> {out}",
         [

@@ -97,6 +97,22 @@ def _not_loaded() -> None:
     raise RuntimeError("a command that was listed but not loaded was run")
 
 
+def installed_version() -> str:
+    """The installed version of the package (``unknown`` when run from an uninstalled tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trust-orchestrator")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"trustorch {installed_version()}")
+        raise typer.Exit()
+
+
 def build_app(load: Collection[str] = ()) -> typer.Typer:
     """The root app with the commands ``load`` imported; the others are listed by name and
     help only."""
@@ -107,6 +123,19 @@ def build_app(load: Collection[str] = ()) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+
+    @app.callback()
+    def root(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            help="Print the installed version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ) -> None:
+        """Trust-aware multi-model image classification."""
+
     for mount in MOUNTS.values():
         loaded = mount.name in load
         if mount.group:
@@ -156,7 +185,9 @@ def _known_error(e: Exception, debug: bool) -> int:
             return 130
         raise e
     command = getattr(getattr(e, "ctx", None), "command_path", None) or "trustorch"
-    typer.echo(f"error: {e.format_message()} (see '{command} --help')", err=True)
+    message = e.format_message()
+    if message:  # a group run without a command has printed its help and says nothing more
+        typer.echo(f"error: {message} (see '{command} --help')", err=True)
     return int(e.exit_code)
 
 

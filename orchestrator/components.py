@@ -16,7 +16,7 @@ from typing import Any
 
 from agents.openai_compat.modes import ServerFeatureTable
 from agents.registry import AgentSpec, BuildContext
-from agents.types import Agent
+from agents.types import REEVAL_SUFFIX, Agent
 from core.errors import InputError
 from core.task import Task
 from orchestrator.agent_kinds import RetrievalSettings, agent_registry
@@ -207,5 +207,27 @@ def build_policy(
             servers=servers,
         )
     else:
+        check_policy_sources(trust_settings or {}, sources)
         options.update(trust_settings or {})
     return make_policy(name, profiles, sources=sources, **options)
+
+
+def check_policy_sources(settings: Mapping[str, Any], sources: Sequence[str] | None) -> None:
+    """Refuse fitted trust settings that weigh a source this run does not have (a retriever
+    left out, an agent renamed): the policy would wait for answers that never come and send
+    every image to a second look."""
+    if sources is None:
+        return
+    weighed = {
+        name.split(REEVAL_SUFFIX)[0]
+        for stage in (settings.get("weights") or {}).values()
+        for name in stage
+    }
+    missing = sorted(weighed - set(sources))
+    if missing:
+        names = ", ".join(f"'{m}'" for m in missing)
+        raise InputError(
+            f"--policy-file weighs source(s) {names} that this run does not have (it has "
+            f"{', '.join(sources) or 'none'}): add them with -a NAME=SPEC (a retriever with "
+            "-a NAME=retrieval and --index-dir), or fit the policy on the sources you run"
+        )

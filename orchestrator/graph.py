@@ -8,12 +8,19 @@ in ``orchestrator.state``. ``build_graph`` wires them together at the bottom of 
 ``run_image`` is how every caller runs the graph: with a checkpointer, a finished thread
 returns its stored decision without calling any agent and an interrupted one resumes from its
 last checkpoint (written with ``durability="sync"``: a step counts as done once it is stored).
+
+A checkpoint thread belongs to one configuration: its id is ``"<fingerprint>:<sha256>"``, the
+fingerprint hashing what decides the image's answer (``configuration_fingerprint``). A graph
+built with other agents, policy, task or settings never reads another setup's thread (neither
+its finished decision nor its half-done state); it starts its own.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,15 +48,45 @@ from rag.retriever import Retriever
 
 @dataclass(frozen=True)
 class ImageGraph:
-    """A compiled graph and the context its runs start from."""
+    """A compiled graph, the context its runs start from, and the fingerprint of its
+    configuration (the namespace of its checkpoint threads)."""
 
     compiled: CompiledStateGraph
     context: GraphContext
+    fingerprint: str
 
     @property
     def checkpointer(self) -> BaseCheckpointSaver | None:
         saver = self.compiled.checkpointer
         return saver if isinstance(saver, BaseCheckpointSaver) else None
+
+    def thread_id(self, image: ImageRef) -> str:
+        """The checkpoint thread of ``image`` under this graph's configuration."""
+        return f"{self.fingerprint}:{image.sha256}"
+
+    async def forget(self, image: ImageRef) -> None:
+        """Delete the checkpoint thread of ``image`` (nothing without a checkpointer)."""
+        if self.checkpointer is not None:
+            await self.checkpointer.adelete_thread(self.thread_id(image))
+
+
+def configuration_fingerprint(
+    context: GraphContext, configuration: Mapping[str, Any] | None = None
+) -> str:
+    """16 hex digits hashing what decides an answer: the task (labels, descriptions, prompts),
+    the agents (names, whether each can look again), the policy's and retriever's names, the
+    rounds, and ``configuration``: what those objects cannot tell (the agents' specs and
+    options, trust profile and policy file contents, the index), as JSON values."""
+    described = {
+        "task": context.task.model_dump(mode="json"),
+        "agents": sorted((name, bool(a.can_reevaluate)) for name, a in context.agents.items()),
+        "policy": getattr(context.policy, "name", type(context.policy).__name__),
+        "retriever": getattr(context.retriever, "name", None) if context.retriever else None,
+        "max_rounds": context.max_rounds,
+        "configuration": dict(configuration) if configuration is not None else None,
+    }
+    text = json.dumps(described, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -85,13 +122,14 @@ async def run_image(
     resume: bool = True,
     on_update: UpdateListener | None = None,
 ) -> ImageRun:
-    """Decide ``image`` with ``graph`` (checkpoint thread id = its sha256 unless given).
+    """Decide ``image`` with ``graph`` (checkpoint thread ``graph.thread_id(image)`` unless
+    ``thread_id`` is given).
 
     With a checkpointer and ``resume``, a finished thread gives its stored decision and an
     interrupted one resumes where it stopped; without ``resume`` the thread is cleared first.
     The image is read at most once for all agents of this run, and let go when it ends.
     """
-    config = {"configurable": {"thread_id": thread_id or image.sha256}}
+    config = {"configurable": {"thread_id": thread_id or graph.thread_id(image)}}
     checkpointer = graph.checkpointer
     payload: GraphInput | None = {"image": image, "truth": truth}
     resumed_at: tuple[str, ...] = ()
@@ -161,11 +199,14 @@ def build_graph(
     max_rounds: int = 2,
     agent_timeout_s: float | None = None,
     checkpointer: Any = None,
+    configuration: Mapping[str, Any] | None = None,
 ) -> ImageGraph:
     """The orchestration graph for ``task`` over ``agents`` (run it with ``run_image``).
 
     When no agent can look again the first assessment is the last (``max_rounds`` becomes 1),
     so the policy answers or abstains there instead of being cut short with an untrusted label.
+    ``configuration`` (JSON values) is what else decides the answers, for the fingerprint of
+    the checkpoint threads (``configuration_fingerprint``).
     """
     by_name = agents_by_name(agents)
     if max_rounds >= 1 and not any(a.can_reevaluate for a in by_name.values()):
@@ -191,4 +232,8 @@ def build_graph(
     builder.add_edge("reevaluate", "assess")
     builder.add_edge("finalize", END)
     compiled = builder.compile(checkpointer=with_state_types(checkpointer))
-    return ImageGraph(compiled=compiled, context=context)
+    return ImageGraph(
+        compiled=compiled,
+        context=context,
+        fingerprint=configuration_fingerprint(context, configuration),
+    )

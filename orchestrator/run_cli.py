@@ -8,9 +8,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from core.cli import JsonOption, TaskOption, emit_json, print_table, stderr_console
+from core.cli import (
+    JsonOption,
+    TaskOption,
+    at_least,
+    checked_by,
+    emit_json,
+    output_file,
+    positive_seconds,
+    print_table,
+    stderr_console,
+    usage_error,
+)
+from core.files import WriterLock
 from orchestrator.agent_kinds import agent_registry
-from orchestrator.policies.registry import policy_names
+from orchestrator.policies.registry import check_policy_name, policy_names
 
 if TYPE_CHECKING:
     from orchestrator.agent_kinds import RetrievalSettings
@@ -27,13 +39,21 @@ def run(
             "it (gpt=openai:gpt-4o).",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output JSONL file.", callback=output_file("the output")),
+    ],
     task: TaskOption = "apple-leaf",
     trust: Annotated[
         Path | None, typer.Option("--trust", help="Trust profiles JSON (trustorch eval trust).")
     ] = None,
     policy: Annotated[
-        str, typer.Option("--policy", help=f"Fusion policy: {', '.join(policy_names())}.")
+        str,
+        typer.Option(
+            "--policy",
+            help=f"Fusion policy: {', '.join(policy_names())}.",
+            callback=checked_by(check_policy_name),
+        ),
     ] = "trust",
     policy_file: Annotated[
         Path | None,
@@ -45,16 +65,31 @@ def run(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an existing --out (skip finished images).")
     ] = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-j", help="Images at once.")] = 4,
+    concurrency: Annotated[
+        int,
+        typer.Option("--concurrency", "-j", help="Images at once.", callback=at_least(1)),
+    ] = 4,
     max_rounds: Annotated[
-        int, typer.Option("--max-rounds", help="Rounds at most (1 = no re-evaluation).")
+        int,
+        typer.Option(
+            "--max-rounds", help="Rounds at most (1 = no re-evaluation).", callback=at_least(1)
+        ),
     ] = 2,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            "--checkpoint", help="SQLite checkpoint file (default: OUT.checkpoints.sqlite)."
+            "--checkpoint",
+            help="SQLite checkpoint file (default: OUT.checkpoints.sqlite).",
+            callback=output_file("the checkpoint"),
         ),
     ] = None,
+    keep_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--keep-checkpoint",
+            help="Keep the checkpoint after a run that decided every image (default: remove it).",
+        ),
+    ] = False,
     agent_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -65,7 +100,12 @@ def run(
         ),
     ] = None,
     agent_timeout: Annotated[
-        float | None, typer.Option("--agent-timeout", help="Seconds before an agent call fails.")
+        float | None,
+        typer.Option(
+            "--agent-timeout",
+            help="Seconds before an agent call fails.",
+            callback=positive_seconds,
+        ),
     ] = None,
     index_dir: Annotated[
         str | None,
@@ -110,6 +150,9 @@ def run(
     A folder in the ImageFolder layout DIR/<label>/* gives the true labels.
     Each image gets one JSON line in --out, written whole or not at all.
     --resume continues a killed run; finished images are not sent to any agent again.
+    One run at a time writes an --out (OUT.lock): a second one is refused.
+    The checkpoint (OUT.checkpoints.sqlite) is removed once every image is decided, unless
+    --keep-checkpoint. A run in which every agent failed on every image exits with code 1.
 
     Agents: see --agent; their options (the same as trustorch agents predict -o) go with
     --agent-option and are part of the run's configuration that --resume checks.
@@ -129,62 +172,75 @@ def run(
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
     """
+    from core.files import writer_lock
     from orchestrator.agent_kinds import RetrievalSettings
     from orchestrator.components import LlmSettings
+    from orchestrator.runner import default_checkpoint_path, remove_checkpoint_file
 
-    _check_settings(out=out, concurrency=concurrency, max_rounds=max_rounds, timeout=agent_timeout)
-    summary, notes = asyncio.run(
-        _run(
-            paths=paths,
-            specs=agent,
-            agent_options=agent_option or [],
-            out=out,
-            task_name=task,
-            trust=trust,
-            policy_name=policy,
-            policy_file=policy_file,
-            resume=resume,
-            concurrency=concurrency,
-            max_rounds=max_rounds,
-            checkpoint=checkpoint,
-            agent_timeout=agent_timeout,
-            retrieval=RetrievalSettings(
-                index_dir=index_dir, chroma_url=chroma_url, clip_model=clip_model
-            ),
-            want_retriever=bool(index_dir or chroma_url),
-            llm=LlmSettings(
-                model=llm_model,
-                base_url=llm_base_url,
-                price_file=str(llm_price_file) if llm_price_file else None,
-            ),
-            verbose=verbose,
-            show_progress=True,
+    checkpoint_path = checkpoint or default_checkpoint_path(out)
+    if checkpoint_path.resolve() == out.resolve():
+        raise usage_error("the checkpoint cannot be the output file", option="--checkpoint")
+    # One run at a time per output and per checkpoint, held to the end and taken before
+    # anything loads, so that a second run is refused at once and writes nothing.
+    with (
+        writer_lock(out, what="the output") as out_lock,
+        writer_lock(checkpoint_path, what="the checkpoint"),
+    ):
+        summary, notes, emptied = asyncio.run(
+            _run(
+                paths=paths,
+                specs=agent,
+                agent_options=agent_option or [],
+                out=out,
+                task_name=task,
+                trust=trust,
+                policy_name=policy,
+                policy_file=policy_file,
+                resume=resume,
+                concurrency=concurrency,
+                max_rounds=max_rounds,
+                checkpoint=checkpoint_path,
+                out_lock=out_lock,
+                forget_when_done=not keep_checkpoint,
+                agent_timeout=agent_timeout,
+                retrieval=RetrievalSettings(
+                    index_dir=index_dir, chroma_url=chroma_url, clip_model=clip_model
+                ),
+                want_retriever=bool(index_dir or chroma_url),
+                llm=LlmSettings(
+                    model=llm_model,
+                    base_url=llm_base_url,
+                    price_file=str(llm_price_file) if llm_price_file else None,
+                ),
+                verbose=verbose,
+                show_progress=True,
+            )
         )
-    )
+        # The default checkpoint belongs to this --out alone: once every image is in --out it
+        # goes whole. A --checkpoint given may be shared: it goes when no thread is left.
+        removed = not keep_checkpoint and not summary.failed and (emptied or checkpoint is None)
+        if removed:
+            remove_checkpoint_file(checkpoint_path)
     if as_json:
-        emit_json({**summary.to_dict(), "notes": notes, "out": str(out)})
+        kept = None if removed else str(checkpoint_path)
+        emit_json({**summary.to_dict(), "notes": notes, "out": str(out), "checkpoint": kept})
     else:
-        _print_summary(summary, out)
+        _print_summary(summary, out, notes)
     if summary.failed:
         stderr_console().print(
             f"{len(summary.failed)} image(s) failed and are not in {out}; "
-            "rerun with --resume to retry them"
+            "rerun with --resume to retry them",
+            highlight=False,
+            markup=False,
         )
+    if summary.every_agent_failed_everywhere:
+        typer.echo(
+            f"error: every agent failed on every image ({summary.decided} images; first: "
+            f"{summary.no_answer[0]}); their lines in {out} hold no agent's answer",
+            err=True,
+        )
+    if summary.failed or summary.every_agent_failed_everywhere:
         raise typer.Exit(1)
-
-
-def _check_settings(*, out: Path, concurrency: int, max_rounds: int, timeout: float | None) -> None:
-    """Bad numbers and an output folder fail at once, before any model loads."""
-    from core.errors import InputError
-
-    if concurrency < 1:
-        raise InputError(f"--concurrency must be at least 1, got {concurrency}")
-    if max_rounds < 1:
-        raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")
-    if timeout is not None and not timeout > 0:
-        raise InputError(f"--agent-timeout must be positive seconds, got {timeout}")
-    if out.is_dir():
-        raise InputError("--out is a folder; give a .jsonl file", path=str(out))
 
 
 def run_configuration(
@@ -202,6 +258,7 @@ def run_configuration(
     """What decides a run's answers, as plain JSON values: a resumed run must match it.
     ``agent_options`` (checked option values by agent spec, API keys left out) is left out when
     empty, so files written before agents took options on ``run`` still resume."""
+    from core.redact import redact_url
     from eval.recorded.records import file_sha256
 
     def where(path: str | None) -> str | None:
@@ -216,7 +273,7 @@ def run_configuration(
         "trust_sha256": file_sha256(trust) if trust is not None else None,
         "policy_file_sha256": file_sha256(policy_file) if policy_file is not None else None,
         "max_rounds": max_rounds,
-        "index": where(retrieval.index_dir) or retrieval.chroma_url,
+        "index": where(retrieval.index_dir) or redact_url(retrieval.chroma_url or "") or None,
         "k": retrieval.k,
     }
     if agent_options:
@@ -237,14 +294,17 @@ async def _run(
     resume: bool,
     concurrency: int,
     max_rounds: int,
-    checkpoint: Path | None,
+    checkpoint: Path,
+    out_lock: WriterLock,
+    forget_when_done: bool,
     agent_timeout: float | None,
     retrieval: Any,
     want_retriever: bool,
     llm: Any,
     verbose: bool,
     show_progress: bool,
-) -> tuple[Any, list[str]]:
+) -> tuple[Any, list[str], bool]:
+    """The summary, the notes, and whether the checkpoint holds nothing any more."""
     from agents.openai_compat import ServerFeatureTable
     from agents.options import parse_option_items
     from core.task import load_task
@@ -253,8 +313,9 @@ async def _run(
     from orchestrator.graph import build_graph
     from orchestrator.inputs import collect_images
     from orchestrator.runner import (
+        check_output_can_start,
         check_same_run,
-        default_checkpoint_path,
+        checkpoint_is_empty,
         read_output,
         run_batch,
         sqlite_checkpointer,
@@ -284,6 +345,7 @@ async def _run(
         retrieval=retrieval,
         llm_model=llm.model if policy_name == "llm" else None,
     )
+    check_output_can_start(out, resume=resume)
     if resume:
         check_same_run(read_output(out, repair=False), run_config, out)
     trust_settings = None
@@ -324,7 +386,8 @@ async def _run(
     )
     for note in notes:
         console.print(f"note: {note}", highlight=False)
-    async with sqlite_checkpointer(checkpoint or default_checkpoint_path(out)) as saver:
+    emptied = False
+    async with sqlite_checkpointer(checkpoint) as saver:
         graph = build_graph(
             task=task,
             agents=built.agents,
@@ -333,6 +396,7 @@ async def _run(
             max_rounds=max_rounds,
             agent_timeout_s=agent_timeout,
             checkpointer=saver,
+            configuration=run_config,
         )
         summary = await run_batch(
             graph,
@@ -344,32 +408,76 @@ async def _run(
             show_progress=show_progress,
             verbose=verbose,
             run_config=run_config,
+            lock=out_lock,
         )
+        if forget_when_done and not summary.failed:
+            # every image is in --out now: its threads are of no more use
+            for item in collected.images:
+                await graph.forget(item.image)
+            emptied = await checkpoint_is_empty(saver)
     summary.skipped = [*collected.skipped, *collected.duplicates]
-    return summary, notes
+    return summary, notes, emptied
 
 
-def _print_summary(summary: Any, out: Path) -> None:
+def _print_summary(summary: Any, out: Path, notes: list[str]) -> None:
     data = summary.to_dict()
+    coverage = data.get("coverage")
     rows = [
         ("images", data["images"]),
         ("decided now", data["decided"]),
         ("already in output", data["already_done"]),
         ("skipped (unreadable, duplicate)", len(data["skipped"])),
         ("failed", len(data["failed"])),
+        ("answered (coverage)", _with_share(data.get("answered"), coverage)),
         ("abstained", data.get("abstained")),
+        ("policy fallbacks", data.get("policy_fallbacks")),
         ("re-evaluation rate", data.get("reeval_rate")),
         ("agent failures", data.get("agent_failures")),
         ("labelled", data.get("labelled")),
     ]
-    if data.get("labelled"):
+    if data.get("labelled_answered"):
         rows += [
-            ("accuracy", data.get("accuracy")),
-            ("macro F1", data.get("macro_f1")),
-            (f"ECE ({data.get('ece_bins')} bins)", data.get("ece")),
-            ("Brier", data.get("brier")),
+            ("accuracy (answered)", data.get("accuracy")),
+            ("accuracy (abstentions wrong)", data.get("accuracy_all")),
+            ("macro F1 (answered)", data.get("macro_f1")),
+            (f"ECE ({data.get('ece_bins')} bins, answered)", data.get("ece")),
+            ("Brier (answered)", data.get("brier")),
             (f"OCR (> {data.get('ocr_threshold')})", data.get("ocr")),
             ("CCC", data.get("ccc")),
         ]
     rows += [("cost (USD)", data.get("cost_usd")), ("wall time (s)", data["wall_s"])]
     print_table(f"run summary -> {out}", ["metric", "value"], rows)
+    for line in summary_warnings(data, notes):
+        typer.echo(line, err=True)
+
+
+def _with_share(count: int | None, share: float | None) -> str | None:
+    return None if count is None else f"{count} ({share:.1%})" if share is not None else str(count)
+
+
+def summary_warnings(data: dict[str, Any], notes: list[str]) -> list[str]:
+    """Lines that say what the table alone would hide: every decision abstained (the commonest
+    reason, and agents without trust profiles), the policy falling back instead of deciding its
+    own way."""
+    lines = []
+    decided = data.get("n") or 0
+    if decided and data.get("answered") == 0:
+        reasons = data.get("abstention_reasons") or [{"reason": "?"}]
+        untrusted = [n.split("'")[1] for n in notes if "has no trust profile" in n]
+        hint = (
+            f"; no trust profile for {', '.join(untrusted)}: fit them on labelled images with "
+            "'trustorch eval trust' and pass --trust"
+            if untrusted
+            else ""
+        )
+        lines.append(
+            f"every decision abstained ({decided} images){hint}; commonest reason: "
+            f"{reasons[0]['reason']}"
+        )
+    if data.get("policy_fallbacks"):
+        reasons = data.get("policy_fallback_reasons") or [{"reason": "?"}]
+        lines.append(
+            f"the policy fell back to its fallback rule on {data['policy_fallbacks']} of "
+            f"{decided} decisions; commonest reason: {reasons[0]['reason']}"
+        )
+    return lines

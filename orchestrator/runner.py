@@ -16,7 +16,14 @@ Checkpoints (LangGraph SQLite, ``durability="sync"``, through ``orchestrator.gra
 the one resume path): with ``resume`` an image whose thread finished returns its stored
 decision and one interrupted mid-graph resumes from its last checkpoint, so no agent is called
 again for finished images or finished steps; without ``resume`` the image's thread is cleared
-first (a fresh run).
+first (a fresh run). Threads are keyed by the graph's configuration fingerprint and the image's
+sha256 (``ImageGraph.thread_id``): another setup's checkpoint is never read.
+
+One writer per output: ``run_batch`` holds ``OUT.lock`` (``core.files.writer_lock``) for the
+whole run, resumed or not; a second run on the same ``out`` is refused before it writes.
+
+An image on which every agent failed is still decided and written (its trace holds the errors);
+``RunSummary.no_answer`` lists them, so a caller can tell a run in which no agent ever answered.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,7 +41,7 @@ from typing import Any
 
 from core.cli import progress_bar, stderr_console
 from core.errors import InputError, os_reason
-from core.files import output_folder
+from core.files import WriterLock, lock_for_writing, output_folder
 from core.images import LabelledImage, SkippedImage
 from core.jsonio import dumps_json, parse_json
 from core.task import Task
@@ -81,6 +89,17 @@ def read_output(path: Path, *, repair: bool) -> ExistingOutput:
             raise InputError("not a decision line (no sha256)", path=str(path), line=n)
         decisions.setdefault(record["sha256"], record)
     return ExistingOutput(decisions=decisions, dropped_bytes=dropped)
+
+
+def check_output_can_start(out: Path, *, resume: bool) -> None:
+    """InputError when ``out`` is a folder, or holds lines and ``resume`` is not set."""
+    if out.is_dir():
+        raise InputError("the output is a folder; give a .jsonl file", path=str(out))
+    if not resume and out.exists() and out.stat().st_size > 0:
+        raise InputError(
+            "output file exists; pass --resume to continue it, or choose another --out",
+            path=str(out),
+        )
 
 
 def check_same_run(existing: ExistingOutput, run_config: Mapping[str, Any], out: Path) -> None:
@@ -152,6 +171,19 @@ def default_checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoints.sqlite")
 
 
+async def checkpoint_is_empty(saver: Any) -> bool:
+    """Whether ``saver`` holds no checkpoint of any thread."""
+    async for _ in saver.alist(None, limit=1):
+        return False
+    return True
+
+
+def remove_checkpoint_file(path: Path) -> None:
+    """Delete a (closed) SQLite checkpoint file and its journal files."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + "-journal"):
+        path.with_name(name).unlink(missing_ok=True)
+
+
 @dataclass
 class RunSummary:
     """What a run did, and the metrics of every decision of this batch in the output."""
@@ -165,6 +197,14 @@ class RunSummary:
     dropped_partial_bytes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    no_answer: list[str] = field(default_factory=list)
+    """The agents' errors (``gpt: ...; qwen: ...``) of each image decided now on which every
+    agent failed (its decision is an abstention, or the retriever's alone)."""
+
+    @property
+    def every_agent_failed_everywhere(self) -> bool:
+        """Every agent failed on every image decided in this run (and at least one was)."""
+        return self.decided > 0 and len(self.no_answer) == self.decided
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,47 +215,80 @@ class RunSummary:
             "failed": [{"source": f.source, "reason": f.reason} for f in self.failed],
             "skipped": [{"source": f.source, "reason": f.reason} for f in self.skipped],
             "dropped_partial_bytes": self.dropped_partial_bytes,
+            "no_agent_answered": len(self.no_answer),
             "wall_s": self.wall_s,
             **self.metrics,
         }
 
 
+def policy_fallback(decision: Mapping[str, Any]) -> str | None:
+    """Why the policy fell back to its fallback rule on this decision (the first round it did),
+    or None when it decided its own way every round."""
+    for a in decision.get("assessments", []) or []:
+        why = a.get("fallback") or ""
+        if why:
+            return str(why)
+    return None
+
+
 def summarise(decisions: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]:
-    """Counts, cost and latency of the decisions; accuracy and calibration where labels are
-    known (abstentions count as wrong at confidence 0)."""
+    """Counts, cost and latency of the decisions; coverage (answered / all); where labels are
+    known, accuracy and calibration on the answered images (``accuracy_all`` counts an
+    abstention as wrong); how often the policy fell back, and the commonest reasons for
+    abstaining."""
     from eval.metric_table import Report, calibration_metrics
     from eval.metrics import classification_metrics
 
+    n = len(decisions)
+    answered = [d for d in decisions if d.get("label") is not None]
+    abstention_reasons = Counter(
+        _last_reason(d) for d in decisions if d.get("label") is None
+    ).most_common(3)
+    fallbacks = [why for d in decisions if (why := policy_fallback(d)) is not None]
     out: dict[str, Any] = {
-        "n": len(decisions),
-        "abstained": sum(1 for d in decisions if d.get("label") is None),
+        "n": n,
+        "answered": len(answered),
+        "abstained": n - len(answered),
+        "coverage": len(answered) / n if n else None,
+        "abstention_reasons": [{"reason": r, "n": k} for r, k in abstention_reasons],
+        "policy_fallbacks": len(fallbacks),
+        "policy_fallback_reasons": [
+            {"reason": r, "n": k} for r, k in Counter(w[:160] for w in fallbacks).most_common(3)
+        ],
         "reeval_rate": (
-            sum(1 for d in decisions if int(d.get("rounds_used", 1)) > 1) / len(decisions)
-            if decisions
-            else None
+            sum(1 for d in decisions if int(d.get("rounds_used", 1)) > 1) / n if n else None
         ),
         "agent_failures": sum(
             1 for d in decisions for p in d.get("predictions", []) if p.get("label") is None
         ),
         "cost_usd": sum(float(d.get("cost_usd", 0.0)) for d in decisions),
         "mean_latency_s": (
-            sum(float(d.get("latency_s", 0.0)) for d in decisions) / len(decisions)
-            if decisions
-            else None
+            sum(float(d.get("latency_s", 0.0)) for d in decisions) / n if n else None
         ),
     }
     labelled = [d for d in decisions if d.get("truth") in task.labels]
     out["labelled"] = len(labelled)
     if not labelled:
         return out
-    truth = [task.index(d["truth"]) for d in labelled]
-    pred = [task.index(d["label"]) if d.get("label") in task.labels else -1 for d in labelled]
-    conf = [float(d.get("confidence", 0.0)) if d.get("label") else 0.0 for d in labelled]
+    answered_labelled = [d for d in labelled if d.get("label") in task.labels]
+    out["accuracy_all"] = sum(d["label"] == d["truth"] for d in answered_labelled) / len(labelled)
+    out["labelled_answered"] = len(answered_labelled)
+    if not answered_labelled:
+        return out
+    truth = [task.index(d["truth"]) for d in answered_labelled]
+    pred = [task.index(d["label"]) for d in answered_labelled]
+    conf = [float(d.get("confidence", 0.0)) for d in answered_labelled]
     correct = [int(t == p) for t, p in zip(truth, pred, strict=True)]
     cls = classification_metrics(truth, pred, len(task.labels))
     cal = calibration_metrics(conf, correct, report=Report.RUN_SUMMARY)
     out.update(accuracy=cls.accuracy, macro_f1=cls.macro_f1, **cal.values_with_settings())
     return out
+
+
+def _last_reason(decision: Mapping[str, Any]) -> str:
+    assessments = decision.get("assessments") or []
+    reason = str(assessments[-1].get("reason", "")) if assessments else ""
+    return reason[:160] or "no reason recorded"
 
 
 def _describe_update(node: str, update: Any) -> str:
@@ -242,6 +315,7 @@ class _Run:
         verbose: bool,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
+        self.no_answer: list[str] = []
         self.run_config = dict(run_config) if run_config is not None else None
         self.graph = graph
         self.task = task
@@ -275,16 +349,19 @@ class _Run:
             self.log(f"{item.image.name}: resumed at {', '.join(done.resumed_at)}")
         return done.decision.to_dict()
 
+    def fail(self, item: LabelledImage, reason: str) -> None:
+        self.failed.append(SkippedImage(source=item.image.source, reason=reason))
+        if self.progress is not None:
+            self.progress.console.print(
+                f"failed {item.image.source}: {reason}", highlight=False, markup=False
+            )
+
     async def one(self, item: LabelledImage, gate: asyncio.Semaphore, bar: Any) -> None:
         async with gate:
             try:
                 decision = await self.decide(item)
             except Exception as e:
-                self.failed.append(
-                    SkippedImage(source=item.image.source, reason=f"{type(e).__name__}: {e}")
-                )
-                if self.progress is not None:
-                    self.progress.console.log(f"[red]failed[/red] {item.image.source}: {e}")
+                self.fail(item, f"{type(e).__name__}: {e}")
                 return
             finally:
                 if self.progress is not None:
@@ -295,6 +372,21 @@ class _Run:
         self.writer.write(line)
         self.written.add(item.image.sha256)
         self.decisions.append(decision)
+        no_answer = every_agent_failed(decision)
+        if no_answer is not None:
+            self.no_answer.append(no_answer)
+
+
+def every_agent_failed(decision: dict[str, Any]) -> str | None:
+    """Each agent's first error (``gpt: ...; qwen: ...``) when no agent answered for
+    ``decision``; None when one did."""
+    predictions = decision.get("predictions") or []
+    if any(p.get("label") is not None for p in predictions):
+        return None
+    errors: dict[str, str] = {}
+    for p in predictions:
+        errors.setdefault(str(p.get("agent")), str(p.get("error") or "no answer"))
+    return "; ".join(f"{agent}: {error}" for agent, error in errors.items()) or "no prediction"
 
 
 async def run_batch(
@@ -308,20 +400,42 @@ async def run_batch(
     show_progress: bool = False,
     verbose: bool = False,
     run_config: Mapping[str, Any] | None = None,
+    lock: WriterLock | None = None,
 ) -> RunSummary:
     """Classify ``images`` with ``graph``, appending one decision line per image to ``out``
-    (each with ``run_config`` under ``"run"`` when given; see the module docstring)."""
+    (each with ``run_config`` under ``"run"`` when given; see the module docstring).
+
+    ``lock`` is the writer's lock of ``out`` when the caller took it already (to refuse a
+    second writer before loading models); otherwise ``run_batch`` takes it for the run."""
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
-    started = time.perf_counter()
     out = Path(out)
-    if out.is_dir():
-        raise InputError("the output is a folder; give a .jsonl file", path=str(out))
-    if not resume and out.exists() and out.stat().st_size > 0:
-        raise InputError(
-            "output file exists; pass --resume to continue it, or choose another --out",
-            path=str(out),
+    check_output_can_start(out, resume=resume)
+    if lock is not None and lock.target != out:
+        raise ValueError(f"the lock given is for {lock.target}, not {out}")
+    held = lock if lock is not None else lock_for_writing(out, what="the output")
+    try:
+        return await _run_locked(
+            graph, images, task, out, resume, concurrency, show_progress, verbose, run_config
         )
+    finally:
+        if lock is None:
+            held.release()
+
+
+async def _run_locked(
+    graph: ImageGraph,
+    images: Sequence[LabelledImage],
+    task: Task,
+    out: Path,
+    resume: bool,
+    concurrency: int,
+    show_progress: bool,
+    verbose: bool,
+    run_config: Mapping[str, Any] | None,
+) -> RunSummary:
+    started = time.perf_counter()
+    check_output_can_start(out, resume=resume)  # again: another writer may just have ended
     existing = read_output(out, repair=True)
     if run_config is not None:
         check_same_run(existing, run_config, out)
@@ -351,6 +465,7 @@ async def run_batch(
         already_done=len(images) - len(todo),
         resumed_from_checkpoint=run.from_checkpoint,
         failed=run.failed,
+        no_answer=run.no_answer,
         dropped_partial_bytes=existing.dropped_bytes,
         metrics=summarise(all_decisions, task),
         wall_s=time.perf_counter() - started,

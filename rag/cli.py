@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from core.cli import JsonOption, TaskOption, emit_json, print_table, stderr_console
+from core.cli import JsonOption, TaskOption, device_name, emit_json, print_table, stderr_console
 
 if TYPE_CHECKING:
     from rag.store import ChromaStore
@@ -71,7 +71,9 @@ def build(
         str | None,
         typer.Option("--clip-model", help="CLIP hub id or folder (default $TRUSTORCH_CLIP_MODEL)."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...", callback=device_name)
+    ] = "auto",
     index_dir: IndexDirOption = None,
     chroma_url: ChromaUrlOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,

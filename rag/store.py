@@ -27,6 +27,7 @@ import numpy as np
 
 from agents.types import Neighbour
 from core.errors import InputError
+from core.redact import redact_url
 from rag.errors import StoreError
 
 INDEX_DIR_ENV = "TRUSTORCH_INDEX_DIR"
@@ -186,7 +187,7 @@ class ChromaStore:
         if chroma_url:
             parsed = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
             if not parsed.hostname:
-                raise StoreError(f"not a Chroma server URL: '{chroma_url}'")
+                raise StoreError(f"not a Chroma server URL: '{redact_url(chroma_url)}'")
             ssl = parsed.scheme == "https"
             port = parsed.port or (443 if ssl else 8000)
             try:
@@ -196,7 +197,8 @@ class ChromaStore:
                 client.heartbeat()
             except Exception as e:
                 raise StoreError(
-                    f"cannot reach the Chroma server at {chroma_url} ({type(e).__name__}); "
+                    f"cannot reach the Chroma server at {redact_url(chroma_url)} "
+                    f"({type(e).__name__}); "
                     "is `chroma run` up?"
                 ) from e
             return cls(client, f"{parsed.scheme}://{parsed.hostname}:{port}")

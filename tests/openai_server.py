@@ -8,6 +8,10 @@
 Replies are served in order and the last one repeats once the list runs out; a callable
 ``reply(request) -> ScriptedReply`` decides per request instead. Every request is recorded
 (path, lower-case headers, JSON body); ``max_in_flight`` is the most requests served at once.
+
+Hostile servers: ``delay_s`` stalls a reply (``stall_reply``); ``huge_reply`` streams a valid
+completion of any size, chunked or with its Content-Length, without holding it in memory;
+``error_reply(429, headers={"retry-after": "1"})`` asks the client to slow down.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class ScriptedReply:
     body: Any = None
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    chunks: Callable[[], Iterator[bytes]] | None = None
+    """Instead of ``body``: the body's pieces, sent as they come (chunked transfer encoding
+    unless ``headers`` gives a content-length)."""
 
 
 @dataclass
@@ -79,6 +86,32 @@ def error_reply(
     """An OpenAI-style error body with ``status``."""
     body = {"error": {"message": message, "type": "scripted", "code": status}}
     return ScriptedReply(status=status, body=body, headers=dict(headers or {}))
+
+
+def stall_reply(seconds: float = 3600.0) -> ScriptedReply:
+    """A reply that does not come for ``seconds`` (the server gives up waiting when stopped)."""
+    return chat_reply('{"label": "rust", "confidence": 0.5, "reason": "late"}', delay_s=seconds)
+
+
+def huge_reply(
+    content_bytes: int, *, chunked: bool = True, piece_bytes: int = 1 << 16
+) -> ScriptedReply:
+    """A 200 chat completion whose content is ``content_bytes`` of ``x``, streamed in pieces
+    (chunked, or with a correct Content-Length when ``chunked`` is false)."""
+    head = json.dumps(chat_reply("@@").body).encode()
+    prefix, suffix = head.split(b"@@")
+    headers = {} if chunked else {"content-length": str(len(prefix) + content_bytes + len(suffix))}
+
+    def pieces() -> Iterator[bytes]:
+        yield prefix
+        left = content_bytes
+        while left > 0:
+            n = min(piece_bytes, left)
+            yield b"x" * n
+            left -= n
+        yield suffix
+
+    return ScriptedReply(status=200, headers=headers, chunks=pieces)
 
 
 def split_tokens(text: str) -> list[str]:
@@ -177,6 +210,9 @@ class OpenAIServer:
                         server.in_flight -= 1
 
             def _send(self, reply: ScriptedReply) -> None:
+                if reply.chunks is not None:
+                    self._send_pieces(reply)
+                    return
                 if isinstance(reply.body, str | bytes):
                     data = reply.body.encode() if isinstance(reply.body, str) else reply.body
                     ctype = "text/plain"
@@ -192,6 +228,29 @@ class OpenAIServer:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def _send_pieces(self, reply: ScriptedReply) -> None:
+                assert reply.chunks is not None
+                chunked = "content-length" not in {k.lower() for k in reply.headers}
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("content-type", "application/json")
+                    if chunked:
+                        self.send_header("transfer-encoding", "chunked")
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    for piece in reply.chunks():
+                        if server._stopping.is_set():
+                            return
+                        if chunked:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        else:
+                            self.wfile.write(piece)
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True

@@ -37,3 +37,18 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     assert "trustorch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["eval"], ["index"]])
+def test_a_group_without_a_command_prints_help_and_no_empty_error(argv, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Usage: trustorch" in captured.out and "Commands" in captured.out
+    assert captured.err == ""
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"trustorch {version('trust-orchestrator')}\n"

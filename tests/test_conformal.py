@@ -298,12 +298,13 @@ def test_cli_reports_sets_per_alpha_and_refuses_bad_values(case3: Path, capsys):
     argv = ["eval", "replay", str(case3), "--alpha", "0.1", "--alpha", "0.05", "--json"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["policy"] == "select"  # the default policy: its sets, seed 0
     assert [lv["alpha"] for lv in report["conformal"]["levels"]] == [0.1, 0.05]
-    assert report["conformal"]["levels"][0]["coverage"] == pytest.approx(145 / 160)
+    assert report["conformal"]["levels"][0]["coverage"] == pytest.approx(144 / 160)
     for bad, hint in (
         (["--alpha", "1.5"], "'--alpha'"),
         (["--alpha", "0"], "'--alpha'"),
-        (["--mondrian"], "needs --alpha"),
+        (["--mondrian"], "--no-tie-break need --alpha"),
         (["--alpha", "0.1", "--conformal-score", "raps"], "must be one of lac, aps"),
     ):
         assert main(["eval", "replay", str(case3), *bad]) == 2

@@ -146,14 +146,8 @@ def test_trust_writes_loadable_profiles(paper_dir: Path, tmp_path, capsys):
             ["--task", "apple-leaf"],
             ":2: column 'category': true label 'mildew'",
         ),
-        ("id,category,a_pred,a_conf\n1,rust,rust,0.5\n", ["--bins", "0"], "--bins must be >= 1"),
         ("id,category,a_pred,a_conf\n1,rust,rust,0.5\n", [], "only one label ['rust']"),
         ("id,category,a_pred,a_conf\n1,rust,rust,0.5\n", ["--agents", "b"], "agents ['b'] not"),
-        (
-            "id,category,a_pred,a_conf\n1,rust,rust,0.5\n",
-            ["--method", "platt"],
-            "unknown recalibration method 'platt'",
-        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, content, argv, message):
@@ -245,9 +239,12 @@ def test_binary_input_is_one_line(tmp_path, capsys):
     ("argv", "code", "message"),
     [
         (["--seed", "-1"], 2, "error: Invalid value for '--seed'"),
-        (["--folds", "1"], 1, "error: --folds must be 0 (none) or >= 2, got 1"),
-        (["--bootstrap", "-1"], 1, "error: --bootstrap must be >= 0, got -1"),
-        (["--bins", "-3"], 1, "error: --bins must be >= 1, got -3"),
+        (["--folds", "1"], 2, "error: Invalid value for '--folds': must be 0 (none) or at least 2"),
+        (["--bootstrap", "-1"], 2, "error: Invalid value for '--bootstrap': must be at least 0"),
+        (["--bins", "-3"], 2, "error: Invalid value for '--bins': must be at least 1, got -3"),
+        (["--method", "platt"], 2, "error: Invalid value for '--method': 'platt' is not one of"),
+        (["--ocr-threshold", "nan"], 2, "error: Invalid value for '--ocr-threshold': must be"),
+        (["--agents", " , "], 2, "error: Invalid value for '--agents': names no agent"),
     ],
 )
 def test_bad_numeric_options_are_one_line(tmp_path, capsys, argv, code, message):
@@ -259,3 +256,24 @@ def test_bad_numeric_options_are_one_line(tmp_path, capsys, argv, code, message)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), lines
     assert not (tmp_path / "o").exists()
+
+
+def test_trust_warns_about_a_profile_measured_on_few_answers(tmp_path, capsys):
+    labels = ["black-rot", "healthy", "rust", "scab"]
+    rows = ["id,agent,truth,pred,confidence"]  # long format: 'a' answered 7 images, 'b' 40
+    for i in range(40):
+        truth = labels[i % 4]
+        rows.append(f"{i},b,{truth},{truth},0.8")
+        if i < 7:
+            rows.append(f"{i},a,{truth},{truth if i % 3 else labels[(i + 1) % 4]},0.9")
+    data = tmp_path / "small.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "trust.json"
+    args = ["eval", "trust", str(data), "--task", "apple-leaf", "--out", str(out)]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, err
+    assert "'a' is measured on 7 answers only (accuracy 0.571, 95% interval [" in warnings[0]
+    code, printed, _ = run(capsys, *args, "--json")
+    assert json.loads(printed)["warnings"] == [warnings[0].removeprefix("warning: ")]

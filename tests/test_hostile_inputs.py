@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from peak_rss import run_with_peak_rss
 from PIL import Image
 from test_run_cli import trustorch_command
 
@@ -39,29 +40,13 @@ from rag.npz import read_embeddings_npz
 HANG_GUARD_S = 120
 MIB = 1024 * 1024
 
-# Runs one command in a small process of its own and prints its exit code and peak RSS (KiB): a
-# child forked straight from pytest (large, once torch is imported) would count pytest's pages.
-_MEASURE = """
-import json, resource, subprocess, sys
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps([done.returncode, peak, done.stdout, done.stderr]))
-"""
-
 
 def run_measured(args: list[str], *, cwd: Path) -> tuple[int, int, str, str]:
     """``trustorch ARGS``: exit code, peak resident bytes of the command, stdout, stderr."""
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *trustorch_command(), *args],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        cwd=cwd,
-        env={**os.environ, "TRUSTORCH_INDEX_DIR": str(cwd / "default-index")},
+    env = {**os.environ, "TRUSTORCH_INDEX_DIR": str(cwd / "default-index")}
+    return run_with_peak_rss(
+        [*trustorch_command(), *args], timeout_s=HANG_GUARD_S, cwd=cwd, env=env
     )
-    assert done.returncode == 0, done.stderr
-    code, peak_kib, out, err = json.loads(done.stdout)
-    return code, peak_kib * 1024, out, err
 
 
 def one_error_line(err: str) -> str:
@@ -456,15 +441,9 @@ def _photo(path: Path, width: int, height: int) -> Path:
 
 
 def _peak_rss(args: list[str]) -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *args],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    code, peak_kib, _, err = json.loads(done.stdout)
+    code, peak, _, err = run_with_peak_rss(args, timeout_s=HANG_GUARD_S)
     assert code == 0, err
-    return peak_kib * 1024
+    return peak
 
 
 @pytest.mark.heavy

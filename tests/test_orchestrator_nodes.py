@@ -183,6 +183,7 @@ def test_checkpoints_load_back_the_same_types(apple_task, tmp_path: Path, caplog
                 checkpointer=saver,
             )
             decision = await classify(graph, IMAGE)
+            thread = graph.thread_id(IMAGE)
         async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "c.sqlite")) as saver:
             graph = build_graph(
                 task=apple_task,
@@ -190,7 +191,7 @@ def test_checkpoints_load_back_the_same_types(apple_task, tmp_path: Path, caplog
                 policy=NeverTrusted(),
                 checkpointer=saver,
             )
-            snapshot = await graph.compiled.aget_state({"configurable": {"thread_id": "a" * 64}})
+            snapshot = await graph.compiled.aget_state({"configurable": {"thread_id": thread}})
         return decision, snapshot.values
 
     with caplog.at_level(logging.WARNING):

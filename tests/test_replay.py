@@ -89,10 +89,10 @@ def test_graph_reproduces_the_recorded_vote_with_single_rag(case3: Path):
 def test_bad_folds_and_rounds_are_one_line_errors(case3: Path, capsys):
     with pytest.raises(InputError, match="--folds must be in"):
         run_replay(case3, folds=1)
-    assert main(["eval", "replay", str(case3), "--max-rounds", "0"]) == 1
-    assert "--max-rounds must be at least 1" in capsys.readouterr().err
+    assert main(["eval", "replay", str(case3), "--max-rounds", "0"]) == 2
+    assert "'--max-rounds': must be at least 1" in capsys.readouterr().err
     argv = ["eval", "replay", str(case3), "--policy", "majority", "--trust-threshold", "0.9"]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "--trust-threshold needs --policy trust" in capsys.readouterr().err
 
 
@@ -133,7 +133,16 @@ def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path:
     from orchestrator.replay.run import replay_columns
 
     saved = tmp_path / "policy.json"
-    args = ["eval", "replay", str(case3), "--seed", "0", "--save-policy", str(saved), "--json"]
+    args = [
+        "eval",
+        "replay",
+        str(case3),
+        "--policy",
+        "trust",
+        "--save-policy",
+        str(saved),
+        "--json",
+    ]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["saved_policy"] == str(saved)
@@ -148,8 +157,8 @@ def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path:
     assert settings["thresholds"] == expected["thresholds"]
     assert settings["weights"]["reeval"] == pytest.approx(expected["weights"]["reeval"])
     assert "retrieval_source" not in settings
-    assert main(["eval", "replay", str(case3), "--policy", "majority", "--save-policy", "x"]) == 1
-    assert "--save-policy needs --policy trust" in capsys.readouterr().err
+    assert main(["eval", "replay", str(case3), "--policy", "majority", "--save-policy", "x"]) == 2
+    assert "--save-policy needs --policy trust or select" in capsys.readouterr().err
 
 
 def test_single_policy_must_name_a_replayed_source(case3: Path, capsys):

@@ -161,10 +161,11 @@ def table_rows(text: str) -> dict[str, list[str]]:
 def test_cli_trace_writes_every_decision_of_the_graph(case3: Path, tmp_path: Path, capsys):
     trace = tmp_path / "decisions.jsonl"
     assert (
-        main(["eval", "replay", str(case3), "--seed", "0", "--graph", "--trace", str(trace)]) == 0
+        main(["eval", "replay", str(case3), "--policy", "trust", "--graph", "--trace", str(trace)])
+        == 0
     )
     graph = table_rows(capsys.readouterr().out)
-    assert main(["eval", "replay", str(case3), "--seed", "0", "--json"]) == 0
+    assert main(["eval", "replay", str(case3), "--policy", "trust", "--json"]) == 0
     fast = json.loads(capsys.readouterr().out)
     assert fast["engine"] == "arrays"
     assert graph["trust"] == [

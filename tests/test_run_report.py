@@ -186,7 +186,8 @@ def test_headline_equals_the_figures_of_the_file(run_file, page):
     assert float(headline["data-coverage"]) == pytest.approx(10 / 11)
     assert int(headline["data-abstained"]) == 1 == summary["abstained"]
     assert float(headline["data-accuracy"]) == pytest.approx(sum(correct) / len(answered)) == 0.8
-    assert float(headline["data-accuracy-all"]) == pytest.approx(summary["accuracy"])
+    assert float(headline["data-accuracy-all"]) == pytest.approx(summary["accuracy_all"])
+    assert float(headline["data-accuracy"]) == pytest.approx(summary["accuracy"])
     conf = [d["confidence"] for d in answered]
     assert float(headline["data-ece"]) == pytest.approx(expected_calibration_error(conf, correct))
     assert float(headline["data-brier"]) == pytest.approx(brier_top_label(conf, correct))

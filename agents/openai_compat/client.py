@@ -1,7 +1,8 @@
 """``OpenAIChatClient``: the one adapter to OpenAI and OpenAI-compatible servers (vLLM, Ollama,
-llama.cpp). It owns retries with backoff (honouring ``Retry-After``), a concurrency limit, what
-each server accepts (``modes``), the cost of each call (``pricing``) and keeping the API key
-out of every message. Callers get a ``ChatResult`` or a ``JsonReply``, or a ``ChatError``.
+llama.cpp). It owns retries with backoff (honouring ``Retry-After``) inside one deadline per
+call, a concurrency limit, a cap on reply bytes, what each server accepts (``modes``), the cost
+of each call (``pricing``) and keeping the API key and URL credentials out of every message.
+Callers get a ``ChatResult`` or a ``JsonReply``, or a ``ChatError``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agents.openai_compat.errors import ChatError, ReplyFormatError
+from agents.openai_compat.errors import ChatError, ReplyFormatError, ReplyTooLargeError
 from agents.openai_compat.json_text import extract_json_object
 from agents.openai_compat.modes import (
     MODES,
@@ -28,12 +29,30 @@ from agents.openai_compat.modes import (
 from agents.openai_compat.pricing import ModelPrice, call_cost_usd, load_price_table
 from agents.openai_compat.results import ChatResult, JsonReply, ReplyModel, TokenChoice
 from agents.openai_compat.secret import Secret
-from agents.openai_compat.transport import backoff_s, describe, is_retryable
+from agents.openai_compat.transport import (
+    DEFAULT_MAX_REPLY_BYTES,
+    backoff_s,
+    describe,
+    is_retryable,
+    redact_http_logs,
+    reply_cap_hook,
+)
 from core.errors import InputError
+from core.redact import redact_text, redact_url, url_secrets
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 API_KEY_ENV = "OPENAI_API_KEY"
 _MAX_ADAPTATIONS = len(OPTIONAL_PARAMS) + len(MODES)
+DEFAULT_DEADLINE_S = 180.0
+"""Seconds one call may take in all: every attempt, every backoff, waiting for a slot."""
+
+
+@dataclass
+class _Attempts:
+    """One call's deadline (event-loop time) and the attempts made so far."""
+
+    deadline: float
+    made: int = 0
 
 
 @dataclass
@@ -49,7 +68,12 @@ class OpenAIChatClient:
 
     ``structured_output``, ``logprobs``, ``temperature`` (None: not sent) and ``seed`` (None:
     not sent) are what this caller asks for; what the server accepts is learnt per server and
-    model (``features``). ``prices`` (default: the built-in table) gives ``cost_usd``."""
+    model (``features``). ``prices`` (default: the built-in table) gives ``cost_usd``.
+
+    ``deadline_s`` bounds one call as a whole (up to ``max_retries`` retries and their backoff
+    included): each attempt waits ``min(timeout_s, time left)``, and a retry whose backoff would
+    end past the deadline is not made. ``max_reply_bytes`` bounds a reply's body: a larger one
+    is refused unread (``ReplyTooLargeError``, not retried)."""
 
     def __init__(
         self,
@@ -58,6 +82,8 @@ class OpenAIChatClient:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout_s: float = 60.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_retries: int = 3,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
@@ -75,8 +101,11 @@ class OpenAIChatClient:
             raise InputError("an OpenAI-compatible client needs a model name (openai:<model>)")
         if max_concurrency < 1 or max_retries < 0:
             raise InputError("max_concurrency must be >= 1 and max_retries >= 0")
+        if not (timeout_s > 0 and deadline_s > 0 and max_reply_bytes >= 1):
+            raise InputError("timeout_s and deadline_s must be > 0 and max_reply_bytes >= 1")
         self.model = model
         self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        self._url_secrets = url_secrets(self.base_url)
         key = api_key or os.environ.get(API_KEY_ENV)
         if not key:
             if self.base_url is None:
@@ -87,6 +116,8 @@ class OpenAIChatClient:
             key = "not-needed"
         self._key = Secret(key)
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
+        self.max_reply_bytes = max_reply_bytes
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -102,7 +133,8 @@ class OpenAIChatClient:
         self._per_loop: weakref.WeakKeyDictionary[Any, _LoopResources] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
-        return f"OpenAIChatClient(model={self.model!r}, base_url={self.base_url!r})"
+        shown = redact_url(self.base_url) if self.base_url else None
+        return f"OpenAIChatClient(model={self.model!r}, base_url={shown!r})"
 
     @property
     def features(self) -> ServerFeatures:
@@ -111,21 +143,30 @@ class OpenAIChatClient:
         return self.servers.features(self.base_url, self.model)
 
     def redact(self, text: str) -> str:
-        """``text`` without the API key."""
-        return self._key.redact(text)
+        """``text`` without the API key, and without any URL's credentials (the base URL's
+        ones also where the text quotes them bare)."""
+        return self._key.redact(redact_text(text, self._url_secrets))
 
     def _resources(self) -> _LoopResources:
         # An httpx pool, a semaphore and a lock belong to one event loop: one set per loop.
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         loop = asyncio.get_running_loop()
         resources = self._per_loop.get(loop)
         if resources is None:
+            redact_http_logs()
+            http_client = DefaultAsyncHttpxClient(
+                timeout=self.timeout_s,
+                # Only an uncompressed body can be bounded before it is decoded.
+                headers={"accept-encoding": "identity"},
+                event_hooks={"response": [reply_cap_hook(self.max_reply_bytes)]},
+            )
             client = AsyncOpenAI(
                 api_key=self._key.reveal(),
                 base_url=self.base_url,
                 timeout=self.timeout_s,
-                max_retries=0,
+                max_retries=0,  # retries are this adapter's, inside its deadline
+                http_client=http_client,
             )
             resources = _LoopResources(
                 client, asyncio.Semaphore(self.max_concurrency), asyncio.Lock()
@@ -169,15 +210,26 @@ class OpenAIChatClient:
         self, messages: Sequence[dict[str, Any]], *, schema: ReplySchema | None = None
     ) -> ChatResult:
         """One chat completion, its reply asked to fit ``schema`` in the best mode the server
-        takes. Retried on 429 / 5xx / connection errors and timeouts with exponential backoff;
-        a ``ChatError`` (its cause chained) when it cannot succeed."""
+        takes. Retried on 429 / 5xx / connection errors and timeouts with exponential backoff,
+        all within ``deadline_s``; a ``ChatError`` (its cause chained) when it cannot succeed."""
         resources = self._resources()
-        if schema is not None and self.structured_output and not self.features.mode_confirmed:
-            # Until a mode is confirmed, one call at a time finds it; the rest then use it.
-            async with resources.detecting:
-                if not self.features.mode_confirmed:
-                    return await self._complete(resources, messages, schema)
-        return await self._complete(resources, messages, schema)
+        calls = _Attempts(deadline=asyncio.get_running_loop().time() + self.deadline_s)
+        try:
+            async with asyncio.timeout_at(calls.deadline):
+                if (
+                    schema is not None
+                    and self.structured_output
+                    and not self.features.mode_confirmed
+                ):
+                    # Until a mode is confirmed, one call at a time finds it; the rest then use it.
+                    async with resources.detecting:
+                        if not self.features.mode_confirmed:
+                            return await self._complete(resources, messages, schema, calls)
+                return await self._complete(resources, messages, schema, calls)
+        except TimeoutError:
+            tries = f" ({calls.made} attempts)" if calls.made > 1 else ""
+            message = f"timed out: no reply within the call's {self.deadline_s:g} s deadline{tries}"
+            raise ChatError(message, attempts=max(calls.made, 1)) from None
 
     async def complete_json(
         self,
@@ -205,17 +257,29 @@ class OpenAIChatClient:
         resources: _LoopResources,
         messages: Sequence[dict[str, Any]],
         schema: ReplySchema | None,
+        calls: _Attempts,
     ) -> ChatResult:
         import openai
 
+        loop = asyncio.get_running_loop()
         attempt = 0
         adaptations = 0
         while True:
             kwargs, mode = self._request(messages, schema)
+            timeout = self.timeout_s
             try:
                 async with resources.slots:
-                    response = await resources.client.chat.completions.create(**kwargs)
+                    timeout = min(self.timeout_s, max(calls.deadline - loop.time(), 0.01))
+                    calls.made = attempt + 1
+                    response = await resources.client.chat.completions.create(
+                        **kwargs, timeout=timeout
+                    )
+            except ReplyTooLargeError as e:
+                raise ReplyTooLargeError(self.redact(str(e)), attempts=attempt + 1) from None
             except (openai.APIConnectionError, openai.APIStatusError) as e:
+                if isinstance(e.__cause__, ReplyTooLargeError):  # openai 1.x wraps it
+                    message = self.redact(str(e.__cause__))
+                    raise ReplyTooLargeError(message, attempts=attempt + 1) from None
                 status = getattr(e, "status_code", None)
                 if (
                     isinstance(status, int)
@@ -227,13 +291,15 @@ class OpenAIChatClient:
                 if status in (400, 422):
                     message = f"request rejected: {describe(e)}"
                     raise ChatError(self.redact(message), attempts=attempt + 1) from e
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                message = f"{describe(e, round(timeout, 2))}{tries}"
                 if not is_retryable(e) or attempt >= self.max_retries:
-                    tries = f" after {attempt + 1} attempts" if attempt else ""
-                    message = f"{describe(e, self.timeout_s)}{tries}"
                     raise ChatError(self.redact(message), attempts=attempt + 1) from e
-                await asyncio.sleep(
-                    backoff_s(attempt, e, base_s=self.backoff_s, max_s=self.max_backoff_s)
-                )
+                delay = backoff_s(attempt, e, base_s=self.backoff_s, max_s=self.max_backoff_s)
+                if loop.time() + delay >= calls.deadline:
+                    message += f"; no time left to retry within the {self.deadline_s:g} s deadline"
+                    raise ChatError(self.redact(message), attempts=attempt + 1) from e
+                await asyncio.sleep(delay)
                 attempt += 1
                 continue
             except openai.OpenAIError as e:

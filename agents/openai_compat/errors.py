@@ -36,3 +36,9 @@ class ReplyFormatError(ChatError):
     @property
     def cost_usd(self) -> float:
         return self.completion.cost_usd if self.completion is not None else 0.0
+
+
+class ReplyTooLargeError(ChatError):
+    """The server's reply body was over the adapter's byte cap (``max_reply_bytes``), or came
+    compressed although the adapter asked for it uncompressed (its size unknowable until
+    decoded); the body is not read further."""

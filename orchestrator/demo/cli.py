@@ -44,7 +44,9 @@ def leaf(
     max_rounds: Annotated[int, typer.Option("--max-rounds", min=1)] = 2,
     serve: Annotated[bool, typer.Option("--serve", help="Start the web page instead.")] = False,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port of the web page.")] = 7860,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Port of the web page.")
+    ] = 7860,
     json_out: JsonOption = False,
 ) -> None:
     """Diagnose apple-leaf photos and write one self-contained HTML report per image.
@@ -60,12 +62,14 @@ def leaf(
 
       trustorch demo leaf --serve --port 7860 --clip-model ~/models/clip-vit-base-patch32
     """
-    from core.files import output_folder
+    from core.files import check_output_folder, output_folder
     from core.task import load_task
     from orchestrator.demo.pipeline import build_pipeline
 
     if not serve and not images:
         raise InputError("give at least one image (or --serve for the web page)")
+    if not serve:
+        check_output_folder(out_dir, what="the reports")
     if serve:
         from orchestrator.demo.web import check_port
 

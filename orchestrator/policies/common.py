@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from agents.types import Prediction
 from eval.scores import peaked_label_scores
@@ -23,3 +24,14 @@ def answer_distribution(prediction: Prediction, labels: Sequence[str]) -> dict[s
         total = sum(prediction.scores.get(y, 0.0) for y in labels)
         return {y: prediction.scores.get(y, 0.0) / total for y in labels}
     return peaked_label_scores(labels, str(prediction.label), prediction.confidence)
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block with BLAS on one thread. Fitting works on arrays of a few hundred rows,
+    where BLAS threads only wait for each other (on a busy machine a logistic regression or a
+    weight search takes ten times longer with them)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

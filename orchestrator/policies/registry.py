@@ -64,9 +64,37 @@ POLICY_FACTORIES: dict[str, PolicyFactory] = {
 }
 
 
-def policy_names() -> list[str]:
-    """The policy names as a user types them (``single:<agent>``), in registry order."""
-    return [f"{n}:<agent>" if n == "single" else n for n in POLICY_FACTORIES]
+FITTED_ON_RECORDS = ("select", "best-single", "dawid-skene", "stacking")
+"""Policies fitted on recorded answers (``trustorch eval replay --policy``), not built from
+trust profiles: ``orchestrator.replay.run.policy_fitter`` fits them."""
+
+
+def policy_names(*, fitted_on_records: bool = False) -> list[str]:
+    """The policy names as a user types them (``single:<agent>``), in registry order; with
+    ``fitted_on_records``, those of ``FITTED_ON_RECORDS`` first."""
+    names = [f"{n}:<agent>" if n == "single" else n for n in POLICY_FACTORIES]
+    return [*FITTED_ON_RECORDS, *names] if fitted_on_records else names
+
+
+def check_policy_name(
+    name: str, *, excluded: Sequence[str] = (), fitted_on_records: bool = False
+) -> str:
+    """``name`` when it names a policy of the registry (``single`` with its source), leaving
+    out ``excluded`` kinds (with ``fitted_on_records``, also the policies only a replay of
+    recorded answers can fit); InputError listing the policies otherwise. Cheap: builds
+    nothing."""
+    kind, _, arg = name.partition(":")
+    known_kinds = {*POLICY_FACTORIES, *(FITTED_ON_RECORDS if fitted_on_records else ())}
+    if kind.strip() not in known_kinds or kind.strip() in excluded:
+        known = [
+            n
+            for n in policy_names(fitted_on_records=fitted_on_records)
+            if n.partition(":")[0] not in excluded
+        ]
+        raise InputError(f"unknown policy {name!r} (choose from {', '.join(known)})")
+    if kind.strip() == "single" and not arg.strip():
+        raise InputError("policy 'single' needs a source: single:<agent> (e.g. single:gpt)")
+    return name
 
 
 def make_policy(
@@ -81,10 +109,9 @@ def make_policy(
     ``sources`` (the agents and the retriever of the run, when known) are what
     ``single:<source>`` may name: another name is an InputError, not a policy that never answers.
     """
+    check_policy_name(name)
     kind, _, arg = name.partition(":")
-    factory = POLICY_FACTORIES.get(kind.strip())
-    if factory is None:
-        raise InputError(f"unknown policy {name!r} (choose from {', '.join(policy_names())})")
+    factory = POLICY_FACTORIES[kind.strip()]
     if kind.strip() == "single" and sources is not None and arg.strip() not in ("", *sources):
         raise InputError(
             f"policy {name!r}: no source {arg.strip()!r} here (sources: {', '.join(sources)})"

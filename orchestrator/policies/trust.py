@@ -42,8 +42,9 @@ from core.task import Task
 from eval.profile import TrustProfile, default_trust_profile
 from eval.recorded.records import RecordSet
 from orchestrator.decision import Assessment
+from orchestrator.policies.common import one_blas_thread
 from orchestrator.policies.fusion import CascadeDecisions, cascade, fuse
-from orchestrator.policies.trust_fit import CRITERIA, fit_stacked
+from orchestrator.policies.trust_fit import CRITERIA, StackedFit, fit_stacked
 from orchestrator.policies.trust_sources import (
     AGENT_MODELS,
     EVIDENCE_SOURCE,
@@ -191,7 +192,20 @@ class TrustPolicy:
         """Fit profiles, stage weights and thresholds on the rows ``ids`` (all by default) of
         ``records``, whose agents play the sources ``columns``; the retrieval vote is the
         recorded source named ``retrieval_source`` (None: no vote)."""
-        fitted = fit_stacked(
+        with one_blas_thread():
+            fitted = self._fit_stacked(records, columns, ids)
+        self.source_profiles_ = fitted.sources
+        self.profiles_ = dict(fitted.sources.profiles_)
+        self.weights_ = fitted.weights
+        self.thresholds_ = {**DEFAULT_THRESHOLDS, **fitted.thresholds}
+        self.fit_summary_ = fitted.summary
+        self.cross_fit_ = fitted.cross_fit
+        return self
+
+    def _fit_stacked(
+        self, records: RecordSet, columns: Sequence[SourceColumns], ids: Sequence[str] | None
+    ) -> StackedFit:
+        return fit_stacked(
             records,
             columns,
             list(ids) if ids is not None else records.ids(),
@@ -205,12 +219,6 @@ class TrustPolicy:
             keep_first_looks=self.keep_first_looks,
             trust_threshold=self.trust_threshold,
         )
-        self.source_profiles_ = fitted.sources
-        self.profiles_ = dict(fitted.sources.profiles_)
-        self.weights_ = fitted.weights
-        self.thresholds_ = {**DEFAULT_THRESHOLDS, **fitted.thresholds}
-        self.fit_summary_ = fitted.summary
-        return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "profiles_"):

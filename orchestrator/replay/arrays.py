@@ -7,7 +7,9 @@ policy's arithmetic is bookkeeping, so a fold of thousands of rows is decided he
   ``RecordedRetriever.evidence``), looked up by the same image identities;
 - the ``trust`` policy scores every row of a stage at once (``TrustPolicy.assess_columns``, the
   array fusion core), the deterministic baselines (``majority``, ``max-confidence``,
-  ``single:<source>``) are asked row by row through their own ``assess``;
+  ``single:<source>``) and the fitted ``stacking`` and ``dawid-skene`` families are asked row by
+  row through their own ``assess``; a fitted ``select`` policy is decided as the family it
+  chose (it hands every assessment to it);
 - ``walk`` follows each row through the routers' rules (``orchestrator.routers``): trusted ->
   finalize, else retrieve once, assess again with the evidence, re-evaluate the agents named,
   up to ``max_rounds``.
@@ -31,13 +33,15 @@ from core.task import Task
 from orchestrator.decision import Decision
 from orchestrator.policies.base import FusionPolicy
 from orchestrator.policies.baselines import MajorityPolicy, MaxConfidencePolicy, SinglePolicy
+from orchestrator.policies.families import FamilyPolicy
+from orchestrator.policies.select import SelectPolicy
 from orchestrator.policies.trust import AnswerColumn, StageVerdicts, TrustPolicy
 from orchestrator.policies.trust_sources import EVIDENCE_SOURCE, evidence_prediction, profile_key
 from orchestrator.replay.agent import ReplayAgent
 from orchestrator.replay.retriever import RecordedRetriever
 from rag.evidence import Evidence
 
-DIRECT_POLICIES = (MajorityPolicy, MaxConfidencePolicy, SinglePolicy)
+DIRECT_POLICIES = (MajorityPolicy, MaxConfidencePolicy, SinglePolicy, FamilyPolicy)
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,16 @@ class RowAssessor(Protocol):
     ) -> Verdict: ...
 
 
+def deciding_policy(policy: FusionPolicy) -> FusionPolicy:
+    """The policy whose answers are the decisions: the family a fitted ``select`` chose (it
+    passes every assessment on to it), else the policy itself."""
+    return policy.policy_ if isinstance(policy, SelectPolicy) else policy
+
+
 def engine_for(policy: FusionPolicy) -> str:
-    """``arrays`` for the trust policy, ``direct`` for the deterministic baselines, else
-    ``graph``."""
+    """``arrays`` for the trust policy, ``direct`` for the deterministic baselines and the
+    stacking and Dawid-Skene families, else ``graph`` (``select``: its chosen family's)."""
+    policy = deciding_policy(policy)
     if isinstance(policy, TrustPolicy):
         return "arrays"
     return "direct" if isinstance(policy, DIRECT_POLICIES) else "graph"
@@ -292,6 +303,7 @@ def decide_rows(
     on_image: Callable[[], None] | None = None,
 ) -> list[RowDecision]:
     """The graph's decisions on ``images`` without the graph (see the module docstring)."""
+    policy = deciding_policy(policy)
     engine = engine_for(policy)
     if engine == "graph":
         raise ValueError(f"policy {getattr(policy, 'name', policy)!r} has no array path")

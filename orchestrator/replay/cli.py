@@ -10,44 +10,73 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from core.cli import JsonOption, emit_json, print_table, progress_bar
+from core.cli import (
+    JsonOption,
+    at_least,
+    checked_by,
+    emit_json,
+    number_in,
+    output_file,
+    print_table,
+    progress_bar,
+    usage_error,
+)
 from core.errors import InputError
 from eval.metric_table import Report, metrics_in
-from orchestrator.policies.registry import policy_names
+from orchestrator.policies.registry import check_policy_name, policy_names
 
 if TYPE_CHECKING:
     from orchestrator.decision import Decision
     from orchestrator.replay.conformal import ConformalSettings
 
+REPLAYED_POLICIES_LEAVE_OUT = ("llm",)
+"""Policies replay cannot play (the llm policy would call a live model)."""
+
 
 def _check_alphas(values: list[float] | None) -> list[float] | None:
     for value in values or []:
         if not 0.0 < value < 1.0:
-            raise typer.BadParameter(f"must be in (0, 1), got {value}")
+            raise usage_error(f"must be in (0, 1), got {value}")
     return values
 
 
 def replay(
     file: Annotated[Path, typer.Argument(help="Recorded wide/long file (the study's case3 CSV).")],
-    folds: Annotated[int, typer.Option("--folds", help="Cross-validation folds over rows.")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split.")] = 0,
+    folds: Annotated[
+        int,
+        typer.Option("--folds", help="Cross-validation folds over rows.", callback=at_least(2)),
+    ] = 5,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the fold split.", callback=at_least(0))
+    ] = 0,
     seeds: Annotated[
         str | None,
         typer.Option(
             "--seeds",
             help="Several fold splits, e.g. 0-4 or 0,3,7: per-seed figures and their mean "
             "(replaces --seed).",
+            callback=checked_by(lambda text: parse_seeds(text)),
         ),
     ] = None,
     policy: Annotated[
         str,
         typer.Option(
             "--policy",
-            help=f"Fusion policy: {', '.join(n for n in policy_names() if n != 'llm')}.",
+            help="Fusion policy: "
+            f"{', '.join(n for n in policy_names(fitted_on_records=True) if n != 'llm')} "
+            "(select: the family that inner cross-validation on the training folds supports).",
+            callback=checked_by(
+                lambda name: check_policy_name(
+                    name, excluded=REPLAYED_POLICIES_LEAVE_OUT, fitted_on_records=True
+                )
+            ),
         ),
-    ] = "trust",
+    ] = "select",
     max_rounds: Annotated[
-        int, typer.Option("--max-rounds", help="Rounds per image (1 = no re-evaluation).")
+        int,
+        typer.Option(
+            "--max-rounds", help="Rounds per image (1 = no re-evaluation).", callback=at_least(1)
+        ),
     ] = 2,
     task: Annotated[
         str | None,
@@ -59,14 +88,17 @@ def replay(
             "--trust-threshold",
             help="trust policy: re-evaluate below this fused confidence instead of the "
             "threshold fitted on the training folds.",
+            callback=number_in(0.0, 1.0),
         ),
     ] = None,
     save_policy: Annotated[
         Path | None,
         typer.Option(
             "--save-policy",
-            help="trust policy: also fit it on ALL rows and write its settings (weights, "
-            "thresholds) to this JSON file, for trustorch run --policy-file.",
+            help="trust or select policy: also fit it on ALL rows and write its settings "
+            "(weights, thresholds; for select, the family chosen and its inner-CV scores) to "
+            "this JSON file, for trustorch run --policy-file.",
+            callback=output_file("the policy file"),
         ),
     ] = None,
     graph: Annotated[
@@ -83,6 +115,7 @@ def replay(
             "--trace",
             help="Write every held-out decision with its whole trace (answers, assessments, "
             "routes) to this JSONL file, one line per row and seed; runs the graph.",
+            callback=output_file("the trace"),
         ),
     ] = None,
     alpha: Annotated[
@@ -113,9 +146,9 @@ def replay(
         bool,
         typer.Option(
             "--tie-break/--no-tie-break",
-            help="With --alpha: break ties between equal scores with a seeded hash (coverage "
-            "1 - alpha on average); --no-tie-break: MAPIE's deterministic sets, which cover "
-            "more when many rows share a distribution.",
+            help="With --alpha: break ties between equal scores at random, by a hash of each "
+            "row's id (coverage 1 - alpha on average); --no-tie-break: MAPIE's deterministic "
+            "sets, which cover more when many rows share a distribution.",
         ),
     ] = True,
     json_out: JsonOption = False,
@@ -156,18 +189,16 @@ def replay(
     from eval.recorded.records import read_records
     from orchestrator.replay.run import policy_fitter, refuse_decisions_file, run_replay
 
-    refuse_decisions_file(file)
-    if save_policy is not None and policy != "trust":
-        raise InputError("--save-policy needs --policy trust")
-    the_task = load_task(task) if task else None
-    if max_rounds < 1:
-        raise InputError(f"--max-rounds must be at least 1, got {max_rounds}")
+    if save_policy is not None and policy not in ("trust", "select"):
+        raise usage_error("--save-policy needs --policy trust or select")
     options = {}
     if trust_threshold is not None:
-        if policy != "trust" or not 0.0 <= trust_threshold <= 1.0:
-            raise InputError("--trust-threshold needs --policy trust and a value in [0, 1]")
+        if policy not in ("trust", "select"):
+            raise usage_error("--trust-threshold needs --policy trust or select")
         options["trust_threshold"] = trust_threshold
     conformal = _conformal_settings(alpha, mondrian, conformal_score, tie_break)
+    refuse_decisions_file(file)
+    the_task = load_task(task) if task else None
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
     for note in records.label_notes:
@@ -217,6 +248,7 @@ def replay(
     else:
         rows = [[f"{policy} seed {r['seed']}", *(r[k] for k in SUMMARY_KEYS)] for r in reports]
         rows.append([f"{policy} mean", *(report["mean"][k] for k in SUMMARY_KEYS)])
+    rows += fold_baseline_rows(report)
     rows += [[name, *(b[k] for k in SUMMARY_KEYS)] for name, b in report["baselines"].items()]
     which = f"seed {seed_list[0]}" if len(seed_list) == 1 else f"seeds {seeds}"
     print_table(
@@ -224,15 +256,16 @@ def replay(
         ["source", *SUMMARY_KEYS],
         rows,
     )
+    print_families_chosen(report)
     if conformal is not None:
         _print_conformal(report, file.name)
     if save_policy is not None and conformal is None:
-        print(f"trust policy fitted on all {n_rows} rows saved to {save_policy}")
+        print(f"{policy} policy fitted on all {n_rows} rows saved to {save_policy}")
     elif save_policy is not None:
+        calibrated = report["conformal_calibration_rows"]
         print(
-            f"trust policy fitted on {n_rows - report['conformal_calibration_rows']} rows, its "
-            f"conformal sets calibrated on the other {report['conformal_calibration_rows']}, "
-            f"saved to {save_policy}"
+            f"{policy} policy fitted on {n_rows - calibrated} rows, its conformal sets "
+            f"calibrated on the other {calibrated}, saved to {save_policy}"
         )
     if trace is not None:
         print(f"{len(traced)} decisions with their traces written to {trace}")
@@ -292,8 +325,47 @@ def seeds_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "mean": {k: sum(r[k] for r in reports) / len(reports) for k in SUMMARY_KEYS},
         "per_seed": reports,
         "baselines": first["baselines"],
+        **fold_baselines_over_seeds(reports),
         **({"conformal": _conformal_mean(reports)} if "conformal" in first else {}),
     }
+
+
+def fold_baselines_over_seeds(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each fold baseline's summary keys averaged over the seeds' reports, and the families
+    the select policy chose, per seed and fold."""
+    names = list(reports[0].get("fold_baselines", {}))
+    out: dict[str, Any] = {
+        "fold_baselines": {
+            name: {
+                k: sum(r["fold_baselines"][name][k] for r in reports) / len(reports)
+                for k in SUMMARY_KEYS
+            }
+            for name in names
+        }
+    }
+    if any("families_chosen" in r for r in reports):
+        out["families_chosen"] = [r.get("families_chosen", []) for r in reports]
+    return out
+
+
+def fold_baseline_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """Table rows of the baselines fitted on the policy's folds (their mean over seeds)."""
+    return [
+        [name, *(b[k] for k in SUMMARY_KEYS)]
+        for name, b in report.get("fold_baselines", {}).items()
+    ]
+
+
+def print_families_chosen(report: dict[str, Any]) -> None:
+    """One line: how often the select policy chose each family over the folds."""
+    from collections import Counter
+
+    chosen = report.get("families_chosen")
+    if not chosen:
+        return
+    flat = [f for per_seed in chosen for f in per_seed] if isinstance(chosen[0], list) else chosen
+    counts = ", ".join(f"{family} {n}" for family, n in Counter(flat).most_common())
+    print(f"families chosen over {len(flat)} fold(s): {counts}")
 
 
 def _save_policy(
@@ -332,14 +404,12 @@ def _conformal_settings(
     from orchestrator.replay.conformal import ConformalSettings
 
     if score not in SCORES:
-        raise typer.BadParameter(
-            f"must be one of {', '.join(SCORES)}, got {score!r}", param_hint="'--conformal-score'"
+        raise usage_error(
+            f"must be one of {', '.join(SCORES)}, got {score!r}", option="--conformal-score"
         )
     if not alphas:
         if mondrian or score != "lac" or not tie_break:
-            raise typer.BadParameter(
-                "needs --alpha", param_hint="'--mondrian/--conformal-score/--no-tie-break'"
-            )
+            raise usage_error("--mondrian, --conformal-score and --no-tie-break need --alpha")
         return None
     return ConformalSettings(
         alphas=tuple(alphas), score=score, mondrian=mondrian, randomized=tie_break

@@ -42,7 +42,9 @@ from eval.recorded.decisions import is_decisions_header
 from eval.recorded.records import RecordSet, read_records
 from orchestrator.decision import Decision
 from orchestrator.policies.base import FusionPolicy
+from orchestrator.policies.families import ARRAY_FAMILIES, fit_family_policy
 from orchestrator.policies.registry import make_policy
+from orchestrator.policies.select import SelectPolicy
 from orchestrator.policies.trust import TrustPolicy
 from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles
 from orchestrator.replay.agent import INITIAL_SUFFIX, ReplayAgent, recorded_images
@@ -68,14 +70,19 @@ def replay_columns(
 ) -> tuple[list[SourceColumns], str | None]:
     """The agents to replay and the retrieval source of a record set.
 
-    ``X`` with ``X_initial`` columns is an agent that can re-evaluate; another source (not the
-    retrieval vote, not the study's orchestrator, not an ``_initial`` column) is a first look
-    only.
+    ``X`` with ``X_initial`` columns is an agent that can re-evaluate; ``X_initial`` without
+    ``X`` columns, and any other source (not the retrieval vote, not the study's orchestrator),
+    is an agent with a first look only.
     """
     found = records.agents
     columns: list[SourceColumns] = []
     for agent in found:
-        if agent in (retrieval, ORCHESTRATOR_SOURCE) or agent.endswith(INITIAL_SUFFIX):
+        if agent in (retrieval, ORCHESTRATOR_SOURCE):
+            continue
+        if agent.endswith(INITIAL_SUFFIX):
+            base = agent.removesuffix(INITIAL_SUFFIX)
+            if base and base not in found:
+                columns.append(SourceColumns(agent=base, first=agent))
             continue
         initial = f"{agent}{INITIAL_SUFFIX}"
         if initial in found:
@@ -119,8 +126,8 @@ def replay_folds(images: Sequence[LabelledImage], folds: int, seed: int) -> list
 
 
 def policy_fitter(name: str, **options: Any) -> FitPolicy:
-    """How the benchmark fits policy ``name`` on training rows (trust: fully fitted policy;
-    others: their profiles only)."""
+    """How the benchmark fits policy ``name`` on training rows (trust and select: the whole
+    policy; stacking and dawid-skene: their family; others: their profiles only)."""
 
     def fit(
         records: RecordSet,
@@ -132,6 +139,11 @@ def policy_fitter(name: str, **options: Any) -> FitPolicy:
         if name == "trust":
             policy = TrustPolicy(retrieval_source=retrieval, seed=seed, **options)
             return policy.fit(records, columns, ids=train_ids)
+        if name == "select":
+            chooser = SelectPolicy(retrieval_source=retrieval, seed=seed, **options)
+            return chooser.fit(records, columns, ids=train_ids)
+        if name in ARRAY_FAMILIES:
+            return fit_family_policy(name, records, columns, train_ids, retrieval)
         sources = SourceProfiles(columns=columns, retrieval=retrieval, seed=seed)
         profiles = sources.fit(records, train_ids).profiles_
         names = [c.agent for c in columns] + ([retrieval] if retrieval else [])
@@ -213,6 +225,19 @@ def recorded_baselines(
         else:
             entry.update(reeval_rate=0.0, vlm_calls_per_image=1.0)
         out[agent] = entry
+    return out
+
+
+def fitted_details(policy: FusionPolicy) -> dict[str, Any]:
+    """What a fold's report says of its fitted policy: the select policy's choice and inner-CV
+    scores, and the trust policy's thresholds and weights (the chosen one's, for select)."""
+    out: dict[str, Any] = {}
+    if isinstance(policy, SelectPolicy):
+        out["selection"] = policy.selection()
+        policy = policy.policy_
+    if isinstance(policy, TrustPolicy):
+        out["thresholds"] = dict(policy.thresholds_)
+        out["weights"] = policy.weights_
     return out
 
 
@@ -375,9 +400,7 @@ def run_replay(
             "held_out_ids_sha256": _ids_digest([li.extra["id"] for li in held_images]),
             "reevaluated": sum(d.reevaluated for d in fold_decisions),
         }
-        if isinstance(fitted, TrustPolicy):
-            detail["thresholds"] = dict(fitted.thresholds_)
-            detail["weights"] = fitted.weights_
+        detail.update(fitted_details(fitted))
         details.append(detail)
         if conformal is not None:
             conformal_folds.append(
@@ -403,6 +426,10 @@ def run_replay(
         "agents_replayed": {c.agent: {"first": c.first, "reeval": c.reeval} for c in columns},
         "retrieval": retrieval,
         "baselines": recorded_baselines(records, columns, retrieval, bins=bins),
+        "fold_baselines": fold_baselines(
+            setup, folds=folds, seed=seed, max_rounds=max_rounds, bins=bins
+        ),
+        **selection_summary(details),
         "fold_details": details,
         "errors": [
             {"id": d.image, "truth": d.truth, "label": d.label, "confidence": d.confidence}
@@ -410,6 +437,47 @@ def run_replay(
             if d.label != d.truth
         ],
     }
+
+
+FOLD_BASELINES = ("majority", "best-single", "dawid-skene", "stacking")
+"""The baselines ``run_replay`` fits and decides on the policy's own folds."""
+
+
+def fold_baselines(
+    setup: ReplaySetup,
+    *,
+    folds: int,
+    seed: int,
+    max_rounds: int,
+    bins: int,
+    names: Sequence[str] = FOLD_BASELINES,
+) -> dict[str, dict[str, Any]]:
+    """Each baseline of ``names`` fitted on the training folds of the split ``seed`` and
+    scored on its held-out rows, as the policy is: the report's keys per baseline."""
+    records, images = setup.records, setup.images
+    held_folds = replay_folds(images, folds, seed)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        fit = policy_fitter(name)
+        decisions: list[RowDecision] = []
+        for held in held_folds:
+            held_set = set(held)
+            train_ids = [li.extra["id"] for i, li in enumerate(images) if i not in held_set]
+            fitted = fit(records, setup.columns, train_ids, setup.retrieval, seed)
+            _, fold_decisions = decide_fold(
+                setup, fitted, [images[i] for i in held], max_rounds=max_rounds
+            )
+            decisions.extend(fold_decisions)
+        out[name] = decision_metrics(
+            decisions, list(records.labels), agents=len(setup.agents), bins=bins
+        )
+    return out
+
+
+def selection_summary(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The select policy's choice per fold (``families_chosen``), when the policy is select."""
+    chosen = [d["selection"]["chosen"] for d in details if "selection" in d]
+    return {"families_chosen": chosen} if chosen else {}
 
 
 def _nop() -> None:

@@ -1,0 +1,398 @@
+"""Families of fusion beside the trust policy, as estimators on arrays of first looks.
+
+Each family reads the same thing: per row, every agent's first look and the retrieval vote
+(its top label and that label's share, ``trust_sources.record_prediction``), as a
+``SourceAnswers`` array (a label index per source, -1 where the source gave no usable answer,
+and the stated confidence). None of them asks an agent to look again: their decision is made
+on the first looks and, where there is a retriever, the vote. An agent that only states a
+label (a constant or empty confidence) is read by its label.
+
+- ``DawidSkene``: supervised Dawid-Skene, i.e. naive Bayes over the sources' answers: a
+  Laplace-smoothed class prior and one confusion matrix per source, P(answer | truth); a row's
+  distribution is the prior times each answered source's column, normalised.
+- ``Stacking``: a multinomial logistic regression (scikit-learn) over, per source, the one-hot
+  answered label, the same one-hot scaled by the confidence, and a "no answer" flag.
+- ``BestSingle``: the one source with the best accuracy on the rows it is fitted on (ties go
+  to the source listed first); its answer as it is, with a calibrated confidence.
+
+``FamilyPolicy`` is the ``FusionPolicy`` of a fitted family: it waits for the vote when the family
+reads it, then decides, and never asks for re-evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from agents.types import Prediction
+from core.errors import InputError, NotFittedError
+from core.task import Task
+from eval.recorded.records import RecordSet
+from eval.scores import peaked_scores
+from orchestrator.decision import Assessment
+from orchestrator.policies.common import one_blas_thread
+from orchestrator.policies.fusion import log_softmax
+from orchestrator.policies.trust import prediction_set
+from orchestrator.policies.trust_sources import (
+    SourceColumns,
+    evidence_prediction,
+    record_prediction,
+    records_by_agent,
+)
+from rag.evidence import Evidence
+
+LAPLACE = 1.0
+
+
+@dataclass(frozen=True)
+class SourceAnswers:
+    """The first looks (and the vote) of some rows: ``labels[n, s]`` is the index of source s's
+    answered label on row n (-1: no usable answer), ``confidence[n, s]`` its confidence."""
+
+    sources: tuple[str, ...]
+    labels: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, rows: np.ndarray) -> SourceAnswers:
+        return SourceAnswers(self.sources, self.labels[rows], self.confidence[rows])
+
+
+def family_sources(columns: Sequence[SourceColumns], retrieval: str | None) -> tuple[str, ...]:
+    """The sources every family reads, in order: each agent, then the retrieval vote."""
+    return (*(c.agent for c in columns), *((retrieval,) if retrieval else ()))
+
+
+def answers_from_records(
+    records: RecordSet,
+    columns: Sequence[SourceColumns],
+    retrieval: str | None,
+    ids: Sequence[str],
+) -> SourceAnswers:
+    """The first looks of the agents ``columns`` and the vote ``retrieval`` on the rows ``ids``."""
+    labels = list(records.labels)
+    index = {y: k for k, y in enumerate(labels)}
+    recorded = records_by_agent(records, set(ids))
+    played = [(c.first, False) for c in columns] + ([(retrieval, True)] if retrieval else [])
+    label_of = np.full((len(ids), len(played)), -1, dtype=np.int64)
+    confidence = np.zeros((len(ids), len(played)))
+    for s, (agent, is_vote) in enumerate(played):
+        by_id = recorded.get(agent, {})
+        for n, rid in enumerate(ids):
+            rec = by_id.get(rid)
+            if rec is None:
+                continue
+            pred = record_prediction(rec, retrieval=is_vote)
+            if pred.ok and str(pred.label) in index:
+                label_of[n, s] = index[str(pred.label)]
+                confidence[n, s] = pred.confidence
+    return SourceAnswers(family_sources(columns, retrieval), label_of, confidence)
+
+
+def answers_from_predictions(
+    sources: Sequence[str],
+    labels: Sequence[str],
+    predictions: Sequence[Prediction],
+    evidence: Evidence | None,
+    retrieval_source: str | None,
+) -> SourceAnswers:
+    """One row of ``SourceAnswers``: each source's first look (round 0) in ``predictions`` and
+    the vote of ``evidence`` (read as ``answers_from_records`` reads a recorded vote)."""
+    index = {y: k for k, y in enumerate(labels)}
+    found: dict[str, Prediction] = {
+        p.agent: p for p in predictions if p.round == 0 and p.agent != retrieval_source
+    }
+    if evidence is not None and evidence.vote and retrieval_source:
+        found[retrieval_source] = evidence_prediction(evidence, retrieval_source)
+    label_of = np.full((1, len(sources)), -1, dtype=np.int64)
+    confidence = np.zeros((1, len(sources)))
+    for s, name in enumerate(sources):
+        pred = found.get(name)
+        if pred is not None and pred.ok and str(pred.label) in index:
+            label_of[0, s] = index[str(pred.label)]
+            confidence[0, s] = pred.confidence
+    return SourceAnswers(tuple(sources), label_of, confidence)
+
+
+class ArrayFamily(Protocol):
+    """A fusion family on ``SourceAnswers``: fitted on labelled rows, a distribution per row."""
+
+    name: str
+
+    def fit(self, answers: SourceAnswers, truth: np.ndarray, n_labels: int) -> ArrayFamily: ...
+
+    def predict_proba(self, answers: SourceAnswers) -> np.ndarray: ...
+
+    def decide(self, answers: SourceAnswers) -> np.ndarray: ...
+
+
+class DawidSkene:
+    """Supervised Dawid-Skene (naive Bayes over the answers), Laplace ``alpha``."""
+
+    name = "dawid-skene"
+
+    def __init__(self, *, alpha: float = LAPLACE) -> None:
+        self.alpha = alpha
+
+    def fit(self, answers: SourceAnswers, truth: np.ndarray, n_labels: int) -> DawidSkene:
+        k, a = n_labels, self.alpha
+        counts = np.bincount(truth, minlength=k).astype(float)
+        self.log_prior_ = np.log((counts + a) / (counts.sum() + k * a))
+        log_confusion = np.zeros((len(answers.sources), k, k))
+        for s in range(len(answers.sources)):
+            said = answers.labels[:, s]
+            table = np.full((k, k), a)
+            np.add.at(table, (truth[said >= 0], said[said >= 0]), 1.0)
+            log_confusion[s] = np.log(table / table.sum(axis=1, keepdims=True))
+        self.log_confusion_ = log_confusion
+        self.sources_ = answers.sources
+        return self
+
+    def predict_proba(self, answers: SourceAnswers) -> np.ndarray:
+        if not hasattr(self, "log_confusion_"):
+            raise NotFittedError("DawidSkene is not fitted; call fit first")
+        logits = np.tile(self.log_prior_, (answers.rows, 1))
+        for s in range(len(answers.sources)):
+            said = answers.labels[:, s]
+            answered = said >= 0
+            logits[answered] += self.log_confusion_[s][:, said[answered]].T
+        return np.exp(log_softmax(logits))
+
+    def decide(self, answers: SourceAnswers) -> np.ndarray:
+        return _decided(answers, self.predict_proba(answers))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sources": list(self.sources_),
+            "log_prior": self.log_prior_.tolist(),
+            "log_confusion": self.log_confusion_.tolist(),
+        }
+
+
+def stacking_features(answers: SourceAnswers, n_labels: int) -> np.ndarray:
+    """Per source: one-hot answered label, the same times the confidence, a no-answer flag."""
+    rows, sources = answers.labels.shape
+    width = 2 * n_labels + 1
+    out = np.zeros((rows, sources * width))
+    for s in range(sources):
+        said = answers.labels[:, s]
+        answered = np.flatnonzero(said >= 0)
+        base = s * width
+        out[answered, base + said[answered]] = 1.0
+        out[answered, base + n_labels + said[answered]] = answers.confidence[answered, s]
+        out[said < 0, base + 2 * n_labels] = 1.0
+    return out
+
+
+class Stacking:
+    """Multinomial logistic regression over ``stacking_features`` (inverse L2 strength ``C``)."""
+
+    name = "stacking"
+
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000) -> None:
+        self.C = C
+        self.max_iter = max_iter
+
+    def fit(self, answers: SourceAnswers, truth: np.ndarray, n_labels: int) -> Stacking:
+        from sklearn.linear_model import LogisticRegression
+
+        self.n_labels_ = n_labels
+        self.classes_ = np.unique(truth)
+        features = stacking_features(answers, n_labels)
+        if self.classes_.size < 2:
+            self.coef_ = np.zeros((1, features.shape[1]))
+            self.intercept_ = np.zeros(1)
+        else:
+            model = LogisticRegression(C=self.C, max_iter=self.max_iter)
+            model.fit(features, truth)
+            coef, intercept = model.coef_, model.intercept_
+            if self.classes_.size == 2:
+                # scikit-learn's binary model: the logit of the second class; as two classes
+                coef = np.vstack([-coef / 2, coef / 2])
+                intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+            self.coef_, self.intercept_ = coef, intercept
+        self.sources_ = answers.sources
+        return self
+
+    def predict_proba(self, answers: SourceAnswers) -> np.ndarray:
+        if not hasattr(self, "coef_"):
+            raise NotFittedError("Stacking is not fitted; call fit first")
+        logits = stacking_features(answers, self.n_labels_) @ self.coef_.T + self.intercept_
+        out = np.zeros((answers.rows, self.n_labels_))
+        out[:, self.classes_] = np.exp(log_softmax(logits))
+        return out
+
+    def decide(self, answers: SourceAnswers) -> np.ndarray:
+        return _decided(answers, self.predict_proba(answers))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sources": list(self.sources_),
+            "classes": self.classes_.tolist(),
+            "coef": self.coef_.tolist(),
+            "intercept": self.intercept_.tolist(),
+        }
+
+
+class BestSingle:
+    """The source with the best accuracy on the fitting rows (ties: the source listed first).
+
+    Its decision is the source's answer as it is; its confidence is how often that answer was
+    right on the fitting rows (Laplace ``alpha``), the rest spread evenly over the other labels,
+    so the source alone is calibrated without changing a single decision.
+    """
+
+    name = "best-single"
+
+    def __init__(self, *, alpha: float = LAPLACE) -> None:
+        self.alpha = alpha
+
+    def fit(self, answers: SourceAnswers, truth: np.ndarray, n_labels: int) -> BestSingle:
+        if not answers.sources:
+            raise InputError("no source to choose from")
+        accuracy = (answers.labels == truth[:, None]).mean(axis=0)
+        self.index_ = int(np.argmax(accuracy))
+        self.source_ = answers.sources[self.index_]
+        self.accuracy_ = {s: float(a) for s, a in zip(answers.sources, accuracy, strict=True)}
+        said = answers.labels[:, self.index_]
+        answered = said >= 0
+        times = np.bincount(said[answered], minlength=n_labels)
+        right = np.bincount(said[answered & (said == truth)], minlength=n_labels)
+        self.precision_ = (right + self.alpha) / (times + n_labels * self.alpha)
+        self.n_labels_ = n_labels
+        self.sources_ = answers.sources
+        return self
+
+    def predict_proba(self, answers: SourceAnswers) -> np.ndarray:
+        """Flat where the source has no answer (the decision abstains there)."""
+        if not hasattr(self, "index_"):
+            raise NotFittedError("BestSingle is not fitted; call fit first")
+        said = answers.labels[:, self.index_]
+        out = np.full((answers.rows, self.n_labels_), 1.0 / self.n_labels_)
+        answered = said >= 0
+        out[answered] = peaked_scores(
+            self.precision_[said[answered]], said[answered], self.n_labels_
+        )
+        return out
+
+    def decide(self, answers: SourceAnswers) -> np.ndarray:
+        return answers.labels[:, self.index_].copy()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source_,
+            "accuracy": self.accuracy_,
+            "precision": self.precision_.tolist(),
+        }
+
+
+def _decided(answers: SourceAnswers, probabilities: np.ndarray) -> np.ndarray:
+    """The most probable label of each row, -1 where no source answered (an abstention)."""
+    return np.where((answers.labels >= 0).any(axis=1), probabilities.argmax(axis=1), -1)
+
+
+ARRAY_FAMILIES: dict[str, type] = {
+    "stacking": Stacking,
+    "dawid-skene": DawidSkene,
+    "best-single": BestSingle,
+}
+
+
+class FamilyPolicy:
+    """A fitted family of ``ARRAY_FAMILIES`` as a ``FusionPolicy`` (module docstring)."""
+
+    assess_after_retrieval = True
+
+    def __init__(
+        self,
+        family: DawidSkene | Stacking | BestSingle,
+        *,
+        labels: Sequence[str],
+        retrieval_source: str | None = None,
+    ) -> None:
+        self.family = family
+        self.name = family.name
+        self.labels = list(labels)
+        self.retrieval_source = retrieval_source
+        used = (family.source_,) if isinstance(family, BestSingle) else family.sources_
+        self.waits_for_vote = retrieval_source is not None and retrieval_source in used
+
+    async def assess(
+        self,
+        *,
+        task: Task,
+        predictions: Sequence[Prediction],
+        evidence: Evidence | None,
+        round: int,
+        max_rounds: int,
+    ) -> Assessment:
+        if list(task.labels) != self.labels:
+            raise InputError(
+                f"policy {self.name!r} was fitted on labels {self.labels}, not {list(task.labels)}"
+            )
+        answers = answers_from_predictions(
+            self.family.sources_, self.labels, predictions, evidence, self.retrieval_source
+        )
+        waiting = self.waits_for_vote and (evidence is None or not evidence.vote)
+        if not (answers.labels >= 0).any():
+            return Assessment.abstention(
+                policy=self.name,
+                labels=task.labels,
+                round=round,
+                reason="no usable answer from any source",
+                trusted=not waiting,
+            )
+        decided = int(self.family.decide(answers)[0])
+        if decided < 0:
+            return Assessment.abstention(
+                policy=self.name,
+                labels=task.labels,
+                round=round,
+                reason=f"{self.name}: no answer from {self.family.sources_}",
+                trusted=not waiting,
+            )
+        row = self.family.predict_proba(answers)[0]
+        scores = dict(zip(self.labels, row.tolist(), strict=True))
+        label = self.labels[decided]
+        used = sum(int(s >= 0) for s in answers.labels[0])
+        reason = f"{self.name} over {used} first look(s)"
+        reason += "; waiting for the retrieval vote" if waiting else ""
+        return Assessment(
+            policy=self.name,
+            round=round,
+            scores=scores,
+            label=label,
+            confidence=scores[label],
+            trusted=not waiting,
+            prediction_set=prediction_set(scores, 0.95),
+            reason=reason,
+        )
+
+
+def fit_family_policy(
+    name: str,
+    records: RecordSet,
+    columns: Sequence[SourceColumns],
+    ids: Sequence[str],
+    retrieval: str | None,
+) -> FamilyPolicy:
+    """Family ``name`` of ``ARRAY_FAMILIES`` fitted on the rows ``ids``."""
+    labels = list(records.labels)
+    truth_of = {r.id: r.truth for r in records.records}
+    truth = np.array([labels.index(truth_of[i]) for i in ids])
+    answers = answers_from_records(records, columns, retrieval, ids)
+    with one_blas_thread():
+        family = ARRAY_FAMILIES[name]().fit(answers, truth, len(labels))
+    return FamilyPolicy(family, labels=labels, retrieval_source=retrieval)
+
+
+def log_loss(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """Mean negative log-probability of the true labels (probabilities floored at 1e-12)."""
+    picked = probabilities[np.arange(truth.size), truth]
+    return float(-np.log(np.maximum(picked, 1e-12)).mean())

@@ -1,0 +1,263 @@
+"""The ``select`` policy: per fit, the family of fusion that cross-validation on the training
+rows supports, starting from the best single source, so adding a source does not make the
+decision worse than the source the user already had.
+
+``SelectPolicy(**settings).fit(records, columns, ids=...)`` scores every family of
+``FAMILIES`` by inner cross-validation on the rows ``ids`` only, on the inner folds of the trust
+policy's own cross-fitting (``trust_fit.inner_fold_assignment``: stratified, seeded by
+``seed``; ``repeats`` > 1 adds more inner splits):
+
+- ``best-single``: the source with the best accuracy on the fitting rows, its answers as they
+  are (``families.BestSingle``);
+- ``trust``: the calibrated product of experts with its re-evaluation cascade
+  (``TrustPolicy``); each inner fold is decided by weights and a threshold fitted on the other
+  folds, from ratios of profiles that did not see it (``trust_fit.cross_validated_cascade``);
+- ``dawid-skene``, ``stacking`` (``orchestrator.policies.families``): fitted on the other inner
+  folds, on first looks and the vote; they never ask for re-evaluation.
+
+The choice (``choose_family``): the families challenge each other in the order of
+``FAMILIES`` (best-single, trust, dawid-skene, stacking: the source alone first, then the
+product's own policy, then the other families); a challenger replaces the family kept so far
+only when, on the same inner-CV rows, it gets right more rows the kept one gets wrong than the
+reverse by more than ``margin_z`` (0.5) standard errors of that paired difference. An
+abstention counts as wrong. With about a hundred training rows, inner-CV accuracies a row or
+two apart are noise: a plain "best accuracy" choice picked a fusion below the best source in
+one fit out of five on the study's Case 1; the margin keeps what is not shown to be better out.
+``margin_z`` was set by looking at both study files' replay (not at any fold's test rows).
+
+The chosen family is then fitted on every training row and decides; the trust policy's routing
+(evidence, re-evaluation, abstention) is kept when it is chosen. Learned: ``chosen_``,
+``scores_`` (family -> inner-CV ``accuracy`` and ``log_loss``, and its challenge's ``against``,
+``wins``, ``losses``), ``policy_`` (the fitted policy that decides), ``trust_`` (the fitted
+trust policy, always fitted: its settings are what a saved policy file holds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from agents.types import Prediction
+from core.errors import InputError, NotFittedError
+from core.task import Task
+from eval.folds import held_out_rows
+from eval.recorded.records import RecordSet
+from orchestrator.decision import Assessment
+from orchestrator.policies.base import FusionPolicy
+from orchestrator.policies.common import one_blas_thread
+from orchestrator.policies.families import (
+    ARRAY_FAMILIES,
+    BestSingle,
+    DawidSkene,
+    FamilyPolicy,
+    SourceAnswers,
+    Stacking,
+    answers_from_records,
+    log_loss,
+)
+from orchestrator.policies.trust import TrustPolicy
+from orchestrator.policies.trust_fit import cross_validated_cascade, repeated_cross_fit
+from orchestrator.policies.trust_sources import SourceColumns
+from rag.evidence import Evidence
+
+FOLD_SEED_STEP = 7919
+"""Seeds of the repeated inner folds: the policy's seed plus multiples of this prime."""
+
+FAMILIES = ("best-single", "trust", "dawid-skene", "stacking")
+"""The families ``select`` chooses among, in its order of preference."""
+
+
+MARGIN_Z = 0.5
+
+
+def beats(challenger: np.ndarray, incumbent: np.ndarray, z: float) -> tuple[bool, int, int]:
+    """Whether per-row correctness ``challenger`` beats ``incumbent`` on the same rows by more
+    than ``z`` standard errors of the paired difference, with the counts: rows only the
+    challenger gets right (``wins``) and rows only the incumbent gets right (``losses``);
+    it beats when ``wins - losses > z * sqrt(wins + losses)``."""
+    wins = int((challenger & ~incumbent).sum())
+    losses = int((~challenger & incumbent).sum())
+    return wins - losses > z * np.sqrt(wins + losses), wins, losses
+
+
+def choose_family(
+    scores: dict[str, dict[str, float]], right: dict[str, np.ndarray], *, z: float = MARGIN_Z
+) -> str:
+    """The family to decide with, from each family's per-row inner-CV correctness ``right``:
+    the families, in the order of ``scores`` (the preference order), challenge the one kept
+    so far, starting from the first; a challenger is kept when it ``beats`` it (by more than
+    ``z`` standard errors). Each family's entry of ``scores`` gets the counts of its challenge
+    (``against``, ``wins``, ``losses``)."""
+    order = list(scores)
+    kept = order[0]
+    for family in order[1:]:
+        won, wins, losses = beats(right[family], right[kept], z)
+        scores[family].update(against=kept, wins=wins, losses=losses)
+        if won:
+            kept = family
+    return kept
+
+
+class SelectPolicy:
+    """Chooses its family of fusion by inner cross-validation (see the module docstring).
+
+    ``families`` (a subset of ``FAMILIES``, in tie order) are the candidates; the other
+    settings are the trust policy's (``TrustPolicy``), ``seed`` and ``inner_folds`` included.
+    """
+
+    name = "select"
+    assess_after_retrieval = True
+
+    def __init__(
+        self,
+        *,
+        families: Sequence[str] = FAMILIES,
+        repeats: int = 1,
+        margin_z: float = MARGIN_Z,
+        **trust_settings: Any,
+    ) -> None:
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown or not families:
+            raise InputError(f"families must be some of {FAMILIES}, got {list(families)}")
+        if repeats < 1:
+            raise InputError(f"repeats must be at least 1, got {repeats}")
+        self.families = list(families)
+        self.repeats = repeats
+        self.margin_z = margin_z
+        self.trust_settings = dict(trust_settings)
+
+    @property
+    def retrieval_source(self) -> str | None:
+        return self.trust_settings.get("retrieval_source")
+
+    def fit(
+        self,
+        records: RecordSet,
+        columns: Sequence[SourceColumns],
+        *,
+        ids: Sequence[str] | None = None,
+    ) -> SelectPolicy:
+        with one_blas_thread():
+            return self._fit(records, columns, list(ids) if ids is not None else records.ids())
+
+    def _fit(
+        self, records: RecordSet, columns: Sequence[SourceColumns], ids: list[str]
+    ) -> SelectPolicy:
+        labels = list(records.labels)
+        retrieval = self.retrieval_source
+        trust = TrustPolicy(**self.trust_settings).fit(records, columns, ids=ids)
+        truth = trust.cross_fit_.truth
+        answers = answers_from_records(records, columns, retrieval, ids)
+        cross_fits = [trust.cross_fit_]
+        for r in range(1, self.repeats):
+            cross_fits.append(
+                repeated_cross_fit(
+                    records,
+                    columns,
+                    ids,
+                    trust.cross_fit_,
+                    fold_seed=trust.seed + FOLD_SEED_STEP * r,
+                    seed=trust.seed,
+                    retrieval=retrieval,
+                    agent_model=trust.agent_model,
+                    keep_first_looks=trust.keep_first_looks,
+                )
+            )
+        right: dict[str, list[np.ndarray]] = {f: [] for f in self.families}
+        losses: dict[str, list[float]] = {f: [] for f in self.families}
+        for cross_fit in cross_fits:
+            for family in self.families:
+                if family == "trust":
+                    probabilities, decided = cross_validated_cascade(
+                        cross_fit,
+                        has_retrieval=retrieval is not None,
+                        second_looks=any(c.reeval for c in columns),
+                        reeval_budget=trust.reeval_budget,
+                        reeval_cost=trust.reeval_cost,
+                        criterion=trust.criterion,
+                        trust_threshold=trust.trust_threshold,
+                        abstain_below=trust.abstain_below,
+                    )
+                else:
+                    probabilities, decided = _cross_validated_family(
+                        family, answers, truth, cross_fit.assignment, len(labels)
+                    )
+                right[family].append(decided == truth)
+                losses[family].append(log_loss(probabilities, truth))
+        scores = {
+            f: {
+                "accuracy": float(np.mean(right[f])),
+                "log_loss": float(np.mean(losses[f])),
+            }
+            for f in self.families
+        }
+        chosen = choose_family(
+            scores, {f: np.concatenate(right[f]) for f in self.families}, z=self.margin_z
+        )
+        self.trust_ = trust
+        self.scores_ = scores
+        self.chosen_ = chosen
+        self.inner_folds_ = int(cross_fits[0].assignment.max()) + 1
+        self.policy_: FusionPolicy
+        self.family_: DawidSkene | Stacking | BestSingle | None = None
+        if chosen == "trust":
+            self.policy_ = trust
+        else:
+            self.family_ = _array_family(chosen).fit(answers, truth, len(labels))
+            self.policy_ = FamilyPolicy(self.family_, labels=labels, retrieval_source=retrieval)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "policy_"):
+            raise NotFittedError("SelectPolicy is not fitted; call fit first")
+
+    def selection(self) -> dict[str, Any]:
+        """The choice and what it was made on: the family chosen, every family's inner-CV
+        scores, the inner folds, and the chosen family's fitted parameters (not for trust,
+        whose settings are the policy's own)."""
+        self._check_fitted()
+        return {
+            "chosen": self.chosen_,
+            "inner_folds": self.inner_folds_,
+            "scores": self.scores_,
+            "family": self.family_.to_dict() if self.family_ is not None else None,
+        }
+
+    async def assess(
+        self,
+        *,
+        task: Task,
+        predictions: Sequence[Prediction],
+        evidence: Evidence | None,
+        round: int,
+        max_rounds: int,
+    ) -> Assessment:
+        self._check_fitted()
+        return await self.policy_.assess(
+            task=task,
+            predictions=predictions,
+            evidence=evidence,
+            round=round,
+            max_rounds=max_rounds,
+        )
+
+
+def _cross_validated_family(
+    family: str, answers: SourceAnswers, truth: np.ndarray, assignment: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Family ``family``'s out-of-fold distributions and decisions on ``answers``: each fold
+    decided by the family fitted on the other folds."""
+    probabilities = np.zeros((answers.rows, k))
+    decided = np.zeros(answers.rows, dtype=np.int64)
+    for held in held_out_rows(assignment):
+        train = np.setdiff1d(np.arange(answers.rows), held)
+        model = _array_family(family).fit(answers.subset(train), truth[train], k)
+        probabilities[held] = model.predict_proba(answers.subset(held))
+        decided[held] = model.decide(answers.subset(held))
+    return probabilities, decided
+
+
+def _array_family(name: str) -> DawidSkene | Stacking | BestSingle:
+    return ARRAY_FAMILIES[name]()

@@ -1,0 +1,264 @@
+"""The select policy and the fusion families: fitted on training rows only, the same decisions
+on arrays and through the graph, first-look-only agents fused, the choice in the policy file
+and in the replay report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.recorded.records import read_records
+from orchestrator.cli import main
+from orchestrator.policies.families import (
+    BestSingle,
+    DawidSkene,
+    SourceAnswers,
+    Stacking,
+    stacking_features,
+)
+from orchestrator.policies.policy_file import load_policy_selection, load_trust_policy_settings
+from orchestrator.policies.select import FAMILIES, SelectPolicy, choose_family
+from orchestrator.replay.run import (
+    ReplaySetup,
+    decide_fold,
+    policy_fitter,
+    replay_columns,
+    replay_folds,
+    run_replay,
+)
+
+
+@pytest.fixture(scope="module")
+def case1(paper_dir: Path) -> Path:
+    return paper_dir / "case1_zero_shot.csv"
+
+
+@pytest.fixture(scope="module")
+def case3(paper_dir: Path) -> Path:
+    return paper_dir / "case3_trust_rag.csv"
+
+
+def read_wide(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        return list(reader), list(reader.fieldnames or [])
+
+
+def write_wide(path: Path, rows: list[dict[str, str]], fields: list[str]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def fold_split(path: Path, seed: int, fold: int):
+    records = read_records(path)
+    setup = ReplaySetup.of(path, records)
+    held = replay_folds(setup.images, 5, seed)[fold]
+    train = [li.extra["id"] for i, li in enumerate(setup.images) if i not in set(held)]
+    return records, setup, held, train
+
+
+@pytest.mark.parametrize("name", ["case1", "case3"])
+def test_the_choice_does_not_see_the_test_fold(name: str, request, tmp_path: Path):
+    # the held-out rows get adversarial truths (each one's label moved to the next label):
+    # a selection that read them would change its inner-CV scores or its choice
+    path: Path = request.getfixturevalue(name)
+    records, setup, held, train = fold_split(path, seed=1, fold=2)
+    labels = list(records.labels)
+    rows, fields = read_wide(path)
+    held_ids = {setup.images[i].extra["id"] for i in held}
+    for row in rows:
+        if row["id"] in held_ids:
+            row["category"] = labels[(labels.index(row["category"]) + 1) % len(labels)]
+    flipped = write_wide(tmp_path / path.name, rows, fields)
+    fitted = [
+        SelectPolicy(retrieval_source=setup.retrieval, seed=1).fit(
+            read_records(p), setup.columns, ids=train
+        )
+        for p in (path, flipped)
+    ]
+    honest, adversarial = fitted
+    assert honest.selection() == adversarial.selection()
+    assert honest.trust_.to_dict() == adversarial.trust_.to_dict()
+    assert set(honest.scores_) == set(FAMILIES)
+    # the two files differ on every held-out row and only there
+    truths = [{r.id: r.truth for r in read_records(p).records} for p in (path, flipped)]
+    assert {i for i in truths[0] if truths[0][i] != truths[1][i]} == held_ids
+
+
+def test_replay_fits_select_on_training_rows_only(case3: Path):
+    fit_select = policy_fitter("select")
+    seen: list[tuple[set[str], set[str]]] = []
+
+    def spy(records, columns, train_ids, retrieval, seed):
+        policy = fit_select(records, columns, train_ids, retrieval, seed)
+        seen.append((set(train_ids), set(policy.trust_.fit_summary_["ids"])))
+        return policy
+
+    report = run_replay(case3, folds=5, seed=0, fit_policy=spy)
+    assert len(seen) == 5 and all(train == fitted for train, fitted in seen)
+    assert len(report["families_chosen"]) == 5
+    assert all(set(d["selection"]["scores"]) == set(FAMILIES) for d in report["fold_details"])
+
+
+def compare_engines(path: Path, policy: str, seed: int) -> str:
+    records, setup, held, train = fold_split(path, seed=seed, fold=seed % 5)
+    fitted = policy_fitter(policy)(records, setup.columns, train, setup.retrieval, seed)
+    images = [setup.images[i] for i in held]
+    engine, fast = decide_fold(setup, fitted, images, max_rounds=2)
+    used, slow = decide_fold(setup, fitted, images, max_rounds=2, engine="graph")
+    assert used == "graph" and engine in ("arrays", "direct")
+    for a, g in zip(fast, slow, strict=True):
+        assert (a.image, a.label, a.rounds_used, a.calls) == (
+            g.image,
+            g.label,
+            g.rounds_used,
+            g.calls,
+        )
+        assert a.confidence == pytest.approx(g.confidence, abs=1e-9)
+    return getattr(fitted, "chosen_", policy)
+
+
+@pytest.mark.parametrize("policy", ["select", "best-single", "dawid-skene", "stacking"])
+def test_select_and_the_families_decide_on_arrays_as_the_graph(case1, case3, policy: str):
+    chosen = {compare_engines(p, policy, seed) for p in (case1, case3) for seed in (0, 4)}
+    if policy == "select":
+        assert "best-single" in chosen and len(chosen) >= 2  # several chosen kinds compared
+
+
+def test_an_agent_with_first_looks_only_is_fused(case3: Path, tmp_path: Path):
+    # gpt keeps only its gpt_initial_* columns: a first-look-only source, not a dropped one
+    rows, fields = read_wide(case3)
+    kept = [f for f in fields if f not in ("gpt_pred", "gpt_conf")]
+    path = write_wide(tmp_path / "gpt_first_look_only.csv", rows, kept)
+    records = read_records(path)
+    columns, _ = replay_columns(records)
+    assert {(c.agent, c.first, c.reeval) for c in columns} == {
+        ("qwen", "qwen_initial", "qwen"),
+        ("gpt", "gpt_initial", None),
+    }
+    report = run_replay(path, folds=5, seed=0, policy="trust")
+    assert report["agents_replayed"]["gpt"] == {"first": "gpt_initial", "reeval": None}
+    weights = report["fold_details"][0]["weights"]
+    assert "gpt" in weights["evidence"] and "gpt" in weights["reeval"]
+    assert "gpt@reeval" not in weights["reeval"]
+    # one first look per agent, a second look of qwen only where re-evaluated
+    assert report["vlm_calls_per_image"] == pytest.approx(2 + report["reeval_rate"])
+    without_gpt = write_wide(
+        tmp_path / "no_gpt.csv", rows, [f for f in kept if not f.startswith("gpt")]
+    )
+    alone = run_replay(without_gpt, folds=5, seed=0, policy="trust")
+    assert report["accuracy"] != alone["accuracy"] or report["ece"] != alone["ece"]
+    for policy in ("trust", "stacking"):
+        compare_engines(path, policy, seed=0)
+
+
+def test_dawid_skene_is_the_naive_bayes_posterior():
+    truth = np.array([0, 0, 0, 1, 1, 2])
+    answers = SourceAnswers(
+        ("a", "b"),
+        labels=np.array([[0, 0], [0, 1], [1, -1], [1, 1], [1, 0], [2, 2]]),
+        confidence=np.ones((6, 2)),
+    )
+    model = DawidSkene().fit(answers, truth, 3)
+    row = SourceAnswers(("a", "b"), np.array([[1, 0]]), np.ones((1, 2)))
+    # P(y) * P(a says 1 | y) * P(b says 0 | y), each count + 1 (Laplace)
+    prior = np.array([4, 3, 2]) / 9
+    a_says_1 = np.array([2 / 6, 3 / 5, 1 / 4])
+    b_says_0 = np.array([2 / 5, 2 / 5, 1 / 4])  # b did not answer on one row of class 0
+    expected = prior * a_says_1 * b_says_0
+    assert model.predict_proba(row)[0] == pytest.approx(expected / expected.sum())
+
+
+def test_families_read_agents_that_only_state_a_label():
+    # agent "label" answers right 80% of the time with no usable confidence (always 0),
+    # agent "noise" is random: every family must rely on the label-only agent
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, 300)
+    good = np.where(rng.random(300) < 0.8, truth, rng.integers(0, 3, 300))
+    answers = SourceAnswers(
+        ("label", "noise"),
+        labels=np.stack([good, rng.integers(0, 3, 300)], axis=1),
+        confidence=np.stack([np.zeros(300), rng.random(300)], axis=1),
+    )
+    train, test = np.arange(200), np.arange(200, 300)
+    for family in (DawidSkene(), Stacking(), BestSingle()):
+        family.fit(answers.subset(train), truth[train], 3)
+        proba = family.predict_proba(answers.subset(test))
+        assert np.allclose(proba.sum(axis=1), 1.0)
+        accuracy = (family.decide(answers.subset(test)) == truth[test]).mean()
+        assert accuracy >= (good[test] == truth[test]).mean() - 0.03
+    assert stacking_features(answers, 3)[0, :7].sum() == 1.0  # one-hot label, zero confidence
+
+
+def test_choose_family_needs_a_margin_to_leave_the_best_source():
+    base = np.array([True] * 60 + [False] * 40)
+    scores = {f: {"accuracy": 0.0, "log_loss": 1.0} for f in FAMILIES}
+    one_better = base.copy()
+    one_better[60:63] = True
+    one_better[:2] = False  # 3 rows won, 2 lost: 1 < 0.5 * sqrt(5), not shown better
+    right = {f: base for f in FAMILIES} | {"trust": one_better}
+    assert choose_family(scores, right) == "best-single"
+    assert scores["trust"] == {
+        "accuracy": 0.0,
+        "log_loss": 1.0,
+        "against": "best-single",
+        "wins": 3,
+        "losses": 2,
+    }
+    clearly = base.copy()
+    clearly[60:64] = True
+    right["trust"] = clearly
+    right["stacking"] = clearly.copy()
+    right["stacking"][[63, 64]] = [False, True]  # one row won, one lost against trust: trust stays
+    assert choose_family(scores, right) == "trust"
+    assert scores["stacking"]["against"] == "trust"
+
+
+def test_save_policy_records_the_choice_and_old_files_still_load(
+    case1: Path, tmp_path: Path, capsys
+):
+    saved = tmp_path / "select.json"
+    assert main(["eval", "replay", str(case1), "--seed", "0", "--save-policy", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "select policy fitted on all 160 rows saved" in out
+    selection = load_policy_selection(saved)
+    assert selection is not None and selection["chosen"] == "best-single"
+    assert selection["family"]["source"] == "gpt"
+    assert set(selection["scores"]) == set(FAMILIES) and selection["inner_folds"] == 5
+    assert math.isfinite(selection["scores"]["trust"]["log_loss"])
+    settings = load_trust_policy_settings(saved)
+    assert set(settings["weights"]) == {"first", "reeval"}
+    data = json.loads(saved.read_text())
+    del data["selection"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    assert load_policy_selection(old) is None
+    assert load_trust_policy_settings(old) == settings
+
+
+def test_cli_reports_the_baselines_on_the_same_folds(case1: Path, capsys):
+    assert main(["eval", "replay", str(case1), "--seeds", "0,1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["policy"] == "select"
+    folds = report["fold_baselines"]
+    assert list(folds) == ["majority", "best-single", "dawid-skene", "stacking"]
+    per_seed = [r["fold_baselines"]["stacking"]["accuracy"] for r in report["per_seed"]]
+    assert folds["stacking"]["accuracy"] == pytest.approx(sum(per_seed) / 2)
+    assert [len(c) for c in report["families_chosen"]] == [5, 5]
+    # never below the best source: GPT-4o alone, 91 of 160
+    gpt = report["baselines"]["gpt"]["accuracy"]
+    assert gpt == pytest.approx(91 / 160)
+    assert report["mean"]["accuracy"] >= gpt
+    assert report["mean"]["accuracy"] >= max(b["accuracy"] for b in folds.values())
+    assert main(["eval", "replay", str(case1), "--seed", "0"]) == 0
+    table = capsys.readouterr().out
+    assert "families chosen over 5 fold(s): best-single 5" in table
+    assert all(f"\u2502 {name} " in table for name in folds)
