@@ -1,7 +1,8 @@
 """Conformal prediction sets of ``eval replay --alpha``: coverage and set size per alpha.
 
 For each shared study file (Case 3 and Case 1, ``$TRUSTORCH_PAPER_DATA``, default
-``../shared/data/paper``) and each seed (default 0-4), the replay's 5-fold split; in each
+``../shared/data/paper``), each policy (default: ``select``, the replay's default, and
+``trust``) and each seed (default 0-4), the replay's 5-fold split; in each
 training fold the policy is fitted on three quarters of the rows and calibrates the sets on the
 last quarter (``orchestrator.replay.conformal``), and the held-out fold's sets are scored.
 Several set rules are read from the same fitted folds: the default (LAC with tie breaks), the
@@ -14,6 +15,7 @@ alpha 0.05 of at most 1.15). Also the replay's wall time with and without the se
 Usage:
   python bench/bench_conformal.py                     # writes bench/results/conformal.json
   python bench/bench_conformal.py --seeds 0-9 --alpha 0.2 --alpha 0.1 --json-out /tmp/c.json
+  python bench/bench_conformal.py --policy trust
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ def _mean_known(values: list[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
-def per_file(name: str, path: Path, seeds: list[int], alphas: tuple[float, ...]) -> dict[str, Any]:
+def per_file(
+    name: str, path: Path, policy: str, seeds: list[int], alphas: tuple[float, ...]
+) -> dict[str, Any]:
     records = read_records(path)
     setup = ReplaySetup.of(path, records)
-    fit = policy_fitter("trust")
+    fit = policy_fitter(policy)
     folds_by_seed = {
         seed: [
             conformal_calibration(setup, fit, held, seed, CALIBRATION_FRACTION, 2)
@@ -108,11 +112,13 @@ def per_file(name: str, path: Path, seeds: list[int], alphas: tuple[float, ...])
             levels.append(entry)
         rules[rule] = levels
     started = time.perf_counter()
-    plain = [run_replay(path, seed=s, records=records) for s in seeds]
+    plain = [run_replay(path, seed=s, policy=policy, records=records) for s in seeds]
     plain_wall = time.perf_counter() - started
     started = time.perf_counter()
     for s in seeds:
-        run_replay(path, seed=s, records=records, conformal=ConformalSettings(alphas=alphas))
+        run_replay(
+            path, seed=s, policy=policy, records=records, conformal=ConformalSettings(alphas=alphas)
+        )
     conformal_wall = time.perf_counter() - started
     return {
         "file": str(path),
@@ -132,16 +138,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--alpha", type=float, action="append", dest="alphas")
+    parser.add_argument("--policy", action="append", dest="policies")
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench/results/conformal.json")
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
     alphas = tuple(args.alphas or (0.1, 0.05))
+    policies = args.policies or ["select", "trust"]
     out = {
         "seeds": seeds,
         "calibration_fraction": CALIBRATION_FRACTION,
-        "files": {name: per_file(name, path, seeds, alphas) for name, path in FILES.items()},
+        "policies": {
+            policy: {
+                name: per_file(name, path, policy, seeds, alphas) for name, path in FILES.items()
+            }
+            for policy in policies
+        },
     }
-    for name, result in out["files"].items():
+    for policy, files in out["policies"].items():
+        report(policy, files, args.seeds)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written to {args.json_out}")
+
+
+def report(policy: str, files: dict[str, Any], seeds: str) -> None:
+    for name, result in files.items():
         for rule, levels in result["rules"].items():
             for lv in levels:
                 marks = "ok" if lv["coverage_within_target"] else "MISS"
@@ -149,19 +170,17 @@ def main() -> None:
                     marks += " size " + ("ok" if lv["set_size_within_target"] else "MISS")
                 worst = min(lv["coverage_per_class_mean"].values())
                 print(
-                    f"{name:6} {rule:18} alpha {lv['alpha']:<5g} coverage "
+                    f"{policy:6} {name:6} {rule:18} alpha {lv['alpha']:<5g} coverage "
                     f"{lv['coverage_mean']:.4f} (worst class {worst:.3f}) size "
                     f"{lv['mean_set_size']:.3f} answered {lv['answered']:.3f} at accuracy "
                     f"{_fmt(lv['answered_accuracy'])}  {marks}"
                 )
         wall = result["replay_wall_s"]
         print(
-            f"{name:6} replay of seeds {args.seeds}: {wall['without_sets']:.1f} s without sets, "
-            f"{wall['with_sets']:.1f} s with them"
+            f"{policy:6} {name:6} replay of seeds {seeds} (accuracy "
+            f"{result['replay_accuracy_mean']:.4f}): {wall['without_sets']:.1f} s without "
+            f"sets, {wall['with_sets']:.1f} s with them"
         )
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written to {args.json_out}")
 
 
 if __name__ == "__main__":
