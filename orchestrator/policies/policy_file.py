@@ -3,9 +3,10 @@ not the profiles) that ``trustorch eval replay --save-policy`` writes and ``trus
 --policy-file`` reads, checked whole against the schema below when it is read.
 
 A file is ``{format, version, fitted_on, policy}`` and, written from the ``select`` policy,
-``selection``. In ``policy``, ``name``, ``weights`` (per stage, per source: a finite weight >= 0)
-and ``thresholds`` (per stage: a probability, or null for a stage that is never trusted early)
-are required; the other settings are optional (the policy's defaults). ``selection`` records the
+``selection``; written with ``--alpha``, ``conformal`` (``orchestrator.policies.conformal``).
+In ``policy``, ``name``, ``weights`` (per stage, per source: a finite weight >= 0) and
+``thresholds`` (per stage: a probability, or null for a stage that is never trusted early) are
+required; the other settings are optional (the policy's defaults). ``selection`` records the
 choice of ``orchestrator.policies.select``: the family chosen, the inner folds, every family's
 inner-CV scores and the chosen family's fitted parameters (null for trust, whose settings are
 ``policy``); files without it (written before it existed) load as they did. A field the schema
@@ -31,6 +32,7 @@ from core.errors import InputError
 from core.files import write_text_atomically
 from core.jsonio import dumps_json, read_json_file
 from core.validation import Name, NonNegativeFloat, Probability, field_path, first_error
+from orchestrator.policies.conformal import ConformalBlock
 
 if TYPE_CHECKING:
     from orchestrator.policies.select import SelectPolicy
@@ -97,6 +99,7 @@ class PolicyFile(BaseModel):
     fitted_on: dict[str, Any] = {}
     policy: PolicySettings
     selection: Selection | None = None
+    conformal: ConformalBlock | None = None
 
 
 def policy_file_schema() -> dict[str, Any]:
@@ -105,10 +108,15 @@ def policy_file_schema() -> dict[str, Any]:
 
 
 def save_trust_policy(
-    path: str | Path, policy: TrustPolicy | SelectPolicy, *, fitted_on: Mapping[str, Any]
+    path: str | Path,
+    policy: TrustPolicy | SelectPolicy,
+    *,
+    fitted_on: Mapping[str, Any],
+    conformal: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the policy's fitted settings (``TrustPolicy.to_dict``) and what they were fitted on;
-    for a ``SelectPolicy``, the settings of its trust policy and its ``selection``."""
+    for a ``SelectPolicy``, the settings of its trust policy and its ``selection``; when given,
+    its conformal calibration (``orchestrator.policies.conformal``)."""
     from orchestrator.policies.select import SelectPolicy
 
     selection = policy.selection() if isinstance(policy, SelectPolicy) else None
@@ -121,6 +129,8 @@ def save_trust_policy(
     }
     if selection is not None:
         payload["selection"] = selection
+    if conformal is not None:
+        payload["conformal"] = dict(conformal)
     write_text_atomically(path, dumps_json(payload, indent=2) + "\n", what="the policy file")
 
 

@@ -111,6 +111,8 @@ class StageVerdicts:
     """Whether the row abstains when this stage is its last round."""
     usable: np.ndarray
     """Whether any source answered (else the policy abstains and names no agent to ask)."""
+    probabilities: np.ndarray
+    """rows x labels: the fused distribution (uniform where no source answered)."""
 
 
 class TrustPolicy:
@@ -313,6 +315,7 @@ class TrustPolicy:
             trusted=trusted,
             abstains_if_final=~usable | (~trusted & (confidence < self.abstain_below)),
             usable=usable,
+            probabilities=fused,
         )
 
     def agents_to_ask(self, agents: Sequence[str]) -> list[str]:

@@ -55,6 +55,8 @@ class RowDecision:
     rounds_used: int
     calls: int
     """Agent answers it took (first looks and second looks; retrieval is not one)."""
+    probabilities: tuple[float, ...] = ()
+    """The distribution the decision was read from, in the task's label order."""
 
     @property
     def abstained(self) -> bool:
@@ -65,7 +67,9 @@ class RowDecision:
         return self.rounds_used > 1
 
     @classmethod
-    def of(cls, decision: Decision) -> RowDecision:
+    def of(cls, decision: Decision, labels: Sequence[str] = ()) -> RowDecision:
+        """The decision's figures; with ``labels``, its final scores in that order too."""
+        scores = decision.assessments[-1].scores if decision.assessments else {}
         return cls(
             image=decision.image,
             truth=decision.truth,
@@ -73,6 +77,7 @@ class RowDecision:
             confidence=decision.confidence,
             rounds_used=decision.rounds_used,
             calls=len(decision.predictions),
+            probabilities=tuple(scores.get(y, 0.0) for y in labels) if scores else (),
         )
 
 
@@ -84,6 +89,7 @@ class Verdict:
     confidence: float
     trusted: bool
     reevaluate: Sequence[str]
+    probabilities: tuple[float, ...] = ()
 
 
 Answered = Sequence[tuple[int, Sequence[str]]]
@@ -216,6 +222,7 @@ class TrustAssessor:
             confidence=float(v.confidence[row]),
             trusted=trusted,
             reevaluate=asked,
+            probabilities=tuple(v.probabilities[row].tolist()),
         )
 
 
@@ -243,6 +250,7 @@ class DirectAssessor:
             confidence=assessment.confidence,
             trusted=assessment.trusted,
             reevaluate=assessment.reevaluate,
+            probabilities=tuple(assessment.scores.get(y, 0.0) for y in self.rows.task.labels),
         )
 
 
@@ -327,6 +335,7 @@ def decide_rows(
                     confidence=float(verdict.confidence),
                     rounds_used=rounds_used,
                     calls=calls,
+                    probabilities=verdict.probabilities,
                 )
             )
             if on_image is not None:

@@ -27,9 +27,17 @@ from orchestrator.policies.registry import check_policy_name, policy_names
 
 if TYPE_CHECKING:
     from orchestrator.decision import Decision
+    from orchestrator.replay.conformal import ConformalSettings
 
 REPLAYED_POLICIES_LEAVE_OUT = ("llm",)
 """Policies replay cannot play (the llm policy would call a live model)."""
+
+
+def _check_alphas(values: list[float] | None) -> list[float] | None:
+    for value in values or []:
+        if not 0.0 < value < 1.0:
+            raise usage_error(f"must be in (0, 1), got {value}")
+    return values
 
 
 def replay(
@@ -110,6 +118,39 @@ def replay(
             callback=output_file("the trace"),
         ),
     ] = None,
+    alpha: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--alpha",
+            help="Conformal prediction sets at this miscoverage (repeat it: --alpha 0.1 "
+            "--alpha 0.05): coverage (overall, per class), mean set size, and the accuracy of "
+            "answering only on singleton sets; calibrated on a quarter of each training fold.",
+            callback=_check_alphas,
+        ),
+    ] = None,
+    mondrian: Annotated[
+        bool,
+        typer.Option(
+            "--mondrian",
+            help="With --alpha: calibrate each class on its own rows (coverage per class).",
+        ),
+    ] = False,
+    conformal_score: Annotated[
+        str,
+        typer.Option(
+            "--conformal-score",
+            help="With --alpha: lac (1 - p(label), smallest sets) or aps (adaptive sets).",
+        ),
+    ] = "lac",
+    tie_break: Annotated[
+        bool,
+        typer.Option(
+            "--tie-break/--no-tie-break",
+            help="With --alpha: break ties between equal scores at random, by a hash of each "
+            "row's id (coverage 1 - alpha on average); --no-tie-break: MAPIE's deterministic "
+            "sets, which cover more when many rows share a distribution.",
+        ),
+    ] = True,
     json_out: JsonOption = False,
 ) -> None:
     """Replay recorded agents with the graph's rules, k-fold: fit on the training folds,
@@ -134,9 +175,15 @@ def replay(
 
         trustorch eval replay case3_trust_rag.csv --trace decisions.jsonl
 
+        trustorch eval replay study:case3 --seeds 0-4 --alpha 0.1 --alpha 0.05
+
+        trustorch eval replay study:case3 --alpha 0.1 --save-policy policy.json
+
     --save-policy fits the trust policy once more on every row (the cross-validated numbers
     above are its estimate on unseen rows) and saves its settings, not the profiles: run with
-    the same agent names (and the retriever named like the file's, e.g. rag=retrieval).
+    the same agent names (and the retriever named like the file's, e.g. rag=retrieval). With
+    --alpha it fits on three quarters of the rows and saves the conformal calibration of the
+    last quarter with it (the first --alpha is the saved default).
     """
     from core.task import load_task
     from eval.recorded.records import read_records
@@ -149,6 +196,7 @@ def replay(
         if policy not in ("trust", "select"):
             raise usage_error("--trust-threshold needs --policy trust or select")
         options["trust_threshold"] = trust_threshold
+    conformal = _conformal_settings(alpha, mondrian, conformal_score, tie_break)
     refuse_decisions_file(file)
     the_task = load_task(task) if task else None
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
@@ -174,6 +222,7 @@ def replay(
                     engine="graph" if graph else "auto",
                     on_decision=None if trace is None else _trace_line(traced, one_seed),
                     records=records,
+                    conformal=conformal,
                 )
             )
     report = reports[0] if len(reports) == 1 else seeds_report(reports)
@@ -181,8 +230,16 @@ def replay(
         report["trace"] = _write_trace(trace, traced)
     if save_policy is not None:
         report["saved_policy"] = _save_policy(
-            save_policy, records, policy_fitter(policy, **options), seed_list[0]
+            save_policy,
+            records,
+            policy_fitter(policy, **options),
+            seed_list[0],
+            conformal=conformal,
+            task=the_task,
+            max_rounds=max_rounds,
         )
+        if conformal is not None:
+            report["conformal_calibration_rows"] = _calibration_rows(save_policy)
     if json_out:
         emit_json(report)
         return
@@ -200,8 +257,16 @@ def replay(
         rows,
     )
     print_families_chosen(report)
-    if save_policy is not None:
+    if conformal is not None:
+        _print_conformal(report, file.name)
+    if save_policy is not None and conformal is None:
         print(f"{policy} policy fitted on all {n_rows} rows saved to {save_policy}")
+    elif save_policy is not None:
+        calibrated = report["conformal_calibration_rows"]
+        print(
+            f"{policy} policy fitted on {n_rows - calibrated} rows, its conformal sets "
+            f"calibrated on the other {calibrated}, saved to {save_policy}"
+        )
     if trace is not None:
         print(f"{len(traced)} decisions with their traces written to {trace}")
 
@@ -261,6 +326,7 @@ def seeds_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "per_seed": reports,
         "baselines": first["baselines"],
         **fold_baselines_over_seeds(reports),
+        **({"conformal": _conformal_mean(reports)} if "conformal" in first else {}),
     }
 
 
@@ -302,14 +368,135 @@ def print_families_chosen(report: dict[str, Any]) -> None:
     print(f"families chosen over {len(flat)} fold(s): {counts}")
 
 
-def _save_policy(path: Path, records: Any, fit: Any, seed: int) -> str:
-    """Fit on every row of ``records`` and save the settings; the path written."""
+def _save_policy(
+    path: Path,
+    records: Any,
+    fit: Any,
+    seed: int,
+    *,
+    conformal: ConformalSettings | None = None,
+    task: Any = None,
+    max_rounds: int = 2,
+) -> str:
+    """Fit on every row of ``records`` (with ``conformal``: on three quarters of them, the
+    conformal rule calibrated on the rest) and save the settings; the path written."""
     from orchestrator.policies.trust_fit import save_trust_policy
     from orchestrator.replay.run import replay_columns
 
+    if conformal is not None:
+        return _save_conformal_policy(path, records, fit, seed, conformal, task, max_rounds)
     columns, retrieval = replay_columns(records)
     ids = records.ids()
     fitted = fit(records, columns, ids, retrieval, seed)
     fitted_on = {"file": records.path, "sha256": records.sha256, "rows": len(ids), "seed": seed}
     save_trust_policy(path, fitted, fitted_on=fitted_on)
+    return str(path)
+
+
+# --- conformal prediction sets (--alpha) ---
+
+
+def _conformal_settings(
+    alphas: list[float] | None, mondrian: bool, score: str, tie_break: bool
+) -> ConformalSettings | None:
+    """The sets asked for, None without --alpha; a usage error for options that need it."""
+    from eval.conformal import SCORES
+    from orchestrator.replay.conformal import ConformalSettings
+
+    if score not in SCORES:
+        raise usage_error(
+            f"must be one of {', '.join(SCORES)}, got {score!r}", option="--conformal-score"
+        )
+    if not alphas:
+        if mondrian or score != "lac" or not tie_break:
+            raise usage_error("--mondrian, --conformal-score and --no-tie-break need --alpha")
+        return None
+    return ConformalSettings(
+        alphas=tuple(alphas), score=score, mondrian=mondrian, randomized=tie_break
+    )
+
+
+def _conformal_mean(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    from orchestrator.replay.conformal import conformal_seeds_mean
+
+    first = reports[0]["conformal"]
+    settings = {k: first[k] for k in ("score", "mondrian", "randomized", "calibration")}
+    return {**settings, "mean": conformal_seeds_mean(reports)}
+
+
+def _print_conformal(report: dict[str, Any], name: str) -> None:
+    block = report["conformal"]
+    levels = block["levels"] if "levels" in block else block["mean"]
+    which = "" if "levels" in block else ", mean over seeds"
+    rows = []
+    for lv in levels:
+        per_class = [v for v in lv["coverage_per_class"].values() if v is not None]
+        rows.append(
+            [
+                lv["alpha"],
+                lv["target_coverage"],
+                lv["coverage"],
+                min(per_class) if per_class else None,
+                lv["mean_set_size"],
+                lv["empty_rate"],
+                lv["singleton_rate"],
+                lv["singleton_accuracy"],
+            ]
+        )
+    mode = "Mondrian " if block["mondrian"] else ""
+    print_table(
+        f"Conformal sets of {name} ({mode}{block['score']}{which}): answer on singleton sets",
+        [
+            "alpha",
+            "target",
+            "coverage",
+            "min class",
+            "size",
+            "empty",
+            "answered",
+            "acc answered",
+        ],
+        rows,
+    )
+
+
+def _calibration_rows(path: Path) -> int:
+    from orchestrator.policies.policy_file import read_policy_file
+
+    block = read_policy_file(path).conformal
+    return int(block.calibrated_on["rows"]) if block is not None else 0
+
+
+def _save_conformal_policy(
+    path: Path,
+    records: Any,
+    fit: Any,
+    seed: int,
+    conformal: ConformalSettings,
+    task: Any,
+    max_rounds: int,
+) -> str:
+    from orchestrator.policies.conformal import ConformalRule
+    from orchestrator.policies.trust_fit import save_trust_policy
+    from orchestrator.replay.run import ReplaySetup, conformal_calibration
+
+    setup = ReplaySetup.of(records.path, records, task)
+    fold = conformal_calibration(setup, fit, [], seed, conformal.calibration_fraction, max_rounds)
+    sets = conformal.estimator(conformal.alphas[0], seed)
+    rule = ConformalRule(
+        sets=sets.fit(fold.calibration, fold.calibration_labels), labels=tuple(setup.task.labels)
+    )
+    fitted_on = {
+        "file": records.path,
+        "sha256": records.sha256,
+        "rows": len(fold.fit_ids),
+        "seed": seed,
+    }
+    block = rule.to_block(
+        rows=len(fold.calibration_ids),
+        fraction=conformal.calibration_fraction,
+        max_rounds=max_rounds,
+        seed=seed,
+    )
+    save_trust_policy(path, fold.policy, fitted_on=fitted_on, conformal=block)
     return str(path)

@@ -49,6 +49,12 @@ from orchestrator.policies.trust import TrustPolicy
 from orchestrator.policies.trust_sources import SourceColumns, SourceProfiles
 from orchestrator.replay.agent import INITIAL_SUFFIX, ReplayAgent, recorded_images
 from orchestrator.replay.arrays import RowDecision, decide_rows, engine_for
+from orchestrator.replay.conformal import (
+    ConformalFold,
+    ConformalSettings,
+    conformal_fold,
+    conformal_report,
+)
 from orchestrator.replay.retriever import RecordedRetriever
 
 ORCHESTRATOR_SOURCE = "orchestrator"
@@ -324,7 +330,7 @@ def decide_fold(
     if on_decision is not None:
         for decision in decisions:
             on_decision(decision)
-    return used, [RowDecision.of(d) for d in decisions]
+    return used, [RowDecision.of(d, setup.task.labels) for d in decisions]
 
 
 def task_for(records: RecordSet, task: Task | None) -> Task:
@@ -349,11 +355,14 @@ def run_replay(
     engine: str = "auto",
     on_decision: Callable[[Decision], None] | None = None,
     records: RecordSet | None = None,
+    conformal: ConformalSettings | None = None,
 ) -> dict[str, Any]:
     """Run the replay benchmark on one recorded file (see the module docstring).
 
     ``engine="graph"`` runs every row through the graph; ``on_decision`` is given each
     held-out row's whole ``Decision`` (graph only). ``records`` is ``path`` already read.
+    ``conformal`` adds prediction sets at its miscoverage levels (``conformal`` in the report;
+    ``orchestrator.replay.conformal``).
     """
     if engine not in ENGINE_CHOICES:
         raise InputError(f"engine must be one of {ENGINE_CHOICES}, got {engine!r}")
@@ -365,6 +374,7 @@ def run_replay(
     decisions: list[RowDecision] = []
     details: list[dict[str, Any]] = []
     used: list[str] = []
+    conformal_folds: list[ConformalFold] = []
     for k, held in enumerate(replay_folds(images, folds, seed)):
         held_set = set(held)
         train_ids = [li.extra["id"] for i, li in enumerate(images) if i not in held_set]
@@ -392,8 +402,18 @@ def run_replay(
         }
         detail.update(fitted_details(fitted))
         details.append(detail)
+        if conformal is not None:
+            conformal_folds.append(
+                conformal_calibration(
+                    setup, fit, held, seed, conformal.calibration_fraction, max_rounds
+                )
+            )
     labels = list(records.labels)
     report = decision_metrics(decisions, labels, agents=len(setup.agents), bins=bins)
+    if conformal is not None:
+        report["conformal"] = conformal_report(
+            conformal_folds, setup.task.labels, conformal, seed=seed
+        )
     return {
         "file": str(path),
         "sha256": records.sha256,
@@ -462,3 +482,34 @@ def selection_summary(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _nop() -> None:
     return None
+
+
+def conformal_calibration(
+    setup: ReplaySetup,
+    fit: FitPolicy,
+    held: Sequence[int],
+    seed: int,
+    fraction: float,
+    max_rounds: int,
+) -> ConformalFold:
+    """The conformal calibration of the fold that holds out ``held``, on its training rows only
+    (``orchestrator.replay.conformal``; ``held`` empty: on every row)."""
+    images, held_set = setup.images, set(held)
+
+    def fit_on(ids: Sequence[str]) -> FusionPolicy:
+        return fit(setup.records, setup.columns, ids, setup.retrieval, seed)
+
+    def decide(policy: FusionPolicy, rows: Sequence[int]) -> list[RowDecision]:
+        return decide_fold(setup, policy, [images[i] for i in rows], max_rounds=max_rounds)[1]
+
+    return conformal_fold(
+        ids=[li.extra["id"] for li in images],
+        truth=[str(li.truth) for li in images],
+        labels=setup.task.labels,
+        train_rows=[i for i in range(len(images)) if i not in held_set],
+        test_rows=held,
+        fit_on=fit_on,
+        decide=decide,
+        fraction=fraction,
+        seed=seed,
+    )
