@@ -14,6 +14,7 @@ from core.cli import (
     at_least,
     checked_by,
     emit_json,
+    number_in,
     output_file,
     positive_seconds,
     print_table,
@@ -60,6 +61,15 @@ def run(
         typer.Option(
             "--policy-file",
             help="Fitted trust policy settings (trustorch eval replay --save-policy).",
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha",
+            help="Answer only when the conformal prediction set at miscoverage ALPHA holds one "
+            "label, else abstain with the set (needs a --policy-file saved with --alpha).",
+            callback=number_in(0.0, 1.0),
         ),
     ] = None,
     resume: Annotated[
@@ -177,6 +187,12 @@ def run(
     from orchestrator.components import LlmSettings
     from orchestrator.runner import default_checkpoint_path, remove_checkpoint_file
 
+    if alpha is not None and (policy_file is None or not 0.0 < alpha < 1.0):
+        raise usage_error(
+            "needs a value strictly between 0 and 1 and a --policy-file saved by "
+            "trustorch eval replay --save-policy FILE --alpha A",
+            option="--alpha",
+        )
     checkpoint_path = checkpoint or default_checkpoint_path(out)
     if checkpoint_path.resolve() == out.resolve():
         raise usage_error("the checkpoint cannot be the output file", option="--checkpoint")
@@ -196,6 +212,7 @@ def run(
                 trust=trust,
                 policy_name=policy,
                 policy_file=policy_file,
+                alpha=alpha,
                 resume=resume,
                 concurrency=concurrency,
                 max_rounds=max_rounds,
@@ -254,6 +271,7 @@ def run_configuration(
     max_rounds: int,
     retrieval: RetrievalSettings,
     llm_model: str | None,
+    alpha: float | None = None,
 ) -> dict[str, Any]:
     """What decides a run's answers, as plain JSON values: a resumed run must match it.
     ``agent_options`` (checked option values by agent spec, API keys left out) is left out when
@@ -278,6 +296,8 @@ def run_configuration(
     }
     if agent_options:
         config["agent_options"] = agent_options
+    if alpha is not None:
+        config["alpha"] = alpha
     return config
 
 
@@ -291,6 +311,7 @@ async def _run(
     trust: Path | None,
     policy_name: str,
     policy_file: Path | None,
+    alpha: float | None,
     resume: bool,
     concurrency: int,
     max_rounds: int,
@@ -344,6 +365,7 @@ async def _run(
         max_rounds=max_rounds,
         retrieval=retrieval,
         llm_model=llm.model if policy_name == "llm" else None,
+        alpha=alpha,
     )
     check_output_can_start(out, resume=resume)
     if resume:
@@ -384,6 +406,10 @@ async def _run(
         trust_settings=trust_settings,
         servers=servers,
     )
+    if alpha is not None and policy_file is not None:
+        from orchestrator.policies.conformal import ConformalPolicy, load_conformal_rule
+
+        policy = ConformalPolicy(policy, load_conformal_rule(policy_file, alpha=alpha))
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     emptied = False

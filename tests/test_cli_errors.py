@@ -61,8 +61,10 @@ def test_tables_keep_whole_column_names_when_piped(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     done = subprocess.run(
-        [sys.executable, "-c", "from orchestrator.cli import entry; entry()"]
-        + ["eval", "replay", "study:case1", "--seed", "0", "--policy", "majority"],
+        [
+            *(sys.executable, "-c", "from orchestrator.cli import entry; entry()"),
+            *("eval", "replay", "study:case1", "--seed", "0", "--policy", "majority"),
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -103,3 +103,38 @@ def test_a_policy_file_fitted_with_a_retriever_is_refused_without_one(tmp_path, 
     assert "--policy-file weighs source(s) 'rag' that this run does not have (it has a)" in err
     assert "-a NAME=retrieval and --index-dir" in err
     assert not out.exists()
+
+
+def test_run_alpha_answers_only_singleton_conformal_sets(tmp_path, capsys):
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from core.study import resolve_data_path
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    with resolve_data_path("study:case1").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))[:20]
+    rng = np.random.default_rng(0)
+    for row in rows:  # the replay agents find their answers by file name
+        pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / row["image"], format="PNG")
+    policy, trust = tmp_path / "p.json", tmp_path / "trust.json"
+    fit = ["eval", "replay", "study:case1", "--policy", "trust"]
+    assert main([*fit, "--save-policy", str(policy), "--alpha", "0.1"]) == 0
+    assert main(["eval", "trust", "study:case1", "--task", "apple-leaf", "--out", str(trust)]) == 0
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(folder), "-a", "qwen=replay:study:case1#qwen"]
+    args += ["-a", "gpt=replay:study:case1#gpt", "--task", "apple-leaf", "--trust", str(trust)]
+    assert main([*args, "--alpha", "0.1", "-o", str(out)]) == 2  # no policy file
+    assert "--policy-file saved by" in capsys.readouterr().err
+    code = main([*args, "--policy-file", str(policy), "--alpha", "0.1", "-o", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    decisions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(decisions) == 20
+    assert all((d["label"] is None) == (len(d["prediction_set"]) != 1) for d in decisions)
+    assert any(d["label"] is None for d in decisions) and any(d["label"] for d in decisions)
+    assert decisions[0]["run"]["alpha"] == 0.1
