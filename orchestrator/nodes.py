@@ -19,6 +19,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from agents.types import RETRIEVAL_AGENT, Prediction
+from core.redact import redact_url
 from orchestrator.context import GraphContext
 from orchestrator.decision import Decision
 from orchestrator.routers import route_after_assess, route_after_retrieve
@@ -126,7 +127,7 @@ def finalize(state: GraphState, runtime: Runtime[GraphContext]) -> dict[str, Any
     ]
     evidence = state.get("evidence")
     decision = Decision(
-        image=state["image"].source,
+        image=redact_url(state["image"].source),  # a signed URL's signature is a secret
         sha256=state["image"].sha256,
         task=context.task.name,
         policy=last.policy,

@@ -481,3 +481,20 @@ def test_no_credential_reaches_any_output_of_run_or_demo(
         assert "http://***@127.0.0.1" in shown["agents"][-1]["detail"]
         assert_no_canary(stdout, stderr, every_byte_under(work))
     assert len(server.requests) >= 5
+
+
+def test_a_signed_image_url_is_stored_without_its_signature(apple_task):
+    from test_runner import ScriptedAgent
+
+    from orchestrator.graph import build_graph, classify
+    from orchestrator.policies import make_policy
+
+    url = "https://bucket.example/leaf.jpg?X-Amz-Credential=AKIA1&X-Amz-Signature=canary5"
+    graph = build_graph(
+        task=apple_task, agents=[ScriptedAgent("a", label="rust")], policy=make_policy("majority")
+    )
+    decision = asyncio.run(classify(graph, ImageRef(source=url, sha256="0" * 64)))
+    assert decision.image == (
+        "https://bucket.example/leaf.jpg?X-Amz-Credential=***&X-Amz-Signature=***"
+    )
+    assert "canary5" not in json.dumps(decision.to_dict())
