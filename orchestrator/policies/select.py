@@ -74,18 +74,22 @@ MARGIN_Z = 0.5
 
 def beats(challenger: np.ndarray, incumbent: np.ndarray, z: float) -> tuple[bool, int, int]:
     """Whether per-row correctness ``challenger`` beats ``incumbent`` on the same rows by more
-    than ``z`` standard errors of the paired difference, with the counts: rows only the
-    challenger gets right (``wins``) and rows only the incumbent gets right (``losses``);
-    it beats when ``wins - losses > z * sqrt(wins + losses)``."""
-    wins = int((challenger & ~incumbent).sum())
-    losses = int((~challenger & incumbent).sum())
-    return wins - losses > z * np.sqrt(wins + losses), wins, losses
+    than ``z`` standard errors of the paired difference, with the counts: rows the challenger
+    gets right more often (``wins``) and rows the incumbent gets right more often
+    (``losses``). Correctness is a boolean per row, or the fraction of repeated inner splits
+    that got the row right; with d the per-row difference, it beats when
+    ``sum(d) > z * sqrt(sum(d**2))`` (for booleans: ``wins - losses > z * sqrt(wins +
+    losses)``, the normal form of a paired sign test)."""
+    d = np.asarray(challenger, dtype=float) - np.asarray(incumbent, dtype=float)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    return bool(d.sum() > z * np.sqrt((d**2).sum())), wins, losses
 
 
 def choose_family(
     scores: dict[str, dict[str, float]], right: dict[str, np.ndarray], *, z: float = MARGIN_Z
 ) -> str:
-    """The family to decide with, from each family's per-row inner-CV correctness ``right``:
+    """The family to decide with, from each family's per-row inner-CV correctness ``right``
+    (booleans, or each row's fraction right over repeated inner splits):
     the families, in the order of ``scores`` (the preference order), challenge the one kept
     so far, starting from the first; a challenger is kept when it ``beats`` it (by more than
     ``z`` standard errors). Each family's entry of ``scores`` gets the counts of its challenge
@@ -193,10 +197,13 @@ class SelectPolicy:
             }
             for f in self.families
         }
+        # a row is one observation however many inner splits scored it: the repeats are
+        # averaged per row, not stacked as if they were more rows
         chosen = choose_family(
-            scores, {f: np.concatenate(right[f]) for f in self.families}, z=self.margin_z
+            scores, {f: np.mean(right[f], axis=0) for f in self.families}, z=self.margin_z
         )
         self.trust_ = trust
+        self.labels_ = labels
         self.scores_ = scores
         self.chosen_ = chosen
         self.inner_folds_ = int(cross_fits[0].assignment.max()) + 1
@@ -216,10 +223,11 @@ class SelectPolicy:
     def selection(self) -> dict[str, Any]:
         """The choice and what it was made on: the family chosen, every family's inner-CV
         scores, the inner folds, and the chosen family's fitted parameters (not for trust,
-        whose settings are the policy's own)."""
+        whose settings are the policy's own) over ``labels`` (the order of their indices)."""
         self._check_fitted()
         return {
             "chosen": self.chosen_,
+            "labels": list(self.labels_),
             "inner_folds": self.inner_folds_,
             "scores": self.scores_,
             "family": self.family_.to_dict() if self.family_ is not None else None,
