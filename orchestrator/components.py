@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.openai_compat.modes import ServerFeatureTable
 from agents.registry import AgentSpec, BuildContext
@@ -20,6 +20,9 @@ from agents.types import REEVAL_SUFFIX, Agent
 from core.errors import InputError
 from core.task import Task
 from orchestrator.agent_kinds import RetrievalSettings, agent_registry
+
+if TYPE_CHECKING:
+    from orchestrator.policies.policy_file import FittedPolicyFile
 
 LLM_POLICY = "llm"
 
@@ -174,23 +177,27 @@ def build_policy(
     llm: LlmSettings | None = None,
     retrieval_source: str | None = None,
     sources: Sequence[str] | None = None,
-    trust_settings: Mapping[str, Any] | None = None,
+    fitted: FittedPolicyFile | None = None,
     servers: ServerFeatureTable | None = None,
 ) -> Any:
     """The fusion policy ``name`` from ``orchestrator.policies`` (for ``llm``, with its client).
 
     ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
     counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
-    (the agents and the retriever) are what ``single:<source>`` may name. ``trust_settings``:
-    fitted ``TrustPolicy`` settings (``--policy-file``), for the trust policy only.
-    ``servers``: the table the run's agents were built with, so the ``llm`` policy's client
-    uses what they learnt about a shared server."""
-    if trust_settings is not None and name != "trust":
+    (the agents and the retriever) are what ``single:<source>`` may name. ``fitted``: a saved
+    policy file (``--policy-file``), for the trust policy only: the family its ``selection``
+    chose decides (the trust policy with the file's settings, or the fitted best single
+    source, Dawid-Skene or stacking). ``servers``: the table the run's agents were built with,
+    so the ``llm`` policy's client uses what they learnt about a shared server."""
+    if fitted is not None and name != "trust":
         raise InputError(
             f"--policy-file holds trust policy settings: use --policy trust, not {name!r}"
         )
+    if fitted is not None and fitted.chosen != "trust":
+        return _fitted_family_policy(fitted, task, retrieval_source, sources)
     from orchestrator.policies import make_policy
 
+    trust_settings = fitted.trust_settings if fitted is not None else None
     options: dict[str, Any] = {"retrieval_source": retrieval_source}
     if name == LLM_POLICY:
         from agents.openai_compat import load_price_table
@@ -210,6 +217,47 @@ def build_policy(
         check_policy_sources(trust_settings or {}, sources)
         options.update(trust_settings or {})
     return make_policy(name, profiles, sources=sources, **options)
+
+
+def _fitted_family_policy(
+    fitted: FittedPolicyFile,
+    task: Task,
+    retrieval_source: str | None,
+    sources: Sequence[str] | None,
+) -> Any:
+    """The family a policy file's selection chose, as fitted, reading this run's sources."""
+    from orchestrator.policies.families import BestSingle, FamilyPolicy, family_from_dict
+
+    assert fitted.selection is not None
+    chosen = fitted.chosen
+    params = fitted.selection.get("family")
+    if not isinstance(params, Mapping):
+        raise InputError(
+            f"field 'selection.family': the chosen family {chosen!r} has no fitted parameters",
+            path=fitted.path,
+        )
+    fitted_labels = fitted.selection.get("labels")
+    if fitted_labels is not None and list(fitted_labels) != list(task.labels):
+        raise InputError(
+            f"field 'selection.labels': the {chosen} policy was fitted on labels "
+            f"{list(fitted_labels)}, this run's task has {list(task.labels)}",
+            path=fitted.path,
+        )
+    try:
+        family = family_from_dict(chosen, params, len(task.labels))
+    except InputError as e:
+        raise InputError(f"field 'selection.family': {e.message}", path=fitted.path) from None
+    read = [family.source_] if isinstance(family, BestSingle) else list(family.sources_)
+    missing = [s for s in read if sources is not None and s not in sources]
+    if missing:
+        names = ", ".join(f"'{m}'" for m in missing)
+        raise InputError(
+            f"--policy-file's {chosen} reads source(s) {names} that this run does not have (it "
+            f"has {', '.join(sources or []) or 'none'}): add them with -a NAME=SPEC, or fit the "
+            "policy on the sources you run",
+            path=fitted.path,
+        )
+    return FamilyPolicy(family, labels=task.labels, retrieval_source=retrieval_source)
 
 
 def check_policy_sources(settings: Mapping[str, Any], sources: Sequence[str] | None) -> None:

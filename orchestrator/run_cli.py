@@ -60,7 +60,7 @@ def run(
         Path | None,
         typer.Option(
             "--policy-file",
-            help="Fitted trust policy settings (trustorch eval replay --save-policy).",
+            help="A fitted policy (eval replay --save-policy); the family it chose decides.",
         ),
     ] = None,
     alpha: Annotated[
@@ -370,11 +370,11 @@ async def _run(
     check_output_can_start(out, resume=resume)
     if resume:
         check_same_run(read_output(out, repair=False), run_config, out)
-    trust_settings = None
+    fitted = None
     if policy_file is not None:
-        from orchestrator.policies.trust_fit import load_trust_policy_settings
+        from orchestrator.policies.policy_file import load_fitted_policy
 
-        trust_settings = load_trust_policy_settings(policy_file)
+        fitted = load_fitted_policy(policy_file)
     collected = collect_images(paths, task=task)
     notes: list[str] = []
     for item in collected.skipped:
@@ -403,7 +403,7 @@ async def _run(
         llm=llm,
         retrieval_source=retrieval_name,
         sources=sources,
-        trust_settings=trust_settings,
+        fitted=fitted,
         servers=servers,
     )
     if alpha is not None and policy_file is not None:

@@ -12,17 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from eval.recorded.records import read_records
 from orchestrator.cli import main
 from orchestrator.policies.families import (
+    ARRAY_FAMILIES,
     BestSingle,
     DawidSkene,
     SourceAnswers,
     Stacking,
+    answers_from_records,
+    family_from_dict,
     stacking_features,
 )
 from orchestrator.policies.policy_file import load_policy_selection, load_trust_policy_settings
-from orchestrator.policies.select import FAMILIES, SelectPolicy, choose_family
+from orchestrator.policies.select import FAMILIES, SelectPolicy, beats, choose_family
 from orchestrator.replay.run import (
     ReplaySetup,
     decide_fold,
@@ -262,3 +266,106 @@ def test_cli_reports_the_baselines_on_the_same_folds(case1: Path, capsys):
     table = capsys.readouterr().out
     assert "families chosen over 5 fold(s): best-single 5" in table
     assert all(f"\u2502 {name} " in table for name in folds)
+
+
+def test_repeated_inner_splits_are_averaged_per_row_not_counted_as_more_rows():
+    incumbent = np.array([True] * 60 + [False] * 40)
+    challenger = incumbent.copy()
+    challenger[60:63] = True
+    challenger[:1] = False  # 3 won, 1 lost: 2 < 0.5 * sqrt(4)? no, 2 > 1: beats at z=0.5
+    assert beats(challenger, incumbent, 0.5) == (True, 3, 1)
+    assert beats(challenger, incumbent, 1.5) == (False, 3, 1)  # 2 < 1.5 * 2
+    # the same split scored three times: the same rows, the same evidence
+    three = np.mean([challenger] * 3, axis=0), np.mean([incumbent] * 3, axis=0)
+    assert beats(*three, 1.5) == (False, 3, 1)
+    # a row the challenger gets right in one split of two counts half a win
+    half = challenger.astype(float)
+    half[60:63] = 0.5
+    assert beats(half, incumbent.astype(float), 0.0) == (True, 3, 1)  # 1.5 - 1 > 0
+    assert beats(half, incumbent.astype(float), 0.5) == (False, 3, 1)  # 0.5 < 0.5 * 1.32
+
+
+@pytest.mark.parametrize("family", ["best-single", "dawid-skene", "stacking"])
+def test_a_saved_family_decides_as_the_fitted_one(case3: Path, family: str):
+    records, setup, held, train = fold_split(case3, seed=0, fold=0)
+    labels = list(records.labels)
+    truth_of = {r.id: labels.index(r.truth) for r in records.records}
+    answers = answers_from_records(records, setup.columns, setup.retrieval, train)
+    fitted = ARRAY_FAMILIES[family]().fit(
+        answers, np.array([truth_of[i] for i in train]), len(labels)
+    )
+    saved = json.loads(json.dumps(fitted.to_dict()))
+    loaded = family_from_dict(family, saved, len(labels))
+    held_ids = [setup.images[i].extra["id"] for i in held]
+    rows = answers_from_records(records, setup.columns, setup.retrieval, held_ids)
+    assert np.array_equal(loaded.decide(rows), fitted.decide(rows))
+    assert np.allclose(loaded.predict_proba(rows), fitted.predict_proba(rows))
+    with pytest.raises(InputError, match="shape"):
+        family_from_dict(family, saved, len(labels) + 1)
+
+
+def recorded_images_of(path: Path, folder: Path, rows: list[dict[str, str]]) -> Path:
+    """Small real image files named as the recorded rows' images (replay agents find their
+    answers by the image file name)."""
+    from PIL import Image
+
+    folder.mkdir()
+    for n, row in enumerate(rows):
+        Image.new("RGB", (8, 8), (40 * n % 256, 120, 60)).save(folder / row["image"])
+    return folder
+
+
+def test_run_with_a_saved_select_file_decides_as_the_chosen_family(
+    case1: Path, tmp_path: Path, capsys
+):
+    saved = tmp_path / "select.json"
+    assert main(["eval", "replay", "study:case1", "--seed", "0", "--save-policy", str(saved)]) == 0
+    assert load_policy_selection(saved)["chosen"] == "best-single"
+    rows, _ = read_wide(case1)
+    # the images where the two agents disagree and Qwen is the surer one
+    disagree = sorted(
+        (r for r in rows if r["qwen_pred"] != r["gpt_pred"]),
+        key=lambda r: float(r["gpt_conf"]) - float(r["qwen_conf"]),
+    )[:8]
+    images = recorded_images_of(case1, tmp_path / "images", disagree)
+    agents = ["-a", "qwen=replay:study:case1#qwen", "-a", "gpt=replay:study:case1#gpt"]
+
+    def run(policy_file: Path, out: Path) -> dict[str, dict]:
+        args = ["run", str(images), *agents, "--task", "apple-leaf", "--out", str(out)]
+        assert main([*args, "--policy-file", str(policy_file)]) == 0
+        lines = (json.loads(x) for x in out.read_text().splitlines())
+        return {Path(d["image"]).name: d for d in lines}
+
+    decided = run(saved, tmp_path / "select.jsonl")
+    # best-single is GPT-4o: its answer on every image, where the two agents disagree
+    assert {name: d["label"] for name, d in decided.items()} == {
+        r["image"]: r["gpt_pred"] for r in disagree
+    }
+    assert {d["policy"] for d in decided.values()} == {"best-single"}
+    assert all(d["rounds_used"] == 1 for d in decided.values())
+    # the same file without its selection is the trust policy, which follows Qwen on one
+    data = json.loads(saved.read_text())
+    del data["selection"]
+    trust_only = tmp_path / "trust.json"
+    trust_only.write_text(json.dumps(data))
+    as_trust = run(trust_only, tmp_path / "trust.jsonl")
+    assert {d["policy"] for d in as_trust.values()} == {"trust"}
+    assert any(as_trust[n]["label"] != decided[n]["label"] for n in decided)
+    capsys.readouterr()
+    # a selection fitted on other labels, or reading a source the run lacks: one line, exit 1
+    data = json.loads(saved.read_text())
+    data["selection"]["labels"] = ["a", "b", "c", "d"]
+    other = tmp_path / "other_labels.json"
+    other.write_text(json.dumps(data))
+    args = ["run", str(images), *agents, "--task", "apple-leaf", "--policy-file", str(other)]
+    assert main([*args, "--out", str(tmp_path / "x.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        f"{other}: field 'selection.labels': the best-single policy was fitted on labels "
+        "['a', 'b', 'c', 'd'], this run's task has ['black-rot', 'healthy', 'rust', 'scab']"
+    )
+    only_qwen = ["run", str(images), "-a", "qwen=replay:study:case1#qwen", "--task", "apple-leaf"]
+    assert main([*only_qwen, "--policy-file", str(saved), "--out", str(tmp_path / "y.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--policy-file's best-single reads source(s) 'gpt' that this run does not have" in err
+    assert len(err.splitlines()) == 1

@@ -21,7 +21,7 @@ reads it, then decides, and never asks for re-evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -286,6 +286,7 @@ class BestSingle:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "sources": list(self.sources_),
             "source": self.source_,
             "accuracy": self.accuracy_,
             "precision": self.precision_.tolist(),
@@ -295,6 +296,58 @@ class BestSingle:
 def _decided(answers: SourceAnswers, probabilities: np.ndarray) -> np.ndarray:
     """The most probable label of each row, -1 where no source answered (an abstention)."""
     return np.where((answers.labels >= 0).any(axis=1), probabilities.argmax(axis=1), -1)
+
+
+def family_from_dict(
+    name: str, data: Mapping[str, Any], n_labels: int
+) -> DawidSkene | Stacking | BestSingle:
+    """Family ``name`` of ``ARRAY_FAMILIES`` as fitted, from what its ``to_dict`` wrote (the
+    ``family`` of a saved policy file's ``selection``), for ``n_labels`` labels; an InputError
+    naming the field when the parameters do not fit together."""
+    try:
+        if name == "dawid-skene":
+            ds = DawidSkene()
+            ds.sources_ = tuple(str(x) for x in data["sources"])
+            ds.log_prior_ = np.asarray(data["log_prior"], dtype=float)
+            ds.log_confusion_ = np.asarray(data["log_confusion"], dtype=float)
+            shape = (len(ds.sources_), n_labels, n_labels)
+            _check_shape("log_prior", ds.log_prior_, (n_labels,))
+            _check_shape("log_confusion", ds.log_confusion_, shape)
+            return ds
+        if name == "stacking":
+            st = Stacking()
+            st.sources_ = tuple(str(x) for x in data["sources"])
+            st.n_labels_ = n_labels
+            st.classes_ = np.asarray(data["classes"], dtype=np.int64)
+            st.coef_ = np.asarray(data["coef"], dtype=float)
+            st.intercept_ = np.asarray(data["intercept"], dtype=float)
+            width = len(st.sources_) * (2 * n_labels + 1)
+            if st.classes_.size and (st.classes_.min() < 0 or st.classes_.max() >= n_labels):
+                raise InputError(f"classes must be label indices below {n_labels}")
+            rows = st.classes_.size if st.classes_.size >= 2 else 1
+            _check_shape("coef", st.coef_, (rows, width))
+            _check_shape("intercept", st.intercept_, (rows,))
+            return st
+        if name == "best-single":
+            bs = BestSingle()
+            bs.accuracy_ = {str(k): float(v) for k, v in data["accuracy"].items()}
+            bs.sources_ = tuple(str(x) for x in data.get("sources", bs.accuracy_))
+            bs.source_ = str(data["source"])
+            if bs.source_ not in bs.sources_:
+                raise InputError(f"source {bs.source_!r} is not one of {list(bs.sources_)}")
+            bs.index_ = bs.sources_.index(bs.source_)
+            bs.precision_ = np.asarray(data["precision"], dtype=float)
+            bs.n_labels_ = n_labels
+            _check_shape("precision", bs.precision_, (n_labels,))
+            return bs
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"the {name} parameters are unusable ({type(e).__name__}: {e})") from None
+    raise InputError(f"no fitted family {name!r}; families: {sorted(ARRAY_FAMILIES)}")
+
+
+def _check_shape(field: str, value: np.ndarray, shape: tuple[int, ...]) -> None:
+    if value.shape != shape or not np.isfinite(value).all():
+        raise InputError(f"{field} must be finite numbers of shape {list(shape)}")
 
 
 ARRAY_FAMILIES: dict[str, type] = {

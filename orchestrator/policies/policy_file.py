@@ -7,15 +7,17 @@ A file is ``{format, version, fitted_on, policy}`` and, written from the ``selec
 In ``policy``, ``name``, ``weights`` (per stage, per source: a finite weight >= 0) and
 ``thresholds`` (per stage: a probability, or null for a stage that is never trusted early) are
 required; the other settings are optional (the policy's defaults). ``selection`` records the
-choice of ``orchestrator.policies.select``: the family chosen, the inner folds, every family's
-inner-CV scores and the chosen family's fitted parameters (null for trust, whose settings are
-``policy``); files without it (written before it existed) load as they did. A field the schema
-does not know is refused. ``policy_file_schema()`` is the JSON Schema of the file.
+choice of ``orchestrator.policies.select``: the family chosen, the labels its parameters index,
+the inner folds, every family's inner-CV scores and the chosen family's fitted parameters (null
+for trust, whose settings are ``policy``); files without it (written before it existed) load as
+they did. ``trustorch run`` decides with the chosen family (``load_fitted_policy``). A field the
+schema does not know is refused. ``policy_file_schema()`` is the JSON Schema of the file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -84,6 +86,7 @@ class Selection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     chosen: Family
+    labels: list[str] | None = None
     inner_folds: PositiveInt
     scores: dict[Family, FamilyScores]
     family: dict[str, Any] | None = None
@@ -140,6 +143,33 @@ def load_trust_policy_settings(path: str | Path) -> dict[str, Any]:
     InputError naming the file and the field when anything in it is unusable."""
     stored = read_policy_file(path)
     return stored.policy.model_dump(exclude_unset=True, exclude={"name", "retrieval_source"})
+
+
+@dataclass(frozen=True)
+class FittedPolicyFile:
+    """What ``trustorch run --policy-file`` takes from a policy file: the trust policy's
+    settings (``load_trust_policy_settings``) and the ``selection`` (None for a file written
+    from the trust policy); ``chosen`` is the family that decides."""
+
+    path: str
+    trust_settings: dict[str, Any]
+    selection: dict[str, Any] | None
+
+    @property
+    def chosen(self) -> str:
+        return self.selection["chosen"] if self.selection is not None else "trust"
+
+
+def load_fitted_policy(path: str | Path) -> FittedPolicyFile:
+    """The policy file ``path``, read and checked once (InputError naming the field)."""
+    stored = read_policy_file(path)
+    return FittedPolicyFile(
+        path=str(path),
+        trust_settings=stored.policy.model_dump(
+            exclude_unset=True, exclude={"name", "retrieval_source"}
+        ),
+        selection=stored.selection.model_dump() if stored.selection is not None else None,
+    )
 
 
 def load_policy_selection(path: str | Path) -> dict[str, Any] | None:
