@@ -120,8 +120,8 @@ def test_a_decisions_file_of_run_is_refused(tmp_path: Path, capsys):
     decisions.write_text("".join(json.dumps(d) + "\n" for d in lines))
     assert main(["eval", "replay", str(decisions), "--folds", "2", "--json"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"error: {decisions}: this is a decisions file of trustorch run;")
-    assert "replay needs a recorded wide/long file" in err[-1]
+    assert err[-1].startswith(f"error: {decisions}: this is a decisions file of trustorch run:")
+    assert "a replay needs every agent's answers on every row" in err[-1]
     with pytest.raises(InputError, match="decisions file"):
         run_replay(decisions, folds=2)
 

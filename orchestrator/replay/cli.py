@@ -187,7 +187,7 @@ def replay(
     """
     from core.task import load_task
     from eval.recorded.records import read_records
-    from orchestrator.replay.run import policy_fitter, refuse_decisions_file, run_replay
+    from orchestrator.replay.run import is_decisions_file, policy_fitter, run_replay
 
     if save_policy is not None and policy not in ("trust", "select"):
         raise usage_error("--save-policy needs --policy trust or select")
@@ -197,7 +197,9 @@ def replay(
             raise usage_error("--trust-threshold needs --policy trust or select")
         options["trust_threshold"] = trust_threshold
     conformal = _conformal_settings(alpha, mondrian, conformal_score, tie_break)
-    refuse_decisions_file(file)
+    if is_decisions_file(file):
+        _fit_on_decisions(file, task, policy, policy_fitter(policy, **options), save_policy, seed)
+        return
     the_task = load_task(task) if task else None
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
@@ -366,6 +368,33 @@ def print_families_chosen(report: dict[str, Any]) -> None:
     flat = [f for per_seed in chosen for f in per_seed] if isinstance(chosen[0], list) else chosen
     counts = ", ".join(f"{family} {n}" for family, n in Counter(flat).most_common())
     print(f"families chosen over {len(flat)} fold(s): {counts}")
+
+
+def _fit_on_decisions(
+    file: Path, task: str | None, policy: str, fit: Any, save_policy: Path | None, seed: int
+) -> None:
+    """A labelled ``trustorch run`` output fits the policy on every decision (first looks, the
+    retrieval vote, second looks where they happened); it cannot be replayed (the second looks
+    that did not happen are missing), so nothing else is reported."""
+    from core.task import load_task
+    from eval.recorded.records import read_records
+    from orchestrator.replay.run import refuse_decisions_file, replay_columns
+
+    if save_policy is None:
+        refuse_decisions_file(file)
+    records = read_records(file, task=load_task(task) if task else None)
+    columns, retrieval = replay_columns(records)
+    _save_policy(save_policy, records, fit, seed)
+    looks = ", ".join(
+        f"{c.agent} ({len(records.for_agent(c.first))} first looks, "
+        f"{len(records.for_agent(c.reeval)) if c.reeval else 0} second)"
+        for c in columns
+    )
+    vote = f"; the vote of '{retrieval}'" if retrieval else ""
+    print(
+        f"{policy} policy fitted on the {len(records.ids())} labelled decisions of {file.name} "
+        f"({looks}{vote}), saved to {save_policy}"
+    )
 
 
 def _save_policy(

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT
 from core.errors import InputError
 from core.images import LabelledImage
 from core.jsonio import parse_json
@@ -70,14 +71,23 @@ def replay_columns(
 ) -> tuple[list[SourceColumns], str | None]:
     """The agents to replay and the retrieval source of a record set.
 
-    ``X`` with ``X_initial`` columns is an agent that can re-evaluate; ``X_initial`` without
-    ``X`` columns, and any other source (not the retrieval vote, not the study's orchestrator),
-    is an agent with a first look only.
+    ``X`` with ``X_initial`` columns is an agent that can re-evaluate; so is ``X`` with
+    ``X@reeval`` records (a decisions file of ``trustorch run``, whose retrieval vote is the
+    first look of the agent that retrieved it: ``rag``, else ``retrieval``). ``X_initial``
+    without ``X`` columns, and any other source (not the retrieval vote, not the study's
+    orchestrator), is an agent with a first look only.
     """
     found = records.agents
+    if retrieval not in found and RETRIEVAL_AGENT in found:
+        retrieval = RETRIEVAL_AGENT
     columns: list[SourceColumns] = []
     for agent in found:
-        if agent in (retrieval, ORCHESTRATOR_SOURCE):
+        if agent in (retrieval, ORCHESTRATOR_SOURCE) or agent.endswith(REEVAL_SUFFIX):
+            continue
+        if f"{agent}{REEVAL_SUFFIX}" in found:
+            columns.append(
+                SourceColumns(agent=agent, first=agent, reeval=f"{agent}{REEVAL_SUFFIX}")
+            )
             continue
         if agent.endswith(INITIAL_SUFFIX):
             base = agent.removesuffix(INITIAL_SUFFIX)
@@ -94,23 +104,30 @@ def replay_columns(
     return columns, (retrieval if retrieval in found else None)
 
 
-def refuse_decisions_file(path: str | Path) -> None:
-    """InputError when ``path`` is a decisions JSONL of ``trustorch run``: replay needs the
-    recorded first looks and second looks of every agent on every row (a wide/long file)."""
+def is_decisions_file(path: str | Path) -> bool:
+    """Whether ``path`` is a decisions JSONL of ``trustorch run`` (its first object)."""
     p = Path(path)
     if p.suffix.lower() not in {".jsonl", ".ndjson"} or not p.is_file():
-        return
+        return False
     with p.open(encoding="utf-8-sig", errors="replace") as fh:
         first = next((line for line in fh if line.strip()), "")
     try:
         record = parse_json(first)
     except InputError:
-        return
-    if isinstance(record, dict) and is_decisions_header(list(record)):
+        return False
+    return isinstance(record, dict) and is_decisions_header(list(record))
+
+
+def refuse_decisions_file(path: str | Path) -> None:
+    """InputError when ``path`` is a decisions JSONL of ``trustorch run``: replay needs the
+    recorded first looks and second looks of every agent on every row (a wide/long file); a
+    decisions file can only fit a policy (``--save-policy``)."""
+    if is_decisions_file(path):
         raise InputError(
-            "this is a decisions file of trustorch run; replay needs a recorded wide/long file "
-            "(every agent's answers on every row, e.g. the study's case3 CSV)",
-            path=str(p),
+            "this is a decisions file of trustorch run: it can fit a policy (--save-policy "
+            "FILE), but a replay needs every agent's answers on every row (a wide/long file, "
+            "e.g. study:case3)",
+            path=str(path),
         )
 
 
