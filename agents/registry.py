@@ -115,6 +115,8 @@ class AgentRegistry:
     """The known agent kinds, in the order they were registered."""
 
     kinds: tuple[AgentKind, ...] = ()
+    elsewhere: str = ""
+    """Kinds that other commands add (said when a spec names an unknown kind)."""
 
     def __post_init__(self) -> None:
         names = [k.name for k in self.kinds]
@@ -203,7 +205,10 @@ class AgentRegistry:
         kind = self.kind(spec.kind)
         if kind is None:
             where = f" in {spec.text!r}" if spec.text else ""
-            raise InputError(f"unknown agent kind {spec.kind!r}{where} (valid: {self.syntaxes()})")
+            more = f"; {self.elsewhere}" if self.elsewhere else ""
+            raise InputError(
+                f"unknown agent kind {spec.kind!r}{where} (valid: {self.syntaxes()}{more})"
+            )
         return kind
 
 
@@ -211,7 +216,11 @@ def default_registry() -> AgentRegistry:
     """The kinds of this layer: clip, openai, hf-vlm."""
     from agents.kinds import CLIP_KIND, HF_VLM_KIND, OPENAI_KIND
 
-    return AgentRegistry((CLIP_KIND, OPENAI_KIND, HF_VLM_KIND))
+    return AgentRegistry(
+        (CLIP_KIND, OPENAI_KIND, HF_VLM_KIND),
+        elsewhere="trustorch run also takes retrieval, replay:<file>#<agent> and "
+        "py:<module or file.py>:<callable>",
+    )
 
 
 def build_agent(

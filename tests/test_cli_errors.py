@@ -73,3 +73,35 @@ def test_tables_keep_whole_column_names_when_piped(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "vlm_calls_per_image" in done.stdout and "…" not in done.stdout
+
+
+def test_every_command_lists_a_one_line_help_and_examples_indented_alike():
+    import inspect
+    import re
+
+    import typer
+
+    from orchestrator.cli import MOUNTS, build_app
+
+    def commands(group, path):
+        for name, sub in getattr(group, "commands", {}).items():
+            yield from commands(sub, [*path, name]) if hasattr(sub, "commands") else [
+                ([*path, name], inspect.cleandoc(sub.help or ""))
+            ]
+
+    found = list(commands(typer.main.get_command(build_app(set(MOUNTS))), []))
+    assert len(found) > 10
+    for path, text in found:
+        assert text and "\n" not in text.split("\n\n")[0], path
+        examples = re.findall(r"^( *)trustorch ", text, re.MULTILINE)
+        assert set(examples) <= {"  "}, (path, set(examples))
+
+
+def test_an_unknown_agent_kind_names_the_kinds_each_command_takes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["agents", "predict", "x.png", "--agent", "nope:x"]) == 1
+    err = capsys.readouterr().err
+    assert "hf-vlm:<hub id or folder>; trustorch run also takes retrieval, replay:" in err
+    assert main(["run", "x.png", "--agent", "nope:x", "-o", "o.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert "retrieval, replay:<file>#<agent>, py:" in err and "also takes" not in err

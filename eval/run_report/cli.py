@@ -68,9 +68,11 @@ def report(
     ] = 10,
     json_out: JsonOption = False,
 ) -> None:
-    """Write one self-contained HTML page picturing a run: coverage and accuracy, reliability
-    diagram, confusion matrix, cost and latency per agent, re-evaluation, and the abstentions,
-    wrong answers and failures linked to their traces. Needs no network and no script to view.
+    """One self-contained HTML page picturing a run (trustorch run's --out).
+
+    Coverage and accuracy, reliability diagram, confusion matrix, cost and latency per agent,
+    re-evaluation, and the abstentions, wrong answers and failures linked to their traces.
+    Needs no network and no script to view.
 
     Examples:
 

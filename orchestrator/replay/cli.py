@@ -153,8 +153,7 @@ def replay(
     ] = True,
     json_out: JsonOption = False,
 ) -> None:
-    """Replay recorded agents with the graph's rules, k-fold: fit on the training folds,
-    decide the held-out rows.
+    """Replay recorded agents k-fold: fit on the training folds, decide the held-out rows.
 
     First look = <agent>_initial_* columns, retrieval = rag_* (rag_scores_json),
     re-evaluation = <agent>_* columns, played only when the policy asks. The rows are
@@ -163,21 +162,21 @@ def replay(
 
     Examples:
 
-        trustorch eval replay ../shared/data/paper/case3_trust_rag.csv --folds 5 --seed 0 --json
+      trustorch eval replay study:case3 --folds 5 --seed 0 --json
 
-        trustorch eval replay case3_trust_rag.csv --seeds 0-4
+      trustorch eval replay study:case3 --seeds 0-4
 
-        trustorch eval replay case3_trust_rag.csv --policy single:rag --max-rounds 1
+      trustorch eval replay study:case3 --policy single:rag --max-rounds 1
 
-        trustorch eval replay case3_trust_rag.csv --trust-threshold 0.9 --seed 3
+      trustorch eval replay study:case3 --trust-threshold 0.9 --seed 3
 
-        trustorch eval replay case3_trust_rag.csv --save-policy trust-policy.json
+      trustorch eval replay study:case3 --save-policy trust-policy.json
 
-        trustorch eval replay case3_trust_rag.csv --trace decisions.jsonl
+      trustorch eval replay study:case3 --trace decisions.jsonl
 
-        trustorch eval replay study:case3 --seeds 0-4 --alpha 0.1 --alpha 0.05
+      trustorch eval replay study:case3 --seeds 0-4 --alpha 0.1 --alpha 0.05
 
-        trustorch eval replay study:case3 --alpha 0.1 --save-policy policy.json
+      trustorch eval replay study:case3 --alpha 0.1 --save-policy policy.json
 
     --save-policy fits the trust policy once more on every row (the cross-validated numbers
     above are its estimate on unseen rows) and saves its settings, not the profiles: run with
