@@ -85,9 +85,11 @@ def test_every_command_lists_a_one_line_help_and_examples_indented_alike():
 
     def commands(group, path):
         for name, sub in getattr(group, "commands", {}).items():
-            yield from commands(sub, [*path, name]) if hasattr(sub, "commands") else [
-                ([*path, name], inspect.cleandoc(sub.help or ""))
-            ]
+            yield from (
+                commands(sub, [*path, name])
+                if hasattr(sub, "commands")
+                else [([*path, name], inspect.cleandoc(sub.help or ""))]
+            )
 
     found = list(commands(typer.main.get_command(build_app(set(MOUNTS))), []))
     assert len(found) > 10
