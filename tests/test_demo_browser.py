@@ -11,44 +11,24 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from offline_browser import browser_missing, offline_chrome
 from test_demo_report import COLOURS, leaf_image, make_index, make_leaf_folder
 from tiny_models import clip_with_token_limit
 
 pytestmark = pytest.mark.heavy
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-OFFLINE_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    # Every host name but the local server fails to resolve: nothing leaves the machine.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    "--window-size=1280,2000",
-)
-
 
 def _missing() -> str | None:
-    for path, what in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not Path(path).is_file():
-            return f"{what} is not installed (apt-get install -y chromium chromium-driver)"
-    for module, how in (("gradio", "the 'demo' extra"), ("selenium", "pip install selenium")):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed ({how})"
+    if reason := browser_missing():
+        return reason
+    if importlib.util.find_spec("gradio") is None:
+        return "gradio is not installed (the 'demo' extra)"
     return None
 
 
@@ -128,15 +108,8 @@ def server(demo_setup):
 
 @pytest.fixture()
 def browser(tmp_path, monkeypatch):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium-manager never downloads a driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*OFFLINE_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    driver = offline_chrome(tmp_path / "chromium-profile")
     try:
         yield driver
     finally:

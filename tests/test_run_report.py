@@ -15,13 +15,13 @@ import contextlib
 import csv
 import io
 import json
-import shutil
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from offline_browser import browser_missing, offline_chrome
 from PIL import Image
 
 from agents.types import Prediction
@@ -410,50 +410,15 @@ def test_latency_percentiles_come_from_a_bounded_sample():
     assert capped.percentile(50) == pytest.approx(np.percentile(values, 50), rel=0.1)
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-# As in test_demo_browser (not imported: it skips itself without gradio, which this page needs
-# not): headless, and every host name fails to resolve, so nothing leaves the machine.
-OFFLINE_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-    "--window-size=1280,2000",
-)
-
-
-def _browser_missing() -> str | None:
-    import importlib.util
-
-    for path, what in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not Path(path).is_file():
-            return f"{what} is not installed (apt-get install -y chromium chromium-driver)"
-    if importlib.util.find_spec("selenium") is None:
-        return "selenium is not installed (pip install selenium)"
-    return None
-
-
 def test_the_page_in_a_real_browser(run_file, tmp_path, monkeypatch):
-    if reason := _browser_missing():
+    if reason := browser_missing():
         pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     out = tmp_path / "report.html"
     assert cli("eval", "report", str(run_file[0]), "-o", str(out))[0] == 0
     monkeypatch.setenv("SE_OFFLINE", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*OFFLINE_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser = offline_chrome(tmp_path / "chromium-profile")
     try:
         browser.get(out.as_uri())
         headline = browser.find_element(By.ID, "headline")
