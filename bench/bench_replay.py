@@ -75,21 +75,15 @@ def replay_figures(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "engine"}
 
 
-def cli_run(path: Path, folds: int) -> dict[str, Any]:
-    """``trustorch eval replay`` in a fresh interpreter: wall and CPU seconds, its report."""
+def cli_run(path: Path, *options: str) -> dict[str, Any]:
+    """``trustorch eval replay PATH OPTIONS --json`` in a fresh interpreter: wall and CPU
+    seconds, its report."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         [
-            sys.executable,
-            "-c",
-            "from orchestrator.cli import entry; entry()",
-            "eval",
-            "replay",
-            str(path),
-            "--folds",
-            str(folds),
-            "--json",
+            *(sys.executable, "-c", "from orchestrator.cli import entry; entry()"),
+            *("eval", "replay", str(path), *options, "--json"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -133,7 +127,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         lambda: run_replay(subset, folds=args.folds, seed=0, records=small, engine="graph")
     )
     m = len(small.ids())
-    cli = cli_run(full, args.folds)
+    cli = cli_run(full, "--folds", str(args.folds))
     product = n / arrays_wall
     bare = m / graph_wall
     return {

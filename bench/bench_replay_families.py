@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_replay import cli_run  # noqa: E402
 
 from orchestrator.replay.cli import SUMMARY_KEYS  # noqa: E402
 from orchestrator.replay.run import FitPolicy, policy_fitter, run_replay  # noqa: E402
@@ -113,33 +113,12 @@ def replay_table(path: Path, seeds: list[int]) -> dict[str, Any]:
 
 def cli_seconds(path: Path, seeds: str, policy: str) -> dict[str, Any]:
     """``trustorch eval replay`` in a fresh interpreter: wall and CPU seconds, mean accuracy."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from orchestrator.cli import entry; entry()",
-            "eval",
-            "replay",
-            str(path),
-            "--seeds",
-            seeds,
-            "--policy",
-            policy,
-            "--json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    report = json.loads(done.stdout)
-    accuracy = report["mean"]["accuracy"] if "mean" in report else report["accuracy"]
-    return {"wall_s": wall, "cpu_s": cpu, "accuracy": accuracy}
+    run = cli_run(path, "--seeds", seeds, "--policy", policy)
+    report = run.pop("report")
+    return {
+        **run,
+        "accuracy": report["mean"]["accuracy"] if "mean" in report else report["accuracy"],
+    }
 
 
 def main() -> None:
