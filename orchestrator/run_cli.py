@@ -242,7 +242,7 @@ def run(
         kept = None if removed else str(checkpoint_path)
         emit_json({**summary.to_dict(), "notes": notes, "out": str(out), "checkpoint": kept})
     else:
-        _print_summary(summary, out, notes)
+        _print_summary(summary, out)
     if summary.failed:
         stderr_console().print(
             f"{len(summary.failed)} image(s) failed and are not in {out}; "
@@ -442,10 +442,13 @@ async def _run(
                 await graph.forget(item.image)
             emptied = await checkpoint_is_empty(saver)
     summary.skipped = [*collected.skipped, *collected.duplicates]
+    summary.metrics["agents_without_profile"] = sorted(
+        name for name, profile in profiles.items() if getattr(profile, "default", False)
+    )
     return summary, notes, emptied
 
 
-def _print_summary(summary: Any, out: Path, notes: list[str]) -> None:
+def _print_summary(summary: Any, out: Path) -> None:
     data = summary.to_dict()
     coverage = data.get("coverage")
     rows = [
@@ -473,7 +476,7 @@ def _print_summary(summary: Any, out: Path, notes: list[str]) -> None:
         ]
     rows += [("cost (USD)", data.get("cost_usd")), ("wall time (s)", data["wall_s"])]
     print_table(f"run summary -> {out}", ["metric", "value"], rows)
-    for line in summary_warnings(data, notes):
+    for line in summary_warnings(data):
         typer.echo(line, err=True)
 
 
@@ -481,7 +484,7 @@ def _with_share(count: int | None, share: float | None) -> str | None:
     return None if count is None else f"{count} ({share:.1%})" if share is not None else str(count)
 
 
-def summary_warnings(data: dict[str, Any], notes: list[str]) -> list[str]:
+def summary_warnings(data: dict[str, Any]) -> list[str]:
     """Lines that say what the table alone would hide: every decision abstained (the commonest
     reason, and agents without trust profiles), the policy falling back instead of deciding its
     own way."""
@@ -489,7 +492,7 @@ def summary_warnings(data: dict[str, Any], notes: list[str]) -> list[str]:
     decided = data.get("n") or 0
     if decided and data.get("answered") == 0:
         reasons = data.get("abstention_reasons") or [{"reason": "?"}]
-        untrusted = [n.split("'")[1] for n in notes if "has no trust profile" in n]
+        untrusted = data.get("agents_without_profile") or []
         hint = (
             f"; no trust profile for {', '.join(untrusted)}: fit them on labelled images with "
             "'trustorch eval trust' and pass --trust"
