@@ -246,7 +246,7 @@ def test_cli_predict_bad_option_value_is_one_line(
 
     for option, shown in (("batch_size=abc", "'abc'"), ("batch_size=-1", "-1")):
         args = ["agents", "predict", images[0].source, "--clip-model", "/nowhere/clip"]
-        assert main([*args, "-o", option]) == 1
+        assert main([*args, "--agent-option", option]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [
             f"error: agent spec 'clip': option batch_size={shown} must be an integer >= 1"
@@ -292,7 +292,7 @@ def test_cli_predict_json_with_clip_and_an_openai_agent(
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
         args = ["predict", images[0].source, images[1].source, "--agent", "clip"]
         args += ["--agent", "vlm=openai:local-vlm", "--clip-model", str(clip_dir)]
-        args += ["--device", "cpu", "-o", "max_retries=0", "--json"]
+        args += ["--device", "cpu", "--agent-option", "max_retries=0", "--json"]
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
