@@ -395,7 +395,11 @@ async def _run(
     if retrieval_name and retrieval_name not in sources:
         sources.append(retrieval_name)
     profiles, profile_notes = load_profiles(trust, sources, task=task, loaded=trust_profiles)
-    notes += profile_notes
+    uses_profiles = fitted is None or fitted.chosen == "trust"
+    if uses_profiles:
+        notes += profile_notes
+    elif trust is not None:
+        notes.append(f"the policy file chose {fitted.chosen}: the trust profiles are not used")
     policy = build_policy(
         policy_name,
         task=task,
@@ -443,7 +447,9 @@ async def _run(
             emptied = await checkpoint_is_empty(saver)
     summary.skipped = [*collected.skipped, *collected.duplicates]
     summary.metrics["agents_without_profile"] = sorted(
-        name for name, profile in profiles.items() if getattr(profile, "default", False)
+        name
+        for name, profile in profiles.items()
+        if uses_profiles and getattr(profile, "default", False)
     )
     return summary, notes, emptied
 

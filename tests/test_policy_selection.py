@@ -336,7 +336,9 @@ def test_run_with_a_saved_select_file_decides_as_the_chosen_family(
         lines = (json.loads(x) for x in out.read_text().splitlines())
         return {Path(d["image"]).name: d for d in lines}
 
+    capsys.readouterr()
     decided = run(saved, tmp_path / "select.jsonl")
+    assert "trust profile" not in capsys.readouterr().err  # best-single reads no profile
     # best-single is GPT-4o: its answer on every image, where the two agents disagree
     assert {name: d["label"] for name, d in decided.items()} == {
         r["image"]: r["gpt_pred"] for r in disagree
@@ -350,6 +352,7 @@ def test_run_with_a_saved_select_file_decides_as_the_chosen_family(
     trust_only.write_text(json.dumps(data))
     as_trust = run(trust_only, tmp_path / "trust.jsonl")
     assert {d["policy"] for d in as_trust.values()} == {"trust"}
+    assert "agent 'gpt' has no trust profile" in capsys.readouterr().err
     assert any(as_trust[n]["label"] != decided[n]["label"] for n in decided)
     capsys.readouterr()
     # a selection fitted on other labels, or reading a source the run lacks: one line, exit 1
