@@ -211,6 +211,11 @@ def test_build_agent_rejects_unknown_kinds_and_options(clip: ClipModel, apple_ta
         ("openai:gpt-4o", {"prices": "cheap"}, "option prices='cheap' must be a mapping"),
         ("hf-vlm:/nowhere/vlm", {"dtype": "int7"}, "option dtype='int7' must be a torch dtype"),
         ("hf-vlm:/nowhere/vlm", {"reason_tokens": 1.5}, "option reason_tokens=1.5 must be an"),
+        (  # refused before any model folder is looked at (this one does not exist)
+            "hf-vlm:/nowhere/vlm",
+            {"reason_tokens": 513},
+            "option reason_tokens=513 must be an integer >= 0 and <= 512",
+        ),
     ],
 )
 def test_build_agent_refuses_option_values_of_the_wrong_type(
