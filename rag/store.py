@@ -10,6 +10,7 @@ same time take turns on an advisory lock file in it (``core.files.FolderLock``).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -19,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 import numpy as np
 
@@ -42,6 +43,20 @@ DEFAULT_HNSW: dict[str, Any] = {
 _PAGE = 5000
 CHROMA_DB_FILE = "chroma.sqlite3"  # what an embedded Chroma folder holds once it is an index
 LOCK_FILE = ".trustorch-write.lock"
+CHROMA_TOKEN_ENV = "TRUSTORCH_CHROMA_TOKEN"
+
+
+def chroma_auth_headers(url: ParseResult, environ: Mapping[str, str]) -> dict[str, str]:
+    """What proves who we are to a Chroma server behind an authenticating proxy: a bearer token
+    from ``TRUSTORCH_CHROMA_TOKEN``, else the login of the URL (``https://user:pass@host``) as
+    HTTP Basic auth, else nothing."""
+    token = environ.get(CHROMA_TOKEN_ENV, "").strip()
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if url.username is not None:
+        login = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(login).decode("ascii")}
+    return {}
 
 
 def default_index_dir() -> Path:
@@ -139,7 +154,11 @@ class ChromaStore:
             port = parsed.port or (443 if ssl else 8000)
             try:
                 client = chromadb.HttpClient(
-                    host=parsed.hostname, port=port, ssl=ssl, settings=settings
+                    host=parsed.hostname,
+                    port=port,
+                    ssl=ssl,
+                    headers=chroma_auth_headers(parsed, os.environ),
+                    settings=settings,
                 )
                 client.heartbeat()
             except Exception as e:
