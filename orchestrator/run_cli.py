@@ -184,8 +184,9 @@ def run(
     """
     from core.files import writer_lock
     from orchestrator.agent_kinds import RetrievalSettings
+    from orchestrator.checkpoint import remove_checkpoint
     from orchestrator.components import LlmSettings
-    from orchestrator.runner import default_checkpoint_path, remove_checkpoint_file
+    from orchestrator.runner import default_checkpoint_path
 
     if alpha is not None and (policy_file is None or not 0.0 < alpha < 1.0):
         raise usage_error(
@@ -237,7 +238,7 @@ def run(
         # goes whole. A --checkpoint given may be shared: it goes when no thread is left.
         removed = not keep_checkpoint and not summary.failed and (emptied or checkpoint is None)
         if removed:
-            remove_checkpoint_file(checkpoint_path)
+            remove_checkpoint(checkpoint_path)
     if as_json:
         kept = None if removed else str(checkpoint_path)
         emit_json({**summary.to_dict(), "notes": notes, "out": str(out), "checkpoint": kept})
@@ -330,16 +331,15 @@ async def _run(
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
+    from orchestrator.checkpoint import checkpoint_is_empty, open_checkpointer
     from orchestrator.components import build_agents, build_policy, load_profiles
     from orchestrator.graph import build_graph
     from orchestrator.inputs import collect_images
     from orchestrator.runner import (
         check_output_can_start,
         check_same_run,
-        checkpoint_is_empty,
         read_output,
         run_batch,
-        sqlite_checkpointer,
     )
 
     console = stderr_console()
@@ -417,7 +417,7 @@ async def _run(
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     emptied = False
-    async with sqlite_checkpointer(checkpoint) as saver:
+    async with open_checkpointer(checkpoint) as saver:
         graph = build_graph(
             task=task,
             agents=built.agents,

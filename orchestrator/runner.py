@@ -33,8 +33,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,10 @@ from core.files import WriterLock, lock_for_writing, output_folder
 from core.images import LabelledImage, SkippedImage
 from core.jsonio import dumps_json, parse_json
 from core.task import Task
+from orchestrator.checkpoint import (  # noqa: F401  (still importable from here)
+    checkpoint_is_empty,
+    sqlite_checkpointer,
+)
 from orchestrator.graph import ImageGraph, run_image
 
 
@@ -144,44 +147,8 @@ class JsonlWriter:
         os.close(self._fd)
 
 
-@asynccontextmanager
-async def sqlite_checkpointer(path: Path) -> AsyncIterator[Any]:
-    """LangGraph's async SQLite checkpointer on ``path`` (created when missing); InputError
-    naming ``path`` when it cannot be created or is not a SQLite file."""
-    import sqlite3
-
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    output_folder(path.parent, what="the checkpoint")
-    if path.is_dir():
-        raise InputError("the checkpoint is a folder; give a .sqlite file", path=str(path))
-    opened = False
-    try:
-        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-            await saver.setup()
-            opened = True
-            yield saver
-    except (sqlite3.Error, OSError) as e:
-        if opened:
-            raise
-        raise InputError(f"not a usable SQLite checkpoint file ({e})", path=str(path)) from None
-
-
 def default_checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoints.sqlite")
-
-
-async def checkpoint_is_empty(saver: Any) -> bool:
-    """Whether ``saver`` holds no checkpoint of any thread."""
-    async for _ in saver.alist(None, limit=1):
-        return False
-    return True
-
-
-def remove_checkpoint_file(path: Path) -> None:
-    """Delete a (closed) SQLite checkpoint file and its journal files."""
-    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + "-journal"):
-        path.with_name(name).unlink(missing_ok=True)
 
 
 @dataclass
