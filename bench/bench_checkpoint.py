@@ -8,10 +8,12 @@ Measured in one run, each variant over the same images, in turn, ``--repeats`` t
 - direct: the same agents and policy called by a plain async function (bench_graph.direct);
 - bare_langgraph_sqlite: a minimal LangGraph graph of the same shape (two agent tasks fanned out,
   assess, finalize) on LangGraph's ``AsyncSqliteSaver`` as it comes, ``durability="sync"``, on disk;
+- bare_langgraph_no_checkpoint: that graph without a checkpointer (LangGraph's own floor);
 - product_postgres (``--postgres URL``, or ``--postgres local`` to start a server of Debian's
   ``postgresql`` for the run, durable settings): ``run_batch`` with the Postgres checkpointer.
 
-Overheads are reported over ``direct``, and Postgres over SQLite on disk.
+Overheads are reported over ``direct``, checkpointing over ``graph_no_checkpoint``, and Postgres
+over SQLite on disk; wall and CPU time (this process's, threads included) per image.
 
 Usage:
   python bench/bench_checkpoint.py                       # writes bench/results/checkpoint.json
@@ -118,8 +120,8 @@ class BareState(TypedDict):
     label: str
 
 
-def bare_langgraph(concurrency: int) -> Variant:
-    """LangGraph and its SQLite saver as they come: the same shape as the product's graph."""
+def bare_langgraph(concurrency: int, *, checkpoint: bool = True) -> Variant:
+    """LangGraph (and its SQLite saver) as they come: the same shape as the product's graph."""
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     from langgraph.graph import END, START, StateGraph
     from langgraph.types import Send
@@ -145,26 +147,33 @@ def bare_langgraph(concurrency: int) -> Variant:
     builder.add_edge("finalize", END)
 
     async def run(images: list[LabelledImage], folder: Path) -> None:
-        async with AsyncSqliteSaver.from_conn_string(str(folder / "bare.sqlite")) as saver:
+        opened = (
+            AsyncSqliteSaver.from_conn_string(str(folder / "bare.sqlite"))
+            if checkpoint
+            else nullcontext()
+        )
+        async with opened as saver:
             graph = builder.compile(checkpointer=saver)
             gate = asyncio.Semaphore(concurrency)
 
             async def one(item: LabelledImage) -> None:
                 async with gate:
                     config = {"configurable": {"thread_id": item.image.sha256}}
-                    await graph.ainvoke({"sha": item.image.sha256}, config, durability="sync")
+                    durability = "sync" if checkpoint else None
+                    await graph.ainvoke({"sha": item.image.sha256}, config, durability=durability)
 
             await asyncio.gather(*(one(item) for item in images))
 
     return run
 
 
-async def timed(variant: Variant, images: list[LabelledImage], base: Path) -> float:
+async def timed(variant: Variant, images: list[LabelledImage], base: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, its threads included) of one variant."""
     folder = Path(tempfile.mkdtemp(dir=base))
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await variant(images, folder)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -194,6 +203,7 @@ async def measure(args: argparse.Namespace, postgres_url: str | None) -> dict[st
         "graph_no_checkpoint": (product(task, None, j), disk),
         "direct": (direct_calls(task, j), disk),
         "bare_langgraph_sqlite": (bare_langgraph(j), disk),
+        "bare_langgraph_no_checkpoint": (bare_langgraph(j, checkpoint=False), disk),
     }
     if postgres_url is not None:
         variants["product_postgres"] = (product(task, lambda f: postgres_url, j), disk)
@@ -201,10 +211,13 @@ async def measure(args: argparse.Namespace, postgres_url: str | None) -> dict[st
     for variant, base in variants.values():
         await timed(variant, warm, base)
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(args.repeats):  # in turn, so that a busy moment hits every variant alike
         images = make_images(args.images, seed=repeat)  # new threads (Postgres keeps old ones)
         for name, (variant, base) in variants.items():
-            samples[name].append(1000 * await timed(variant, images, base) / args.images)
+            wall_s, cpu_s = await timed(variant, images, base)
+            samples[name].append(1000 * wall_s / args.images)
+            cpu[name].append(1000 * cpu_s / args.images)
     shutil.rmtree(disk, ignore_errors=True)
     ms = {name: statistics.median(s) for name, s in samples.items()}
     out: dict[str, Any] = {
@@ -212,9 +225,13 @@ async def measure(args: argparse.Namespace, postgres_url: str | None) -> dict[st
         "concurrency": j,
         "repeats": args.repeats,
         "ms_per_image": ms,
+        "cpu_ms_per_image": {name: statistics.median(s) for name, s in cpu.items()},
         "samples_ms_per_image": samples,
         "overhead_over_direct_ms": {n: v - ms["direct"] for n, v in ms.items() if n != "direct"},
         "ratio_over_direct": {n: v / ms["direct"] for n, v in ms.items() if n != "direct"},
+        "checkpoint_over_graph_ms": {
+            n: ms[n] - ms["graph_no_checkpoint"] for n in ms if n.startswith("product_")
+        },
         "target_overhead_ms": 5.0,
     }
     if "product_postgres" in ms:
@@ -237,7 +254,10 @@ def main() -> None:
     direct_ms = result["ms_per_image"]["direct"]
     for name, value in result["ms_per_image"].items():
         extra = "" if name == "direct" else f" (+{value - direct_ms:.2f} over direct)"
-        print(f"{name}: {value:.2f} ms/image{extra}")
+        cpu_ms = result["cpu_ms_per_image"][name]
+        print(f"{name}: {value:.2f} ms/image{extra}, CPU {cpu_ms:.2f} ms/image")
+    for name, value in result["checkpoint_over_graph_ms"].items():
+        print(f"{name}: checkpointing costs {value:+.2f} ms/image over the graph without one")
     if "postgres_over_sqlite_disk_ms" in result:
         extra_ms = result["postgres_over_sqlite_disk_ms"]
         print(f"postgres over sqlite on disk: {extra_ms:+.2f} ms/image")
