@@ -7,10 +7,11 @@ and ``remove_checkpoint`` are what a run does once every image is in its output.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,26 @@ def is_postgres(where: str | Path) -> bool:
 
 
 @asynccontextmanager
-async def open_checkpointer(where: str | Path) -> AsyncIterator[Any]:
+async def open_checkpointer(
+    where: str | Path, *, owner: Mapping[str, Any] | None = None
+) -> AsyncIterator[Any]:
     """LangGraph's async checkpointer on ``where``: a ``postgresql://`` URL, or a SQLite file
-    path (created when missing). InputError naming ``where`` when it cannot be opened."""
-    if is_postgres(where):
-        from orchestrator.checkpoint_postgres import postgres_checkpointer
+    path (created when missing). InputError naming ``where`` (credentials masked) when it
+    cannot be opened.
 
-        async with postgres_checkpointer(str(where)) as saver:
+    ``owner`` (a run's configuration, JSON values) makes the run the one writer of that
+    configuration's threads in a Postgres database while the checkpointer is open: a second
+    run with the same configuration is refused (``checkpoint_postgres.configuration_lock``).
+    A SQLite file is guarded by its caller's lock file instead (``core.files.writer_lock``).
+    """
+    if is_postgres(where):
+        from orchestrator.checkpoint_postgres import configuration_lock, postgres_checkpointer
+
+        async with AsyncExitStack() as held:
+            if owner is not None:
+                key = json.dumps(dict(owner), sort_keys=True, default=str)
+                await held.enter_async_context(configuration_lock(str(where), key))
+            saver = await held.enter_async_context(postgres_checkpointer(str(where)))
             yield saver
     else:
         async with sqlite_checkpointer(Path(where)) as saver:

@@ -86,11 +86,12 @@ def run(
         ),
     ] = 2,
     checkpoint: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--checkpoint",
-            help="SQLite checkpoint file (default: OUT.checkpoints.sqlite).",
-            callback=output_file("the checkpoint"),
+            help="SQLite checkpoint file (default: OUT.checkpoints.sqlite), or a PostgreSQL "
+            "database postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass).",
+            callback=checkpoint_target,
         ),
     ] = None,
     keep_checkpoint: Annotated[
@@ -182,9 +183,12 @@ def run(
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
     """
+    from contextlib import nullcontext
+
     from core.files import writer_lock
+    from core.redact import redact_url
     from orchestrator.agent_kinds import RetrievalSettings
-    from orchestrator.checkpoint import remove_checkpoint
+    from orchestrator.checkpoint import is_postgres, remove_checkpoint
     from orchestrator.components import LlmSettings
     from orchestrator.runner import default_checkpoint_path
 
@@ -195,13 +199,15 @@ def run(
             option="--alpha",
         )
     checkpoint_path = checkpoint or default_checkpoint_path(out)
-    if checkpoint_path.resolve() == out.resolve():
+    on_file = not is_postgres(checkpoint_path)
+    if on_file and Path(checkpoint_path).resolve() == out.resolve():
         raise usage_error("the checkpoint cannot be the output file", option="--checkpoint")
-    # One run at a time per output and per checkpoint, held to the end and taken before
-    # anything loads, so that a second run is refused at once and writes nothing.
+    # One run at a time per output and per checkpoint file, held to the end and taken before
+    # anything loads, so that a second run is refused at once and writes nothing. (A Postgres
+    # checkpoint is held by an advisory lock per run configuration: open_checkpointer.)
     with (
         writer_lock(out, what="the output") as out_lock,
-        writer_lock(checkpoint_path, what="the checkpoint"),
+        writer_lock(checkpoint_path, what="the checkpoint") if on_file else nullcontext(),
     ):
         summary, notes, emptied = asyncio.run(
             _run(
@@ -240,7 +246,7 @@ def run(
         if removed:
             remove_checkpoint(checkpoint_path)
     if as_json:
-        kept = None if removed else str(checkpoint_path)
+        kept = None if removed else redact_url(str(checkpoint_path))
         emit_json({**summary.to_dict(), "notes": notes, "out": str(out), "checkpoint": kept})
     else:
         _print_summary(summary, out)
@@ -259,6 +265,16 @@ def run(
         )
     if summary.failed or summary.every_agent_failed_everywhere:
         raise typer.Exit(1)
+
+
+def checkpoint_target(value: str | None) -> str | Path | None:
+    """Option callback of ``--checkpoint``: a ``postgresql://`` URL as given, else a file path
+    that can be written (``core.files.check_output_file``)."""
+    from orchestrator.checkpoint import is_postgres
+
+    if value is None or is_postgres(value):
+        return value
+    return output_file("the checkpoint")(Path(value))
 
 
 def run_configuration(
@@ -316,7 +332,7 @@ async def _run(
     resume: bool,
     concurrency: int,
     max_rounds: int,
-    checkpoint: Path,
+    checkpoint: str | Path,
     out_lock: WriterLock,
     forget_when_done: bool,
     agent_timeout: float | None,
@@ -417,7 +433,7 @@ async def _run(
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     emptied = False
-    async with open_checkpointer(checkpoint) as saver:
+    async with open_checkpointer(checkpoint, owner=run_config) as saver:
         graph = build_graph(
             task=task,
             agents=built.agents,
