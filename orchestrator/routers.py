@@ -8,9 +8,6 @@ the state (see ``orchestrator.nodes``), so the decision's notes list every choic
 The policy's ``assess_after_retrieval`` says whether it is asked again once the evidence is in,
 before any agent looks again (retrieval is cheap, a second VLM look is not); retrieval is not a
 round, so with ``max_rounds=1`` such a policy still gets the evidence.
-
-The LangGraph routers are ``async`` though they never wait: LangGraph runs a plain function of
-an async graph in a worker thread, a hand-off that cost more than the routing itself.
 """
 
 from __future__ import annotations
@@ -57,7 +54,7 @@ def route_after_retrieve(state: GraphState, context: GraphContext) -> Route:
     return Route("retrieve", round_, "assess", f"{failed}no agent can look again")
 
 
-async def after_assess(
+def after_assess(
     state: GraphState, runtime: Runtime[GraphContext]
 ) -> Literal["finalize", "retrieve"] | list[Send]:
     route = route_after_assess(state, runtime.context)
@@ -66,7 +63,7 @@ async def after_assess(
     return "finalize" if route.to == "finalize" else "retrieve"
 
 
-async def after_retrieve(
+def after_retrieve(
     state: GraphState, runtime: Runtime[GraphContext]
 ) -> Literal["assess"] | list[Send]:
     route = route_after_retrieve(state, runtime.context)
@@ -75,7 +72,7 @@ async def after_retrieve(
     return "assess"
 
 
-async def first_looks(state: GraphState, runtime: Runtime[GraphContext]) -> list[Send]:
+def first_looks(state: GraphState, runtime: Runtime[GraphContext]) -> list[Send]:
     """Every agent's first look, in parallel."""
     return [Send("perceive", agent_call(state, name, 0)) for name in runtime.context.agents]
 

@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -120,8 +122,16 @@ def test_one_configuration_has_one_writer_per_database(pg_url):
     )
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@contextmanager
+def _running(cmd: list[str]) -> Iterator[subprocess.Popen]:
+    """``cmd`` started, and killed on the way out if it still runs."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_for_lines(out: Path, n: int, proc: subprocess.Popen) -> None:
@@ -145,14 +155,10 @@ def test_a_killed_run_resumes_on_postgres_without_asking_again(tmp_path, pg_url)
     data = make_images(tmp_path / "data", per_label=4)
     out, log = tmp_path / "out.jsonl", tmp_path / "calls.log"
     cmd = [*_cli(data, out, log, pg_url), "--checkpoint", pg_url, "--json"]
-    killed = _start(cmd)
-    try:
+    with _running(cmd) as killed:
         _wait_for_lines(out, 3, killed)
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-    finally:
-        if killed.poll() is None:
-            killed.kill()
     done = {d["sha256"] for d in _lines(out)}
     before = len(_calls(log))
     assert 3 <= len(done) < 12
@@ -171,14 +177,10 @@ def test_postgres_restarted_mid_run_leaves_each_image_once(tmp_path, pg, pg_url)
     data = make_images(tmp_path / "data", per_label=4)
     out, log = tmp_path / "out.jsonl", tmp_path / "calls.log"
     cmd = [*_cli(data, out, log, pg_url), "--checkpoint", pg_url, "--json"]
-    run = _start(cmd)
-    try:
+    with _running(cmd) as run:
         _wait_for_lines(out, 2, run)
         pg.restart()
         _, stderr = run.communicate(timeout=180)
-    finally:
-        if run.poll() is None:
-            run.kill()
     if run.returncode != 0:  # it may fail some images in one line each; --resume finishes
         failed = [x for x in stderr.decode().splitlines() if x.startswith("failed ")]
         assert failed, stderr.decode()
