@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,8 @@ def connect(settings: EngineSettings) -> bool:
         raise missing_extra_error(e, needed_by="--engine ray") from None
     if ray.is_initialized():
         return False
+    if settings.ray_address:
+        check_reachable(settings.ray_address)
     quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     try:
         if settings.ray_address:
@@ -95,6 +98,24 @@ def connect(settings: EngineSettings) -> bool:
         where = settings.ray_address or "a local Ray instance"
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise RayEngineError(f"cannot start or reach Ray at {where}: {first}") from None
+
+
+def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+    """RayEngineError when nothing listens at ``address`` (``host:port`` or
+    ``ray://host:port``): Ray itself waits minutes for an absent cluster. ``auto`` (the cluster
+    of this machine, found by Ray) is left to Ray."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayEngineError(f"--ray-address {address!r} is not HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayEngineError(
+            f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start it with "
+            "'ray start --head' or leave out --ray-address for a local one"
+        ) from None
 
 
 def _cause(error: BaseException) -> BaseException:
@@ -214,12 +235,12 @@ def _run_jobs(
     """Run ``jobs`` on ``engine.workers`` actors, each taking the next shard when it is free
     (blocking: the caller runs it in a thread). Returns the results of the shards that
     finished and the first worker's notes."""
+    from core.cli import progress_bar
+
+    started_here = connect(engine)  # imports ray, or says how to install it
     import ray
     from ray.exceptions import RayActorError, RayError
 
-    from core.cli import progress_bar
-
-    started_here = connect(engine)
     try:
         actor_class = ray.remote(
             num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
