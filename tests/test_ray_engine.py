@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,7 +48,13 @@ def _calls(log: Path) -> list[tuple[str, str, int]]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    # RAY_AUTH_MODE=token: every node and driver sends the token of ~/.ray/auth_token
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "RAY_AUTH_MODE": "token",
+    }
 
 
 def _run_cmd(data: Path, out: Path, log: Path, *extra: str, delay: float = 0.0) -> list[str]:
@@ -177,30 +184,32 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A head node and one more worker node on 127.0.0.1 (2 CPUs each), stopped at the end by
-    killing the process groups of the two ``ray start --block`` processes."""
+    """A head node and one more worker node on this machine (2 CPUs each), stopped at the end
+    by killing the process groups of the two ``ray start --block`` processes. Ray 2.60's GCS
+    listens on every interface and a node takes the machine's address whatever
+    ``--node-ip-address`` says, so the cluster's address is read from the head's output; its
+    token authentication (on by default) keeps other clients out."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    address = f"127.0.0.1:{port}"
+    log = Path(temp) / "head.log"
     common = ["--num-cpus", "2", "--block", "--disable-usage-stats"]
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--include-dashboard", "false", "--temp-dir", temp, *common],
-        env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with log.open("wb") as sink:
+        head = subprocess.Popen(
+            [ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+             "--temp-dir", temp, *common],
+            env=_env(), start_new_session=True, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     nodes = [head]
     try:
-        _wait_for_port(port, head)
+        address = _wait_for_address(log, head)
         nodes.append(
             subprocess.Popen(
-                [ray_bin, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
-                env=_env(),
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                [ray_bin, "start", "--address", address, *common],
+                env=_env(), start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-        )
+        )  # fmt: skip
         _wait_for_nodes(address, 2)
         yield address
     finally:
@@ -208,16 +217,15 @@ def ray_cluster():
             _stop_group(proc)
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 180) -> None:
+def _wait_for_address(log: Path, proc: subprocess.Popen, timeout_s: float = 180) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
-        assert proc.poll() is None, "ray start --head exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "the Ray head did not listen in time"
-            time.sleep(0.5)
+        assert proc.poll() is None, "ray start --head exited: " + log.read_text()[-500:]
+        match = re.search(r"ray start --address='([^']+)'", log.read_text())
+        if match:
+            return match.group(1)
+        assert time.monotonic() < deadline, "the Ray head did not start in time"
+        time.sleep(0.5)
 
 
 def _wait_for_nodes(address: str, n: int, timeout_s: float = 180) -> None:
@@ -313,7 +321,7 @@ def test_killed_worker_is_retried_without_resending_finished_images(tmp_path, ra
     stdout, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 0, stderr.decode()
     _check_exactly_once(out, log, done_before, calls_before)
-    assert json.loads(stdout)["decided"] == 12
+    assert json.loads(stdout)["decided"] == 12, stdout
 
 
 @pytest.mark.heavy

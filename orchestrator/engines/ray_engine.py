@@ -17,8 +17,10 @@ installed and see ``OUT.shards/`` and the run's input files at the same paths.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,9 +92,8 @@ def connect(settings: EngineSettings) -> bool:
     try:
         if settings.ray_address:
             ray.init(address=settings.ray_address, **quiet)
-            return True
-        cpus = max(settings.workers, os.cpu_count() or 1)
-        ray.init(num_cpus=cpus, **quiet)
+        else:
+            ray.init(num_cpus=max(settings.workers, os.cpu_count() or 1), **quiet)
         return True
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = settings.ray_address or "a local Ray instance"
@@ -163,10 +164,12 @@ async def run_on_ray(
             shard_size=engine.shard_size,
         )
         jobs = folder.jobs(shards, images, written)
-        # Blocking on Ray here is fine: nothing else runs on this event loop.
-        results, notes = (
-            _run_jobs(recipe, jobs, concurrency, engine, show_progress) if jobs else ([], [])
-        )
+        # Blocking on Ray here is fine: nothing else runs on this event loop. Ray prints its
+        # greeting and its workers' events on stdout, which belongs to --json.
+        with contextlib.redirect_stdout(sys.stderr):
+            results, notes = (
+                _run_jobs(recipe, jobs, concurrency, engine, show_progress) if jobs else ([], [])
+            )
         keep = {r.index for r in results if r.failed}
         merged += merge_committed(folder, writer, written, keep=keep)
     finally:
