@@ -270,6 +270,13 @@ def _shard_worker_pids() -> list[int]:
     return pids
 
 
+def _wait_until_no_shard_worker(timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _shard_worker_pids():
+        assert time.monotonic() < deadline, "Ray did not end the dead driver's workers"
+        time.sleep(0.2)
+
+
 def _done_so_far(out: Path) -> set[str]:
     """sha256s of every image whose line is written: in --out or in a shard file."""
     files = [out, *out.with_name(out.name + ".shards").glob("shard-*.jsonl")]
@@ -289,10 +296,10 @@ def _check_exactly_once(out: Path, log: Path, done_before: set[str], calls_befor
 
 
 def _cluster_run(data: Path, out: Path, log: Path, address: str, *, shard_size: int) -> list[str]:
-    """Two workers, one image at a time each, agents answering in 0.3 s."""
+    """Two workers, one image at a time each, agents answering in 0.5 s."""
     return _run_cmd(
         data, out, log, "--engine", "ray", "--ray-address", address,
-        "--workers", "2", "--shard-size", str(shard_size), "-j", "1", delay=0.3,
+        "--workers", "2", "--shard-size", str(shard_size), "-j", "1", delay=0.5,
     )  # fmt: skip
 
 
@@ -332,7 +339,7 @@ def test_killed_driver_resumes_exactly_once(tmp_path, ray_cluster):
     proc = _start_until(cmd, lambda: len(_lines(out)) >= 2)  # a shard merged into --out
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(2)  # Ray ends the dead driver's actors
+    _wait_until_no_shard_worker()  # Ray ends the dead driver's actors
     done_before, calls_before = _done_so_far(out), len(_calls(log))
     assert len(done_before) < 12, "the kill came too late"
     resumed = subprocess.run([*cmd, "--resume"], env=_env(), capture_output=True, timeout=400)

@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,14 +164,20 @@ async def run_on_ray(
             shard_size=engine.shard_size,
         )
         jobs = folder.jobs(shards, images, written)
+
         # Blocking on Ray here is fine: nothing else runs on this event loop. Ray prints its
         # greeting and its workers' events on stdout, which belongs to --json.
+        def merge(result: ShardResult) -> None:
+            keep = {result.index} if result.failed else set()
+            merged.extend(merge_committed(folder, writer, written, keep=keep))
+
         with contextlib.redirect_stdout(sys.stderr):
             results, notes = (
-                _run_jobs(recipe, jobs, concurrency, engine, show_progress) if jobs else ([], [])
+                _run_jobs(recipe, jobs, concurrency, engine, show_progress, merge)
+                if jobs
+                else ([], [])
             )
-        keep = {r.index for r in results if r.failed}
-        merged += merge_committed(folder, writer, written, keep=keep)
+        merged += merge_committed(folder, writer, written)  # committed by a worker lost later
     finally:
         writer.close()
     failed = [f for r in results for f in r.failed]
@@ -234,9 +240,10 @@ def _run_jobs(
     concurrency: int,
     engine: EngineSettings,
     show_progress: bool,
+    on_result: Callable[[ShardResult], None],
 ) -> tuple[list[ShardResult], list[str]]:
-    """Run ``jobs`` on ``engine.workers`` actors, each taking the next shard when it is free
-    (blocking: the caller runs it in a thread). Returns the results of the shards that
+    """Run ``jobs`` on ``engine.workers`` actors, each taking the next shard when it is free,
+    calling ``on_result`` as each shard comes back. Returns the results of the shards that
     finished and the first worker's notes."""
     from core.cli import progress_bar
 
@@ -273,6 +280,7 @@ def _run_jobs(
                 progress.advance(bar, len(job.images))
                 try:
                     results.append(ray.get(ready[0]))
+                    on_result(results[-1])
                 except RayActorError:
                     continue  # lost for good (restarts spent): it takes no more shards
                 except RayError as e:
@@ -281,6 +289,7 @@ def _run_jobs(
                         SkippedImage(source=i.image.source, reason=reason) for i in job.images
                     ]
                     results.append(ShardResult(index=job.index, failed=failed))
+                    on_result(results[-1])
                 if queue:
                     next_job = queue.pop(0)
                     pending[actor.run.remote(next_job)] = (actor, next_job)
