@@ -171,9 +171,10 @@ async def run_on_ray(
             keep = {result.index} if result.failed else set()
             merged.extend(merge_committed(folder, writer, written, keep=keep))
 
+        timings: dict[str, float] = {}
         with contextlib.redirect_stdout(sys.stderr):
             results, notes = (
-                _run_jobs(recipe, jobs, concurrency, engine, show_progress, merge)
+                _run_jobs(recipe, jobs, concurrency, engine, show_progress, merge, timings)
                 if jobs
                 else ([], [])
             )
@@ -215,6 +216,7 @@ async def run_on_ray(
         "workers": engine.workers,
         "shards": len(jobs),
         "worker_processes": sorted({r.worker for r in results if r.worker}),
+        **timings,
     }
     return summary, notes, removed
 
@@ -241,10 +243,14 @@ def _run_jobs(
     engine: EngineSettings,
     show_progress: bool,
     on_result: Callable[[ShardResult], None],
+    timings: dict[str, float],
 ) -> tuple[list[ShardResult], list[str]]:
     """Run ``jobs`` on ``engine.workers`` actors, each taking the next shard when it is free,
     calling ``on_result`` as each shard comes back. Returns the results of the shards that
-    finished and the first worker's notes."""
+    finished and the first worker's notes; ``timings`` gets the seconds until every actor had
+    built its parts (``workers_ready_s``, Ray's start included) and from then to the last
+    shard (``shards_s``)."""
+    started = time.perf_counter()
     from core.cli import progress_bar
 
     started_here = connect(engine)  # imports ray, or says how to install it
@@ -265,6 +271,7 @@ def _run_jobs(
             if isinstance(cause, TrustorchError):
                 raise cause from None
             raise RayEngineError(f"a Ray worker failed to start: {cause}") from None
+        timings["workers_ready_s"] = time.perf_counter() - started
         results: list[ShardResult] = []
         queue = list(jobs)
         pending: dict[Any, tuple[Any, ShardJob]] = {}
@@ -293,6 +300,7 @@ def _run_jobs(
                 if queue:
                     next_job = queue.pop(0)
                     pending[actor.run.remote(next_job)] = (actor, next_job)
+        timings["shards_s"] = time.perf_counter() - started - timings["workers_ready_s"]
         return results, notes
     finally:
         if started_here:
