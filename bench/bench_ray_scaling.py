@@ -51,10 +51,10 @@ REPLY = '{"label": "rust", "confidence": 0.8, "reason": "orange spots"}'
 def make_images(root: Path, n: int) -> Path:
     from PIL import Image
 
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "rust").mkdir(parents=True, exist_ok=True)  # the scripted agents answer "rust"
     for i in range(n):
         img = Image.new("RGB", (16, 16), (i % 256, (i // 256) % 256, 7))
-        img.save(root / f"img_{i:05d}.png")
+        img.save(root / "rust" / f"img_{i:05d}.png")
     return root
 
 
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--latency-s", type=float, default=0.2)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default="latency,instant")
     parser.add_argument("--quick", action="store_true", help="32 images, 1 repeat")
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench/results/ray_scaling.json")
     args = parser.parse_args()
@@ -170,6 +171,8 @@ def main() -> None:
                 "instant": [agent_spec("a"), agent_spec("b")],
             }
             for case, agents in cases.items():
+                if case not in args.cases.split(","):
+                    continue
                 row: dict[str, Any] = {}
                 local = median_run(args.repeats, agents, data, work, ["-j", str(j)])
                 row["local"] = {**local, "images_per_s": args.images / local["wall_s"]}
