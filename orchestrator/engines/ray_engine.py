@@ -165,13 +165,13 @@ async def run_on_ray(
         )
         jobs = folder.jobs(shards, images, written)
 
-        # Blocking on Ray here is fine: nothing else runs on this event loop. Ray prints its
-        # greeting and its workers' events on stdout, which belongs to --json.
         def merge(result: ShardResult) -> None:
             keep = {result.index} if result.failed else set()
             merged.extend(merge_committed(folder, writer, written, keep=keep))
 
         timings: dict[str, float] = {}
+        # Blocking on Ray here is fine: nothing else runs on this event loop. Ray prints its
+        # greeting and its workers' events on stdout, which belongs to --json.
         with contextlib.redirect_stdout(sys.stderr):
             results, notes = (
                 _run_jobs(recipe, jobs, concurrency, engine, show_progress, merge, timings)
