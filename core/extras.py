@@ -11,6 +11,7 @@ EXTRA_OF_PACKAGE = {
     "torchvision": ("qwen", "torchvision"),
     "gradio": ("demo", "gradio"),
     "llama_cpp": ("llm", "llama-cpp-python"),
+    "ray": ("ray", "ray"),
 }
 """Import name of an optional package -> (the extra that provides it, its name on PyPI)."""
 

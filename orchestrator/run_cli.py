@@ -23,6 +23,7 @@ from core.cli import (
 )
 from core.files import WriterLock
 from orchestrator.agent_kinds import agent_registry
+from orchestrator.engines.settings import EngineSettings, check_engine_name
 from orchestrator.policies.registry import check_policy_name, policy_names
 
 if TYPE_CHECKING:
@@ -152,6 +153,36 @@ def run(
             "(USD per 1M tokens; default: the built-in table).",
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (this process) or ray (shards on a Ray cluster; pip install "
+            "'trust-orchestrator[ray]').",
+            callback=checked_by(check_engine_name),
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster to join (ray start --head prints it; default: start a local one).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", help="Ray workers (each builds the agents once).", callback=at_least(1)
+        ),
+    ] = 2,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-size",
+            help="Images per shard of --engine ray (default: about 4 shards per worker).",
+            callback=at_least(1),
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every graph step.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -180,6 +211,11 @@ def run(
 
       trustorch run leaves/ -a clip -a gpt=openai:gpt-4o --agent-option gpt.timeout_s=30 -o r.jsonl
 
+    --engine ray splits the images into shards run by Ray workers (--workers, --ray-address);
+    each shard's lines reach --out once, when the shard is done; --resume works the same.
+
+      trustorch run leaves/ -a clip -a gpt=openai:gpt-4o -o r.jsonl --engine ray --workers 4
+
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
     """
@@ -198,6 +234,10 @@ def run(
             "trustorch eval replay --save-policy FILE --alpha A",
             option="--alpha",
         )
+    engine_settings = EngineSettings(
+        name=engine, ray_address=ray_address, workers=workers, shard_size=shard_size
+    )
+    engine_settings.check(checkpoint=checkpoint, verbose=verbose)
     checkpoint_path = checkpoint or default_checkpoint_path(out)
     on_file = not is_postgres(checkpoint_path)
     if on_file and Path(checkpoint_path).resolve() == out.resolve():
@@ -238,6 +278,7 @@ def run(
                 ),
                 verbose=verbose,
                 show_progress=True,
+                engine=engine_settings,
             )
         )
         # The default checkpoint belongs to this --out alone: once every image is in --out it
@@ -341,15 +382,14 @@ async def _run(
     llm: Any,
     verbose: bool,
     show_progress: bool,
+    engine: EngineSettings,
 ) -> tuple[Any, list[str], bool]:
     """The summary, the notes, and whether the checkpoint holds nothing any more."""
-    from agents.openai_compat import ServerFeatureTable
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
     from orchestrator.checkpoint import checkpoint_is_empty, open_checkpointer
-    from orchestrator.components import build_agents, build_policy, load_profiles
-    from orchestrator.graph import build_graph
+    from orchestrator.engines.recipe import RunRecipe, build_parts
     from orchestrator.inputs import collect_images
     from orchestrator.runner import (
         check_output_can_start,
@@ -397,53 +437,46 @@ async def _run(
         notes.append(f"skipped {item.source}: {item.reason}")
     for item in collected.duplicates:
         notes.append(f"skipped {item.source}: {item.reason}")
-    servers = ServerFeatureTable()
-    built = build_agents(
-        parsed,
-        task=task,
+    recipe = RunRecipe(
+        specs=tuple(specs),
+        agent_options=tuple(agent_options),
+        task_name=task_name,
+        run_config=run_config,
+        trust=trust,
+        policy_name=policy_name,
+        policy_file=policy_file,
+        alpha=alpha,
+        max_rounds=max_rounds,
+        agent_timeout=agent_timeout,
         retrieval=retrieval,
         want_retriever=want_retriever,
-        options=options,
-        servers=servers,
-    )
-    sources = [a.name for a in built.agents]
-    retrieval_name = getattr(built.retriever, "name", None)
-    if retrieval_name and retrieval_name not in sources:
-        sources.append(retrieval_name)
-    profiles, profile_notes = load_profiles(trust, sources, task=task, loaded=trust_profiles)
-    uses_profiles = fitted is None or fitted.chosen == "trust"
-    if uses_profiles:
-        notes += profile_notes
-    elif trust is not None:
-        notes.append(f"the policy file chose {fitted.chosen}: the trust profiles are not used")
-    policy = build_policy(
-        policy_name,
-        task=task,
-        profiles=profiles,
         llm=llm,
-        retrieval_source=retrieval_name,
-        sources=sources,
-        fitted=fitted,
-        servers=servers,
     )
-    if alpha is not None and policy_file is not None:
-        from orchestrator.policies.conformal import ConformalPolicy, load_conformal_rule
+    if engine.name == "ray":
+        from orchestrator.engines.ray_engine import run_on_ray
 
-        policy = ConformalPolicy(policy, load_conformal_rule(policy_file, alpha=alpha))
+        for note in notes:
+            console.print(f"note: {note}", highlight=False)
+        summary, worker_notes, emptied = await run_on_ray(
+            recipe,
+            collected.images,
+            out=out,
+            resume=resume,
+            concurrency=concurrency,
+            engine=engine,
+            forget_when_done=forget_when_done,
+            show_progress=show_progress,
+        )
+        notes += worker_notes
+        summary.skipped = [*collected.skipped, *collected.duplicates]
+        return summary, notes, emptied
+    parts = build_parts(recipe, trust_profiles=trust_profiles, fitted=fitted)
+    notes += parts.notes
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     emptied = False
     async with open_checkpointer(checkpoint, owner=run_config) as saver:
-        graph = build_graph(
-            task=task,
-            agents=built.agents,
-            policy=policy,
-            retriever=built.retriever,
-            max_rounds=max_rounds,
-            agent_timeout_s=agent_timeout,
-            checkpointer=saver,
-            configuration=run_config,
-        )
+        graph = parts.graph(saver)
         summary = await run_batch(
             graph,
             collected.images,
@@ -462,11 +495,7 @@ async def _run(
                 await graph.forget(item.image)
             emptied = await checkpoint_is_empty(saver)
     summary.skipped = [*collected.skipped, *collected.duplicates]
-    summary.metrics["agents_without_profile"] = sorted(
-        name
-        for name, profile in profiles.items()
-        if uses_profiles and getattr(profile, "default", False)
-    )
+    summary.metrics["agents_without_profile"] = parts.agents_without_profile()
     return summary, notes, emptied
 
 
