@@ -79,6 +79,15 @@ def run(
         int,
         typer.Option("--concurrency", "-j", help="Images at once.", callback=at_least(1)),
     ] = 4,
+    endpoint_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--endpoint-concurrency",
+            help="Calls in flight at most per OpenAI-compatible server, shared by its agents and "
+            "lowered while it answers 429/503 (default: -j times the agents on that server).",
+            callback=at_least(1),
+        ),
+    ] = None,
     max_rounds: Annotated[
         int,
         typer.Option(
@@ -215,6 +224,7 @@ def run(
                 alpha=alpha,
                 resume=resume,
                 concurrency=concurrency,
+                endpoint_concurrency=endpoint_concurrency,
                 max_rounds=max_rounds,
                 checkpoint=checkpoint_path,
                 out_lock=out_lock,
@@ -314,6 +324,7 @@ async def _run(
     alpha: float | None,
     resume: bool,
     concurrency: int,
+    endpoint_concurrency: int | None,
     max_rounds: int,
     checkpoint: Path,
     out_lock: WriterLock,
@@ -326,7 +337,7 @@ async def _run(
     show_progress: bool,
 ) -> tuple[Any, list[str], bool]:
     """The summary, the notes, and whether the checkpoint holds nothing any more."""
-    from agents.openai_compat import ServerFeatureTable
+    from agents.openai_compat import EndpointLimits, ServerFeatureTable
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
@@ -382,6 +393,8 @@ async def _run(
     for item in collected.duplicates:
         notes.append(f"skipped {item.source}: {item.reason}")
     servers = ServerFeatureTable()
+    # -j images in flight, each with every agent's call in flight: what a server must take.
+    limits = EndpointLimits(concurrency=endpoint_concurrency, per_client=concurrency)
     built = build_agents(
         parsed,
         task=task,
@@ -389,6 +402,7 @@ async def _run(
         want_retriever=want_retriever,
         options=options,
         servers=servers,
+        limits=limits,
     )
     sources = [a.name for a in built.agents]
     retrieval_name = getattr(built.retriever, "name", None)
@@ -405,6 +419,7 @@ async def _run(
         sources=sources,
         fitted=fitted,
         servers=servers,
+        limits=limits,
     )
     if alpha is not None and policy_file is not None:
         from orchestrator.policies.conformal import ConformalPolicy, load_conformal_rule
