@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from agents.openai_compat.errors import ChatError, ReplyFormatError, ReplyTooLargeError
 from agents.openai_compat.json_text import extract_json_object
-from agents.openai_compat.limits import EndpointLimit, EndpointLimits
+from agents.openai_compat.limits import EndpointLimit, EndpointLimits, PausedPastDeadline
 from agents.openai_compat.modes import (
     MODES,
     OPTIONAL_PARAMS,
@@ -329,14 +329,14 @@ class OpenAIChatClient:
     ) -> Any:
         """One request, in a slot of the endpoint's limit, telling the limit how it went."""
         loop = asyncio.get_running_loop()
-        paused = self._limit.paused_for()
-        if paused and loop.time() + paused >= calls.deadline:
+        try:
+            slot = await self._limit.acquire(calls.deadline)
+        except PausedPastDeadline:
             message = (
                 f"the server at {self._limit.endpoint} asked for a pause (Retry-After) that "
                 f"ends past this call's {self.deadline_s:g} s deadline"
             )
-            raise ChatError(self.redact(message), attempts=max(calls.made, 1))
-        slot = await self._limit.acquire()
+            raise ChatError(self.redact(message), attempts=max(calls.made, 1)) from None
         try:
             calls.timeout = min(self.timeout_s, max(calls.deadline - loop.time(), 0.01))
             calls.made = attempt + 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -63,6 +64,10 @@ def endpoint_key(base_url: str | None) -> str:
         host = f"{host}:{port}"
     netloc = f"{userinfo}{at}{host}"
     return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+class PausedPastDeadline(Exception):
+    """The endpoint is paused (``Retry-After``) until after the caller's deadline."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class EndpointLimit:
         self._epoch = 0
         self._pauses = 0
         self._paused_until = 0.0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], float]] = deque()
 
     @property
     def maximum(self) -> int:
@@ -144,22 +149,19 @@ class EndpointLimit:
         self._maximum = maximum
         self._window = float(maximum) if grew and self._epoch == 0 else min(self._window, maximum)
 
-    def paused_for(self) -> float:
-        """Seconds until the endpoint takes new calls again (0.0: not paused)."""
-        try:
-            now = asyncio.get_running_loop().time()
-        except RuntimeError:
-            return 0.0
-        return max(0.0, self._paused_until - now)
-
-    async def acquire(self) -> Slot:
+    async def acquire(self, deadline: float = math.inf) -> Slot:
         """A slot, once the endpoint is not paused and its window has room; callers wait in
-        the order they came. Cancelled while waiting: no slot is kept."""
+        the order they came. ``PausedPastDeadline`` at once (or as soon as a pause starts)
+        when the endpoint is paused until after ``deadline`` (event-loop time). Cancelled
+        while waiting: no slot is kept."""
         loop = asyncio.get_running_loop()
+        if self._paused_until >= deadline:
+            raise PausedPastDeadline(self.endpoint)
         if not self._waiters and self._can_start(loop):
             return self._take()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, deadline)
+        self._waiters.append(entry)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -168,7 +170,7 @@ class EndpointLimit:
                 self._in_flight -= 1
                 self._wake()
             else:
-                self._discard(waiter)
+                self._discard(entry)
             raise
         return Slot(self, self._epoch)
 
@@ -180,9 +182,9 @@ class EndpointLimit:
         self._peak = max(self._peak, self._in_flight)
         return Slot(self, self._epoch)
 
-    def _discard(self, waiter: asyncio.Future[None]) -> None:
+    def _discard(self, entry: tuple[asyncio.Future[None], float]) -> None:
         with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+            self._waiters.remove(entry)
 
     def _finish(
         self, epoch: int, *, overloaded: bool, answered: bool, pause_s: float | None
@@ -205,11 +207,15 @@ class EndpointLimit:
             self._paused_until = until
             self._pauses += 1
             loop.call_at(until, self._wake)
+            for waiter, deadline in list(self._waiters):
+                if deadline <= until and not waiter.done():
+                    self._waiters.remove((waiter, deadline))
+                    waiter.set_exception(PausedPastDeadline(self.endpoint))
 
     def _wake(self) -> None:
         """Hand free slots to the callers waiting longest (their futures' loops still open)."""
         while self._waiters:
-            waiter = self._waiters[0]
+            waiter, _ = self._waiters[0]
             loop = waiter.get_loop()
             if waiter.done() or loop.is_closed():
                 self._waiters.popleft()
