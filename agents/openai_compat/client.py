@@ -340,8 +340,11 @@ class OpenAIChatClient:
         try:
             calls.timeout = min(self.timeout_s, max(calls.deadline - loop.time(), 0.01))
             calls.made = attempt + 1
+            # The body is plain JSON already: as extra_body it skips the SDK's walk over its
+            # typed parameters, which cost more CPU per call than all the rest of the call.
+            body = dict(kwargs)
             response = await resources.client.chat.completions.create(
-                **kwargs, timeout=calls.timeout
+                model=body.pop("model"), messages=[], extra_body=body, timeout=calls.timeout
             )
         except BaseException as e:
             signal = load_signal(e, max_pause_s=self.max_backoff_s)
