@@ -18,6 +18,10 @@ install:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
 	  echo "note: chromium not installed; the browser test will be skipped"
+	# PostgreSQL server binaries (initdb, pg_ctl) for the --checkpoint postgresql:// tests.
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq postgresql) || \
+	  echo "note: postgresql not installed; the Postgres checkpoint tests will be skipped"
 
 test:
 	$(VENV)/bin/pytest

@@ -42,9 +42,8 @@ DeviceOpt = Annotated[
 OptionOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--option",
-        "-o",
         "--agent-option",
+        "--option",
         help="key=value for every agent whose kind takes key (timeout_s=30, max_concurrency=8, "
         "neighbour_images=2, reason_tokens=32, price_file=prices.json), or kind.key=value / "
         "name.key=value for some agents only; values are JSON or text.",
@@ -78,11 +77,12 @@ def predict(
       OPENAI_API_KEY=... trustorch agents predict leaf.jpg --agent gpt=openai:gpt-4o --json
 
       OPENAI_BASE_URL=http://127.0.0.1:8000/v1 trustorch agents predict a.jpg b.jpg
-      --agent openai:Qwen/Qwen2.5-VL-7B-Instruct -o timeout_s=120
+      --agent openai:Qwen/Qwen2.5-VL-7B-Instruct --agent-option timeout_s=120
 
-      trustorch agents predict leaf.jpg --agent hf-vlm:./Qwen2.5-VL-3B-Instruct -o reason_tokens=40
+      trustorch agents predict leaf.jpg --agent hf-vlm:./Qwen2.5-VL-3B-Instruct
+      --agent-option reason_tokens=40
 
-      trustorch agents predict leaf.jpg -a clip -a gpt=openai:gpt-4o -o gpt.timeout_s=30
+      trustorch agents predict leaf.jpg -a clip -a gpt=openai:gpt-4o --agent-option gpt.timeout_s=30
     """
     from agents.options import parse_option_items
     from core.images import image_ref

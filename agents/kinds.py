@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agents.clip_model import ClipModel
+from agents.hf_vlm import MAX_REASON_TOKENS
 from agents.options import OptionType
 from agents.registry import AgentKind, AgentSpec, AgentStatus, BuildContext
 from agents.types import Agent
@@ -145,7 +146,7 @@ HF_VLM_KIND = AgentKind(
     build=build_hf_vlm,
     hint="give a hub id or folder, e.g. hf-vlm:DIR",
     options={
-        "reason_tokens": _COUNT,
+        "reason_tokens": OptionType("int", minimum=0, maximum=MAX_REASON_TOKENS),
         "length_normalise": OptionType("bool"),
         "dtype": OptionType("dtype"),
         **_IMAGE_OPTIONS,

@@ -28,6 +28,7 @@ class OptionType:
     kind: str
     minimum: float | None = None
     exclusive: bool = False
+    maximum: float | None = None
     optional: bool = False
     choices: tuple[str, ...] = ()
     secret: bool = False
@@ -44,6 +45,8 @@ class OptionType:
         }[self.kind]
         if self.minimum is not None:
             text += f" {'>' if self.exclusive else '>='} {self.minimum:g}"
+        if self.maximum is not None:
+            text += f" {'and ' if self.minimum is not None else ''}<= {self.maximum:g}"
         if self.choices:
             text += f" (one of {', '.join(self.choices)})"
         return text + (" or none" if self.optional else "")
@@ -56,6 +59,8 @@ class OptionType:
         if self.minimum is not None and (
             out < self.minimum or (self.exclusive and out == self.minimum)
         ):
+            raise ValueError(value)
+        if self.maximum is not None and out > self.maximum:
             raise ValueError(value)
         if self.choices and str(out).lower() not in self.choices:
             raise ValueError(value)

@@ -1,11 +1,13 @@
 """Output files: written whole (a temporary file in the target's folder, renamed into place, so a
 crash never leaves half a file), checked before any work (``check_output_file``), and written by
-one process at a time (``writer_lock``). A folder that cannot be made or written is an InputError
-naming the path, not a traceback."""
+one process at a time (``writer_lock``, which refuses a second writer at once; ``FolderLock``,
+which makes writers of a shared folder take turns). A folder that cannot be made or written is
+an InputError naming the path, not a traceback."""
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -142,7 +144,7 @@ def lock_for_writing(target: str | Path, *, what: str) -> WriterLock:
         except OSError as e:
             raise InputError(f"cannot lock {what} ({os_reason(e)})", path=str(path)) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, wait=False)
         except BlockingIOError:
             holder = _holder_pid(fd)
             os.close(fd)
@@ -182,3 +184,50 @@ def _holder_pid(fd: int) -> str:
     except OSError:
         return ""
     return text if text.isdigit() else ""
+
+
+def _flock(fd: int, *, wait: bool) -> None:
+    """An exclusive flock on ``fd``: waited for, or ``BlockingIOError`` when held elsewhere."""
+    fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+class FolderLock:
+    """Writers of one folder take turns: an exclusive ``flock`` on the lock file ``path``, waited
+    for. Re-entrant for the threads of one holder object (a nested hold passes, another thread
+    waits); hold one object per folder and pass it on. Where the folder cannot hold a lock file
+    (read-only) or the platform has no ``fcntl``, nobody can write there either: nothing is
+    locked."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            if self._depth == 0:
+                self._fd = self._take()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    os.close(self._fd)  # closing the descriptor releases the flock
+                    self._fd = None
+
+    def _take(self) -> int | None:
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return None
+        try:
+            _flock(fd, wait=True)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd

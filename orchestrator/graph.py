@@ -29,6 +29,7 @@ from langgraph.checkpoint.serde.base import maybe_add_typed_methods
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 
 from agents.types import Agent, Prediction
 from core.images import ImageRef
@@ -190,6 +191,17 @@ def with_state_types(checkpointer: Any) -> Any:
     return strict
 
 
+def in_loop(router: Callable[[GraphState, Runtime[GraphContext]], Any]) -> Callable[..., Any]:
+    """``router`` as a coroutine function: LangGraph runs a plain function of an async graph in
+    a worker thread, a hand-off that costs more than the routing itself."""
+
+    async def route(state: GraphState, runtime: Runtime[GraphContext]) -> Any:
+        return router(state, runtime)
+
+    route.__name__ = route.__qualname__ = router.__name__
+    return route
+
+
 def build_graph(
     *,
     task: Task,
@@ -223,12 +235,14 @@ def build_graph(
     builder.add_node("retrieve", nodes.retrieve)
     builder.add_node("reevaluate", nodes.reevaluate)
     builder.add_node("finalize", nodes.finalize)
-    builder.add_conditional_edges(START, routers.first_looks, ["perceive"])
+    builder.add_conditional_edges(START, in_loop(routers.first_looks), ["perceive"])
     builder.add_edge("perceive", "assess")
     builder.add_conditional_edges(
-        "assess", routers.after_assess, ["finalize", "retrieve", "reevaluate"]
+        "assess", in_loop(routers.after_assess), ["finalize", "retrieve", "reevaluate"]
     )
-    builder.add_conditional_edges("retrieve", routers.after_retrieve, ["assess", "reevaluate"])
+    builder.add_conditional_edges(
+        "retrieve", in_loop(routers.after_retrieve), ["assess", "reevaluate"]
+    )
     builder.add_edge("reevaluate", "assess")
     builder.add_edge("finalize", END)
     compiled = builder.compile(checkpointer=with_state_types(checkpointer))

@@ -95,11 +95,12 @@ def run(
         ),
     ] = 2,
     checkpoint: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--checkpoint",
-            help="SQLite checkpoint file (default: OUT.checkpoints.sqlite).",
-            callback=output_file("the checkpoint"),
+            help="SQLite checkpoint file (default: OUT.checkpoints.sqlite), or a PostgreSQL "
+            "database postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass).",
+            callback=checkpoint_target,
         ),
     ] = None,
     keep_checkpoint: Annotated[
@@ -191,10 +192,14 @@ def run(
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
     """
+    from contextlib import nullcontext
+
     from core.files import writer_lock
+    from core.redact import redact_url
     from orchestrator.agent_kinds import RetrievalSettings
+    from orchestrator.checkpoint import is_postgres, remove_checkpoint
     from orchestrator.components import LlmSettings
-    from orchestrator.runner import default_checkpoint_path, remove_checkpoint_file
+    from orchestrator.runner import default_checkpoint_path
 
     if alpha is not None and (policy_file is None or not 0.0 < alpha < 1.0):
         raise usage_error(
@@ -203,13 +208,15 @@ def run(
             option="--alpha",
         )
     checkpoint_path = checkpoint or default_checkpoint_path(out)
-    if checkpoint_path.resolve() == out.resolve():
+    on_file = not is_postgres(checkpoint_path)
+    if on_file and Path(checkpoint_path).resolve() == out.resolve():
         raise usage_error("the checkpoint cannot be the output file", option="--checkpoint")
-    # One run at a time per output and per checkpoint, held to the end and taken before
-    # anything loads, so that a second run is refused at once and writes nothing.
+    # One run at a time per output and per checkpoint file, held to the end and taken before
+    # anything loads, so that a second run is refused at once and writes nothing. (A Postgres
+    # checkpoint is held by an advisory lock per run configuration: open_checkpointer.)
     with (
         writer_lock(out, what="the output") as out_lock,
-        writer_lock(checkpoint_path, what="the checkpoint"),
+        writer_lock(checkpoint_path, what="the checkpoint") if on_file else nullcontext(),
     ):
         summary, notes, emptied = asyncio.run(
             _run(
@@ -247,9 +254,9 @@ def run(
         # goes whole. A --checkpoint given may be shared: it goes when no thread is left.
         removed = not keep_checkpoint and not summary.failed and (emptied or checkpoint is None)
         if removed:
-            remove_checkpoint_file(checkpoint_path)
+            remove_checkpoint(checkpoint_path)
     if as_json:
-        kept = None if removed else str(checkpoint_path)
+        kept = None if removed else redact_url(str(checkpoint_path))
         emit_json({**summary.to_dict(), "notes": notes, "out": str(out), "checkpoint": kept})
     else:
         _print_summary(summary, out)
@@ -268,6 +275,16 @@ def run(
         )
     if summary.failed or summary.every_agent_failed_everywhere:
         raise typer.Exit(1)
+
+
+def checkpoint_target(value: str | None) -> str | Path | None:
+    """Option callback of ``--checkpoint``: a ``postgresql://`` URL as given, else a file path
+    that can be written (``core.files.check_output_file``)."""
+    from orchestrator.checkpoint import is_postgres
+
+    if value is None or is_postgres(value):
+        return value
+    return output_file("the checkpoint")(Path(value))
 
 
 def run_configuration(
@@ -326,7 +343,7 @@ async def _run(
     concurrency: int,
     endpoint_concurrency: int | None,
     max_rounds: int,
-    checkpoint: Path,
+    checkpoint: str | Path,
     out_lock: WriterLock,
     forget_when_done: bool,
     agent_timeout: float | None,
@@ -341,16 +358,15 @@ async def _run(
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
+    from orchestrator.checkpoint import checkpoint_is_empty, open_checkpointer
     from orchestrator.components import build_agents, build_policy, load_profiles
     from orchestrator.graph import build_graph
     from orchestrator.inputs import collect_images
     from orchestrator.runner import (
         check_output_can_start,
         check_same_run,
-        checkpoint_is_empty,
         read_output,
         run_batch,
-        sqlite_checkpointer,
     )
 
     console = stderr_console()
@@ -409,7 +425,11 @@ async def _run(
     if retrieval_name and retrieval_name not in sources:
         sources.append(retrieval_name)
     profiles, profile_notes = load_profiles(trust, sources, task=task, loaded=trust_profiles)
-    notes += profile_notes
+    uses_profiles = fitted is None or fitted.chosen == "trust"
+    if uses_profiles:
+        notes += profile_notes
+    elif trust is not None:
+        notes.append(f"the policy file chose {fitted.chosen}: the trust profiles are not used")
     policy = build_policy(
         policy_name,
         task=task,
@@ -428,7 +448,7 @@ async def _run(
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     emptied = False
-    async with sqlite_checkpointer(checkpoint) as saver:
+    async with open_checkpointer(checkpoint, owner=run_config) as saver:
         graph = build_graph(
             task=task,
             agents=built.agents,
@@ -458,7 +478,9 @@ async def _run(
             emptied = await checkpoint_is_empty(saver)
     summary.skipped = [*collected.skipped, *collected.duplicates]
     summary.metrics["agents_without_profile"] = sorted(
-        name for name, profile in profiles.items() if getattr(profile, "default", False)
+        name
+        for name, profile in profiles.items()
+        if uses_profiles and getattr(profile, "default", False)
     )
     return summary, notes, emptied
 

@@ -3,7 +3,7 @@ one JSONL line per image written whole or not at all, resumable after a kill.
 
 Output file rules:
 - each decision is one line ``json + "\\n"`` written by a single ``os.write`` on an append-only
-  descriptor, then flushed to disk (``fsync``) before the image counts as done;
+  descriptor, after its image's finished checkpoint is committed;
 - ``resume=True`` reads the existing output, drops a truncated last line (the only damage a
   kill can do) by cutting the file back to its last newline, and skips the images already there;
   an image is never written twice;
@@ -12,12 +12,20 @@ Output file rules:
   line carries it under ``"run"``, and resuming a file written with another configuration is
   refused, so one file never mixes two setups.
 
-Checkpoints (LangGraph SQLite, ``durability="sync"``, through ``orchestrator.graph.run_image``,
-the one resume path): with ``resume`` an image whose thread finished returns its stored
-decision and one interrupted mid-graph resumes from its last checkpoint, so no agent is called
-again for finished images or finished steps; without ``resume`` the image's thread is cleared
-first (a fresh run). Threads are keyed by the graph's configuration fingerprint and the image's
-sha256 (``ImageGraph.thread_id``): another setup's checkpoint is never read.
+Durability: a line, once written, survives the process being killed (it is in the kernel's
+cache); the output and the SQLite checkpoint's WAL are fsynced together once per
+``sync_every_s`` (1 s) and at the end. A kill therefore loses no finished image and no finished
+agent call. A power cut or kernel crash can take the last second: an image whose line is lost
+but whose checkpoint is on disk is written again from its checkpoint on ``--resume`` without
+calling an agent; one whose commits are lost too is asked again. Never a duplicate line.
+
+Checkpoints (``orchestrator.checkpoint``, ``durability="sync"``, through
+``orchestrator.graph.run_image``, the one resume path): with ``resume`` an image whose thread
+finished returns its stored decision and one interrupted mid-graph resumes from its last
+checkpoint, so no agent is called again for finished images or finished steps; without
+``resume`` the image's thread is cleared first (a fresh run). Threads are keyed by the graph's
+configuration fingerprint and the image's sha256 (``ImageGraph.thread_id``): another setup's
+checkpoint is never read.
 
 One writer per output: ``run_batch`` holds ``OUT.lock`` (``core.files.writer_lock``) for the
 whole run, resumed or not; a second run on the same ``out`` is refused before it writes.
@@ -29,12 +37,12 @@ An image on which every agent failed is still decided and written (its trace hol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,10 @@ from core.files import WriterLock, lock_for_writing, output_folder
 from core.images import LabelledImage, SkippedImage
 from core.jsonio import dumps_json, parse_json
 from core.task import Task
+from orchestrator.checkpoint import (  # noqa: F401  (still importable from here)
+    checkpoint_is_empty,
+    sqlite_checkpointer,
+)
 from orchestrator.graph import ImageGraph, run_image
 
 
@@ -123,11 +135,12 @@ def check_same_run(existing: ExistingOutput, run_config: Mapping[str, Any], out:
 
 
 class JsonlWriter:
-    """Appends whole lines: one ``os.write`` per line, then ``fsync``."""
+    """Appends whole lines: one ``os.write`` per line; ``sync`` makes them durable (fsync)."""
 
     def __init__(self, path: Path) -> None:
         output_folder(path.parent, what="the output")
         self.path = path
+        self._unsynced = False
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
@@ -138,50 +151,38 @@ class JsonlWriter:
         written = os.write(self._fd, line)
         if written != len(line):
             raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
-        os.fsync(self._fd)
+        self._unsynced = True
+
+    def sync(self) -> None:
+        """fsync what was written (safe from another thread while lines are written)."""
+        if self._unsynced:
+            self._unsynced = False
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        os.close(self._fd)
+        try:
+            self.sync()
+        finally:
+            os.close(self._fd)
 
 
-@asynccontextmanager
-async def sqlite_checkpointer(path: Path) -> AsyncIterator[Any]:
-    """LangGraph's async SQLite checkpointer on ``path`` (created when missing); InputError
-    naming ``path`` when it cannot be created or is not a SQLite file."""
-    import sqlite3
+async def sync_periodically(writer: JsonlWriter, checkpointer: Any, every_s: float) -> None:
+    """Every ``every_s`` seconds, in a worker thread: fsync the checkpoint's journal (when it
+    has one to sync: ``sync_to_disk``), then the output. Runs until cancelled."""
+    sync_checkpoint = getattr(checkpointer, "sync_to_disk", None)
 
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    def sync() -> None:
+        if sync_checkpoint is not None:
+            sync_checkpoint()
+        writer.sync()
 
-    output_folder(path.parent, what="the checkpoint")
-    if path.is_dir():
-        raise InputError("the checkpoint is a folder; give a .sqlite file", path=str(path))
-    opened = False
-    try:
-        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-            await saver.setup()
-            opened = True
-            yield saver
-    except (sqlite3.Error, OSError) as e:
-        if opened:
-            raise
-        raise InputError(f"not a usable SQLite checkpoint file ({e})", path=str(path)) from None
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(sync)
 
 
 def default_checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoints.sqlite")
-
-
-async def checkpoint_is_empty(saver: Any) -> bool:
-    """Whether ``saver`` holds no checkpoint of any thread."""
-    async for _ in saver.alist(None, limit=1):
-        return False
-    return True
-
-
-def remove_checkpoint_file(path: Path) -> None:
-    """Delete a (closed) SQLite checkpoint file and its journal files."""
-    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + "-journal"):
-        path.with_name(name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -401,12 +402,14 @@ async def run_batch(
     verbose: bool = False,
     run_config: Mapping[str, Any] | None = None,
     lock: WriterLock | None = None,
+    sync_every_s: float = 1.0,
 ) -> RunSummary:
     """Classify ``images`` with ``graph``, appending one decision line per image to ``out``
     (each with ``run_config`` under ``"run"`` when given; see the module docstring).
 
     ``lock`` is the writer's lock of ``out`` when the caller took it already (to refuse a
-    second writer before loading models); otherwise ``run_batch`` takes it for the run."""
+    second writer before loading models); otherwise ``run_batch`` takes it for the run.
+    ``sync_every_s`` is how often the output and the checkpoint are fsynced (and at the end)."""
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
     out = Path(out)
@@ -416,7 +419,16 @@ async def run_batch(
     held = lock if lock is not None else lock_for_writing(out, what="the output")
     try:
         return await _run_locked(
-            graph, images, task, out, resume, concurrency, show_progress, verbose, run_config
+            graph,
+            images,
+            task,
+            out,
+            resume,
+            concurrency,
+            show_progress,
+            verbose,
+            run_config,
+            sync_every_s,
         )
     finally:
         if lock is None:
@@ -433,6 +445,7 @@ async def _run_locked(
     show_progress: bool,
     verbose: bool,
     run_config: Mapping[str, Any] | None,
+    sync_every_s: float,
 ) -> RunSummary:
     started = time.perf_counter()
     check_output_can_start(out, resume=resume)  # again: another writer may just have ended
@@ -445,6 +458,7 @@ async def _run_locked(
     run.written.update(existing.decisions)
     gate = asyncio.Semaphore(concurrency)
     progress = progress_bar(disable=not show_progress)
+    syncer = asyncio.create_task(sync_periodically(writer, graph.checkpointer, sync_every_s))
     try:
         with progress:
             run.progress = progress if show_progress else None
@@ -456,6 +470,12 @@ async def _run_locked(
                 )
             await asyncio.gather(*(run.one(item, gate, bar) for item in todo))
     finally:
+        syncer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await syncer
+        sync_checkpoint = getattr(graph.checkpointer, "sync_to_disk", None)
+        if sync_checkpoint is not None:
+            sync_checkpoint()
         writer.close()
     batch = {item.image.sha256 for item in images}
     all_decisions = [d for sha, d in existing.decisions.items() if sha in batch] + run.decisions

@@ -17,6 +17,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from agents.types import Neighbour, Prediction
 from core.images import ImageRef
+from orchestrator.checkpoint_serde import FastStateSerializer
 from orchestrator.decision import Assessment, Decision
 from rag.evidence import Evidence
 
@@ -98,7 +99,9 @@ CHECKPOINTED_TYPES: tuple[type, ...] = (
 
 
 def checkpoint_serializer() -> JsonPlusSerializer:
-    """LangGraph's serializer, loading nothing but its safe built-ins and ``CHECKPOINTED_TYPES``."""
-    return JsonPlusSerializer(
-        allowed_msgpack_modules=[(t.__module__, t.__name__) for t in CHECKPOINTED_TYPES]
+    """LangGraph's serializer, loading nothing but its safe built-ins and ``CHECKPOINTED_TYPES``
+    (and writing those fast, in LangGraph's own format: ``FastStateSerializer``)."""
+    return FastStateSerializer(
+        dataclass_types=CHECKPOINTED_TYPES,
+        allowed_msgpack_modules=[(t.__module__, t.__name__) for t in CHECKPOINTED_TYPES],
     )

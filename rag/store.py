@@ -5,28 +5,28 @@ data directory) or an ``HttpClient`` for a ``chroma run`` server. Open it once p
 pass it on. Each collection records the model and dimension of its vectors; vectors of another
 model or dimension are refused with ``StoreError``. Ids are image sha256: adding an image that is
 already there changes nothing. Processes that open, create or write one embedded folder at the
-same time take turns on an advisory lock file in it (``folder_lock``).
+same time take turns on an advisory lock file in it (``core.files.FolderLock``).
 """
 
 from __future__ import annotations
 
-import fcntl
+import base64
 import hashlib
 import os
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 import numpy as np
 
 from agents.types import Neighbour
 from core.errors import InputError
+from core.files import FolderLock
 from core.redact import redact_url
 from rag.errors import StoreError
 
@@ -43,62 +43,20 @@ DEFAULT_HNSW: dict[str, Any] = {
 _PAGE = 5000
 CHROMA_DB_FILE = "chroma.sqlite3"  # what an embedded Chroma folder holds once it is an index
 LOCK_FILE = ".trustorch-write.lock"
+CHROMA_TOKEN_ENV = "TRUSTORCH_CHROMA_TOKEN"
 
 
-class _FolderLock:
-    """An exclusive ``flock`` on an index folder's lock file, waited for, re-entrant within a
-    process (a thread waits for another thread of it; a nested hold by the same thread passes)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_FILE
-        self.threads = threading.RLock()
-        self.depth = 0
-        self.fd: int | None = None
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self.threads:
-            if self.depth == 0:
-                self.fd = _locked_fd(self.path)
-            self.depth += 1
-            try:
-                yield
-            finally:
-                self.depth -= 1
-                if self.depth == 0 and self.fd is not None:
-                    os.close(self.fd)  # closing the descriptor releases the flock
-                    self.fd = None
-
-
-def _locked_fd(path: Path) -> int | None:
-    """A descriptor of ``path`` holding an exclusive flock, or None where the folder cannot hold
-    a lock file (read-only): then there is nobody to keep out."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-_folder_locks: dict[str, _FolderLock] = {}
-_folder_locks_guard = threading.Lock()
-
-
-def folder_lock(folder: str | Path) -> AbstractContextManager[None]:
-    """Held while an embedded index folder is created or written: Chroma's migrations and the
-    check-then-add of ``ImageIndex.add`` are not safe from several processes at once, so
-    concurrent imports into one folder take turns (and each row is added once)."""
-    real = os.path.realpath(folder)
-    with _folder_locks_guard:
-        lock = _folder_locks.get(real)
-        if lock is None:
-            lock = _folder_locks[real] = _FolderLock(Path(real))
-    return lock.held()
+def chroma_auth_headers(url: ParseResult, environ: Mapping[str, str]) -> dict[str, str]:
+    """What proves who we are to a Chroma server behind an authenticating proxy: a bearer token
+    from ``TRUSTORCH_CHROMA_TOKEN``, else the login of the URL (``https://user:pass@host``) as
+    HTTP Basic auth, else nothing."""
+    token = environ.get(CHROMA_TOKEN_ENV, "").strip()
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if url.username is not None:
+        login = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(login).decode("ascii")}
+    return {}
 
 
 def default_index_dir() -> Path:
@@ -160,15 +118,19 @@ class StoredVectors:
 class ChromaStore:
     """A Chroma client (embedded folder or server) and the collections it holds."""
 
-    def __init__(self, client: Any, location: str, *, folder: Path | None = None) -> None:
+    def __init__(
+        self, client: Any, location: str, *, folder_lock: FolderLock | None = None
+    ) -> None:
         self.client = client
         self.location = location
-        self.folder = folder
+        self.folder_lock = folder_lock
 
     def writing(self) -> AbstractContextManager[None]:
-        """The folder's write lock for an embedded store (``folder_lock``); a server
+        """Held while an embedded folder is created or written: Chroma's migrations and the
+        check-then-add of ``ImageIndex.add`` are not safe from several processes at once, so
+        concurrent imports into one folder take turns (and each row is added once). A server
         serialises its own writes."""
-        return folder_lock(self.folder) if self.folder is not None else nullcontext()
+        return self.folder_lock.held() if self.folder_lock is not None else nullcontext()
 
     @classmethod
     def open(
@@ -192,7 +154,11 @@ class ChromaStore:
             port = parsed.port or (443 if ssl else 8000)
             try:
                 client = chromadb.HttpClient(
-                    host=parsed.hostname, port=port, ssl=ssl, settings=settings
+                    host=parsed.hostname,
+                    port=port,
+                    ssl=ssl,
+                    headers=chroma_auth_headers(parsed, os.environ),
+                    settings=settings,
                 )
                 client.heartbeat()
             except Exception as e:
@@ -205,13 +171,14 @@ class ChromaStore:
         folder = Path(index_dir) if index_dir else default_index_dir()
         if not create and not (folder / CHROMA_DB_FILE).is_file():
             raise InputError(f"no index at {folder}; build one with `trustorch index build`")
+        lock = FolderLock(Path(os.path.realpath(folder)) / LOCK_FILE)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            with folder_lock(folder):
+            with lock.held():
                 client = chromadb.PersistentClient(path=str(folder), settings=settings)
         except Exception as e:
             raise StoreError(f"cannot open the index folder {folder}: {e}") from e
-        return cls(client, str(folder), folder=folder)
+        return cls(client, str(folder), folder_lock=lock)
 
     def index(self, task: str, model: str, dim: int) -> ImageIndex:
         """The index of (task, model), created empty when absent; refuses another dimension."""

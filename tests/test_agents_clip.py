@@ -211,6 +211,11 @@ def test_build_agent_rejects_unknown_kinds_and_options(clip: ClipModel, apple_ta
         ("openai:gpt-4o", {"prices": "cheap"}, "option prices='cheap' must be a mapping"),
         ("hf-vlm:/nowhere/vlm", {"dtype": "int7"}, "option dtype='int7' must be a torch dtype"),
         ("hf-vlm:/nowhere/vlm", {"reason_tokens": 1.5}, "option reason_tokens=1.5 must be an"),
+        (  # refused before any model folder is looked at (this one does not exist)
+            "hf-vlm:/nowhere/vlm",
+            {"reason_tokens": 513},
+            "option reason_tokens=513 must be an integer >= 0 and <= 512",
+        ),
     ],
 )
 def test_build_agent_refuses_option_values_of_the_wrong_type(
@@ -246,7 +251,7 @@ def test_cli_predict_bad_option_value_is_one_line(
 
     for option, shown in (("batch_size=abc", "'abc'"), ("batch_size=-1", "-1")):
         args = ["agents", "predict", images[0].source, "--clip-model", "/nowhere/clip"]
-        assert main([*args, "-o", option]) == 1
+        assert main([*args, "--agent-option", option]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [
             f"error: agent spec 'clip': option batch_size={shown} must be an integer >= 1"
@@ -292,7 +297,7 @@ def test_cli_predict_json_with_clip_and_an_openai_agent(
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
         args = ["predict", images[0].source, images[1].source, "--agent", "clip"]
         args += ["--agent", "vlm=openai:local-vlm", "--clip-model", str(clip_dir)]
-        args += ["--device", "cpu", "-o", "max_retries=0", "--json"]
+        args += ["--device", "cpu", "--agent-option", "max_retries=0", "--json"]
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)

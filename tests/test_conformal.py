@@ -300,7 +300,8 @@ def test_cli_reports_sets_per_alpha_and_refuses_bad_values(case3: Path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["policy"] == "select"  # the default policy: its sets, seed 0
     assert [lv["alpha"] for lv in report["conformal"]["levels"]] == [0.1, 0.05]
-    assert report["conformal"]["levels"][0]["coverage"] == pytest.approx(144 / 160)
+    # select keeps the trust policy on every fold of Case 3 (its agents look again)
+    assert report["conformal"]["levels"][0]["coverage"] == pytest.approx(145 / 160)
     for bad, hint in (
         (["--alpha", "1.5"], "'--alpha'"),
         (["--alpha", "0"], "'--alpha'"),

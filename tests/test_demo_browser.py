@@ -42,7 +42,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -126,7 +126,7 @@ def test_upload_a_leaf_and_read_the_decision(server, browser, demo_setup, apple_
 
     _, clip_dir, index_dir, photo = demo_setup
     browser.get(server)
-    upload = WebDriverWait(browser, 60).until(
+    upload = WebDriverWait(browser, 180).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#leaf-input input[type=file]")
     )
     upload.send_keys(str(photo))
@@ -137,7 +137,7 @@ def test_upload_a_leaf_and_read_the_decision(server, browser, demo_setup, apple_
         )
         return text if text and text.startswith(("Diagnosis", "No diagnosis", "Error")) else False
 
-    summary = WebDriverWait(browser, 120).until(page_summary)
+    summary = WebDriverWait(browser, 300).until(page_summary)
     browser.save_screenshot(str(tmp_path / "page.png"))
 
     expected = asyncio.run(
@@ -147,7 +147,7 @@ def test_upload_a_leaf_and_read_the_decision(server, browser, demo_setup, apple_
     )
     assert summary == summary_text(expected)
 
-    frame = WebDriverWait(browser, 30).until(
+    frame = WebDriverWait(browser, 90).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#report iframe#report-frame")
     )
     browser.switch_to.frame(frame)

@@ -74,3 +74,37 @@ def test_cli_writers_fail_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err == f"error: {blocker}{folder}: a file is in the way of the folder for {message}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "long.jsonl"]
+
+
+def _held_elsewhere(path: Path) -> bool:
+    """Whether another process finds ``path``'s flock taken (it tries without waiting)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n"
+        "    sys.exit(3)\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe, str(path)]).returncode == 3
+
+
+def test_a_folder_lock_is_re_entrant_and_keeps_other_processes_out(tmp_path: Path):
+    from core.files import FolderLock
+
+    lock = FolderLock(tmp_path / ".lock")
+    assert not _held_elsewhere(tmp_path / ".lock")
+    with lock.held():
+        with lock.held():  # a nested hold by the same holder does not wait for itself
+            assert _held_elsewhere(tmp_path / ".lock")
+        assert _held_elsewhere(tmp_path / ".lock")  # still held by the outer block
+    assert not _held_elsewhere(tmp_path / ".lock")
+
+
+def test_a_folder_lock_in_a_read_only_folder_locks_nothing(tmp_path: Path):
+    from core.files import FolderLock
+
+    with FolderLock(tmp_path / "missing-folder" / ".lock").held():
+        pass
+    assert not (tmp_path / "missing-folder").exists()

@@ -26,7 +26,15 @@ from orchestrator.policies.families import (
     stacking_features,
 )
 from orchestrator.policies.policy_file import load_policy_selection, load_trust_policy_settings
-from orchestrator.policies.select import FAMILIES, SelectPolicy, beats, choose_family
+from orchestrator.policies.select import (
+    FAMILIES,
+    SECOND_LOOK_MARGIN_Z,
+    SelectPolicy,
+    beats,
+    choose_family,
+    inner_cross_validation,
+    preference,
+)
 from orchestrator.replay.run import (
     ReplaySetup,
     decide_fold,
@@ -92,6 +100,11 @@ def test_the_choice_does_not_see_the_test_fold(name: str, request, tmp_path: Pat
     assert honest.selection() == adversarial.selection()
     assert honest.trust_.to_dict() == adversarial.trust_.to_dict()
     assert set(honest.scores_) == set(FAMILIES)
+    # Case 3's agents look again: the trust policy is the incumbent, at the 5% margin
+    first = "trust" if name == "case3" else "best-single"
+    assert next(iter(honest.scores_)) == first
+    margin = SECOND_LOOK_MARGIN_Z if name == "case3" else 0.5
+    assert {s["margin_z"] for s in list(honest.scores_.values())[1:]} == {margin}
     # the two files differ on every held-out row and only there
     truths = [{r.id: r.truth for r in read_records(p).records} for p in (path, flipped)]
     assert {i for i in truths[0] if truths[0][i] != truths[1][i]} == held_ids
@@ -216,6 +229,7 @@ def test_choose_family_needs_a_margin_to_leave_the_best_source():
         "against": "best-single",
         "wins": 3,
         "losses": 2,
+        "margin_z": 0.5,
     }
     clearly = base.copy()
     clearly[60:64] = True
@@ -336,7 +350,9 @@ def test_run_with_a_saved_select_file_decides_as_the_chosen_family(
         lines = (json.loads(x) for x in out.read_text().splitlines())
         return {Path(d["image"]).name: d for d in lines}
 
+    capsys.readouterr()
     decided = run(saved, tmp_path / "select.jsonl")
+    assert "trust profile" not in capsys.readouterr().err  # best-single reads no profile
     # best-single is GPT-4o: its answer on every image, where the two agents disagree
     assert {name: d["label"] for name, d in decided.items()} == {
         r["image"]: r["gpt_pred"] for r in disagree
@@ -350,6 +366,7 @@ def test_run_with_a_saved_select_file_decides_as_the_chosen_family(
     trust_only.write_text(json.dumps(data))
     as_trust = run(trust_only, tmp_path / "trust.jsonl")
     assert {d["policy"] for d in as_trust.values()} == {"trust"}
+    assert "agent 'gpt' has no trust profile" in capsys.readouterr().err
     assert any(as_trust[n]["label"] != decided[n]["label"] for n in decided)
     capsys.readouterr()
     # a selection fitted on other labels, or reading a source the run lacks: one line, exit 1
@@ -369,3 +386,59 @@ def test_run_with_a_saved_select_file_decides_as_the_chosen_family(
     err = capsys.readouterr().err.strip()
     assert "--policy-file's best-single reads source(s) 'gpt' that this run does not have" in err
     assert len(err.splitlines()) == 1
+
+
+def test_with_second_looks_the_trust_policy_is_kept_unless_clearly_beaten():
+    assert preference(FAMILIES, second_looks=False) == list(FAMILIES)
+    assert preference(FAMILIES, second_looks=True) == [
+        "trust",
+        "best-single",
+        "dawid-skene",
+        "stacking",
+    ]
+    assert preference(["stacking", "best-single"], second_looks=True) == [
+        "stacking",
+        "best-single",
+    ]
+    trust = np.array([True] * 90 + [False] * 10)
+
+    def choice(**others: np.ndarray) -> str:
+        order = preference(FAMILIES, second_looks=True)
+        right = {f: trust for f in FAMILIES} | others
+        scores = {f: {"accuracy": float(right[f].mean()), "log_loss": 1.0} for f in order}
+        return choose_family(scores, right, z=SECOND_LOOK_MARGIN_Z)
+
+    a_row_or_two = trust.copy()
+    a_row_or_two[90:93] = True
+    a_row_or_two[0] = False  # 3 rows won, 1 lost: 2 < 1.645 * 2, as noisy as Case 3's leads
+    assert choice(**{"best-single": a_row_or_two, "dawid-skene": a_row_or_two}) == "trust"
+    # the same lead would have replaced the best source on first looks (z = 0.5)
+    plain = {f: {"accuracy": 0.0, "log_loss": 1.0} for f in FAMILIES}
+    right = {f: trust for f in FAMILIES} | {"best-single": trust, "trust": a_row_or_two}
+    assert choose_family(plain, right) == "trust"
+    clearly = trust.copy()
+    clearly[90:96] = True  # 6 rows won, none lost: 6 > 1.645 * sqrt(6)
+    assert choice(stacking=clearly) == "stacking"
+    assert choice(**{"best-single": clearly}) == "best-single"
+
+
+def test_inner_splits_can_have_their_own_fold_count(case3: Path):
+    from orchestrator.policies.trust import TrustPolicy
+
+    records, setup, _, train = fold_split(case3, seed=0, fold=1)
+    trust = TrustPolicy(retrieval_source=setup.retrieval, seed=0).fit(
+        records, setup.columns, ids=train
+    )
+    answers = answers_from_records(records, setup.columns, setup.retrieval, train)
+    own = inner_cross_validation(
+        records, setup.columns, train, trust, answers, families=FAMILIES, repeats=1
+    )
+    three = inner_cross_validation(
+        records, setup.columns, train, trust, answers, families=FAMILIES, repeats=2, folds=3
+    )
+    assert own.right["trust"].shape == (1, len(train))
+    assert three.right["trust"].shape == (2, len(train))
+    assert three.probabilities["stacking"].shape == (2, len(train), len(records.labels))
+    assert np.allclose(three.probabilities["dawid-skene"].sum(axis=2), 1.0)
+    # the best single source (the retrieval vote on every split) decides as it is
+    assert np.array_equal(three.right["best-single"][0], own.right["best-single"][0])

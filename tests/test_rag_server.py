@@ -115,3 +115,93 @@ def test_cli_build_resumes_against_server(
     )
     (info,) = json.loads(capsys.readouterr().out)["indexes"]
     assert info["labels"] == dict.fromkeys(COLOURS, 2) and info["location"] == chroma_url
+
+
+class _TokenProxy:
+    """A loopback reverse proxy in front of the Chroma server that lets a request through only
+    with ``Authorization: Bearer <token>`` (what nginx or a gateway does in a deployment)."""
+
+    def __init__(self, upstream: str, token: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def forward(self) -> None:
+                seen.append(self.headers.get("Authorization", ""))
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                size = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(size) if size else None
+                headers = {"Content-Type": self.headers.get("Content-Type", "application/json")}
+                reply = httpx.request(
+                    self.command, upstream + self.path, content=body, headers=headers, timeout=30
+                )
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("content-type", "text/plain"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.seen = seen
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_server_behind_an_authenticating_proxy_takes_a_token_or_a_url_login(
+    chroma_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    import numpy as np
+
+    from rag.errors import StoreError
+
+    proxy = _TokenProxy(chroma_url, "s3cret-token")
+    try:
+        monkeypatch.delenv("TRUSTORCH_CHROMA_TOKEN", raising=False)
+        with pytest.raises(StoreError) as refused:
+            ChromaStore.open(chroma_url=proxy.url)
+        assert "cannot reach the Chroma server" in str(refused.value)
+        assert proxy.seen and proxy.seen[-1] == ""
+
+        monkeypatch.setenv("TRUSTORCH_CHROMA_TOKEN", "s3cret-token")
+        store = ChromaStore.open(chroma_url=proxy.url)
+        index = store.index("proxy-task", "m", 3)
+        added = index.add(
+            ["a" * 64], np.array([[1.0, 0.0, 0.0]]), model="m", labels=["rust"], sources=["x"]
+        )
+        assert added == 1 and index.count() == 1
+        assert set(proxy.seen[1:]) == {"Bearer s3cret-token"}
+
+        # a wrong token is refused by the proxy, and the message never shows it
+        monkeypatch.setenv("TRUSTORCH_CHROMA_TOKEN", "wrong-token")
+        with pytest.raises(StoreError) as wrong:
+            ChromaStore.open(chroma_url=proxy.url)
+        assert "wrong-token" not in str(wrong.value)
+    finally:
+        proxy.close()
+
+
+def test_a_url_login_is_sent_as_basic_auth_and_a_token_wins():
+    from urllib.parse import urlparse
+
+    from rag.store import chroma_auth_headers
+
+    url = urlparse("https://ann:p%40ss@chroma.example:8443")
+    assert chroma_auth_headers(url, {}) == {"Authorization": "Basic YW5uOnBAc3M="}  # ann:p@ss
+    token = {"TRUSTORCH_CHROMA_TOKEN": " t0k "}
+    assert chroma_auth_headers(url, token) == {"Authorization": "Bearer t0k"}
+    assert chroma_auth_headers(urlparse("http://127.0.0.1:8000"), {}) == {}

@@ -78,6 +78,7 @@ class FamilyScores(BaseModel):
     against: Family | None = None
     wins: NonNegativeInt | None = None
     losses: NonNegativeInt | None = None
+    margin_z: NonNegativeFloat | None = None
 
 
 class Selection(BaseModel):

@@ -149,12 +149,14 @@ def repeated_cross_fit(
     retrieval: str | None,
     agent_model: str,
     keep_first_looks: bool,
+    folds: int | None = None,
 ) -> CrossFit:
-    """``base``'s cross-fitting again on other inner folds (stratified, seeded by ``fold_seed``),
-    the profiles fitted as ``fit_stacked`` fits them (``seed``); the weights fitted on every row
+    """``base``'s cross-fitting again on other inner folds (``folds`` stratified folds, as many
+    as ``base``'s by default, fewer when a class is smaller; seeded by ``fold_seed``), the
+    profiles fitted as ``fit_stacked`` fits them (``seed``); the weights fitted on every row
     are kept."""
-    folds = int(base.assignment.max()) + 1
-    assignment = stratified_folds(base.truth, folds, fold_seed)
+    folds = int(base.assignment.max()) + 1 if folds is None else folds
+    assignment = inner_fold_assignment(base.truth, folds, fold_seed)
 
     def source_profiles() -> SourceProfiles:
         return SourceProfiles(

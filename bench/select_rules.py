@@ -1,0 +1,355 @@
+"""Rules of choice for the select policy, measured on the study's files and on agent sets
+derived from them.
+
+For every file, seed and outer fold this script records, once, what a rule of choice may read
+and what it would get:
+- per family, the inner cross-validated correctness of every training row on ``--repeats``
+  inner splits (the trust policy's own inner folds first) and the log-probability it gave the
+  true label (``select.inner_cross_validation``, on the training rows only);
+- per family, fitted on all training rows, its correctness on the held-out rows (the replay's
+  own decisions, ``decide_fold``).
+A rule maps the first to a family; its replay accuracy is then the chosen families' held-out
+correctness, with no refit. Every rule of ``RULES`` is scored this way on the same fits.
+
+The agent sets: the two study files as they are, and sets derived from them: Case 3 without
+GPT-4o, without Qwen, without the retrieval vote, with first looks only, with label-only agents;
+Case 1 with a third, weak synthetic agent (right 35% of the time, seeded), and label-only. The
+select rule of this commit was chosen with these sets in view: they check it, they are not a
+held-out test of it.
+
+Usage:
+  python bench/select_rules.py                       # writes bench/results/select_rules.json
+  python bench/select_rules.py --sets case3 --seeds 0 1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.tables import read_rows  # noqa: E402
+from eval.recorded.records import read_records  # noqa: E402
+from orchestrator.policies.common import one_blas_thread  # noqa: E402
+from orchestrator.policies.families import answers_from_records, fit_family_policy  # noqa: E402
+from orchestrator.policies.select import (  # noqa: E402
+    FAMILIES,
+    MARGIN_Z,
+    SECOND_LOOK_MARGIN_Z,
+    choose_family,
+    inner_cross_validation,
+    preference,
+)
+from orchestrator.policies.trust import TrustPolicy  # noqa: E402
+from orchestrator.replay.run import ReplaySetup, decide_fold, replay_folds  # noqa: E402
+
+PAPER_DIR = Path(os.environ.get("TRUSTORCH_PAPER_DATA", ROOT.parent / "shared/data/paper"))
+CASE1 = PAPER_DIR / "case1_zero_shot.csv"
+CASE3 = PAPER_DIR / "case3_trust_rag.csv"
+
+
+def derived_file(source: Path, edit: Callable[..., Any], target: Path) -> Path:
+    """``source``'s rows and columns as ``edit(rows, fields)`` changes them, written to
+    ``target``."""
+    fields, numbered = read_rows(source)
+    rows, fields = edit([{k: str(v) for k, v in row.items()} for _, row in numbered], fields)
+    with target.open("w", newline="", encoding="utf-8") as f:
+        out = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+    return target
+
+
+def without(prefixes: Sequence[str]) -> Callable[[list[dict[str, str]], list[str]], Any]:
+    def edit(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+        return rows, [f for f in fields if not any(f.startswith(p) for p in prefixes)]
+
+    return edit
+
+
+def first_looks_only(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+    second = {f"{a}_{x}" for a in ("qwen", "gpt") for x in ("pred", "conf", "reason")}
+    return rows, [f for f in fields if f not in second]
+
+
+def label_only(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+    agents = [f[: -len("_conf")] for f in fields if f.endswith("_conf") and not f.startswith("rag")]
+    for row in rows:
+        for agent in agents:
+            if row.get(f"{agent}_pred"):
+                row[f"{agent}_conf"] = "1.0"
+    return rows, fields
+
+
+def weak_third_agent(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+    rng = np.random.default_rng(2024)
+    labels = sorted({r["category"] for r in rows})
+    for row in rows:
+        truth = row["category"]
+        others = [y for y in labels if y != truth]
+        row["weak_pred"] = truth if rng.random() < 0.35 else str(rng.choice(others))
+        row["weak_conf"] = f"{rng.uniform(0.6, 1.0):.2f}"
+    return rows, [*fields, "weak_pred", "weak_conf"]
+
+
+AGENT_SETS: dict[str, tuple[Path, Callable[..., Any] | None]] = {
+    "case1": (CASE1, None),
+    "case3": (CASE3, None),
+    "case3-no-gpt": (CASE3, without(["gpt_"])),
+    "case3-no-qwen": (CASE3, without(["qwen_"])),
+    "case3-no-rag": (CASE3, without(["rag_"])),
+    "case3-first-looks": (CASE3, first_looks_only),
+    "case3-label-only": (CASE3, label_only),
+    "case1-weak-third": (CASE1, weak_third_agent),
+    "case1-label-only": (CASE1, label_only),
+}
+
+
+def agent_set_file(name: str, folder: Path) -> Path:
+    source, edit = AGENT_SETS[name]
+    if edit is None:
+        return source
+    return derived_file(source, edit, folder / f"{name}.csv")
+
+
+def record_fits(
+    path: Path, seeds: Sequence[int], repeats: int, folds: int | None = None
+) -> list[dict[str, Any]]:
+    """Per seed and outer fold: the inner-CV arrays of every family and its held-out
+    correctness (the module docstring)."""
+    records = read_records(path)
+    setup = ReplaySetup.of(path, records)
+    labels = list(records.labels)
+    out = []
+    for seed in seeds:
+        for k, held in enumerate(replay_folds(setup.images, 5, seed)):
+            held_set = set(held)
+            train = [li.extra["id"] for i, li in enumerate(setup.images) if i not in held_set]
+            images = [setup.images[i] for i in held]
+            with one_blas_thread():
+                trust = TrustPolicy(retrieval_source=setup.retrieval, seed=seed).fit(
+                    records, setup.columns, ids=train
+                )
+                answers = answers_from_records(records, setup.columns, setup.retrieval, train)
+                inner = inner_cross_validation(
+                    records,
+                    setup.columns,
+                    train,
+                    trust,
+                    answers,
+                    families=FAMILIES,
+                    repeats=repeats,
+                    folds=folds,
+                )
+            held_right: dict[str, list[bool]] = {}
+            for family in FAMILIES:
+                policy = (
+                    trust
+                    if family == "trust"
+                    else fit_family_policy(family, records, setup.columns, train, setup.retrieval)
+                )
+                _, decided = decide_fold(setup, policy, images, max_rounds=2)
+                held_right[family] = [d.label == d.truth for d in decided]
+            rows = np.arange(inner.truth.size)
+            out.append(
+                {
+                    "seed": seed,
+                    "fold": k,
+                    "labels": labels,
+                    "second_looks": any(c.reeval for c in setup.columns),
+                    "inner_right": {f: inner.right[f].tolist() for f in FAMILIES},
+                    "inner_logp": {
+                        f: np.log(np.maximum(inner.probabilities[f][:, rows, inner.truth], 1e-12))
+                        .round(6)
+                        .tolist()
+                        for f in FAMILIES
+                    },
+                    "held_right": held_right,
+                }
+            )
+    return out
+
+
+# ---------------------------------------------------------------- rules of choice
+# Each rule reads one fit's inner-CV arrays (``splits``: how many of the recorded inner splits
+# it averages per row) and names a family; none reads ``held_right``.
+
+Rule = Callable[[dict[str, Any]], str]
+FUSIONS = ("trust", "dawid-skene", "stacking")
+
+
+def inner_right(fit: dict[str, Any], family: str, splits: int) -> np.ndarray:
+    return np.asarray(fit["inner_right"][family][:splits], dtype=float).mean(axis=0)
+
+
+def inner_loglik(fit: dict[str, Any], family: str, splits: int) -> float:
+    return float(np.mean(fit["inner_logp"][family][:splits]))
+
+
+def paired_beats(challenger: np.ndarray, incumbent: np.ndarray, z: float) -> bool:
+    d = challenger - incumbent
+    return bool(d.sum() > z * np.sqrt((d**2).sum()))
+
+
+def chain(margins: Sequence[float], splits: int = 1) -> Rule:
+    """``select``'s chain (best-single, trust, dawid-skene, stacking), each challenge with its
+    own margin in standard errors (``margins[i]`` for the (i+1)-th family)."""
+
+    def rule(fit: dict[str, Any]) -> str:
+        kept = FAMILIES[0]
+        for family, z in zip(FAMILIES[1:], margins, strict=True):
+            if paired_beats(inner_right(fit, family, splits), inner_right(fit, kept, splits), z):
+                kept = family
+        return kept
+
+    return rule
+
+
+def always(family: str) -> Rule:
+    return lambda fit: family
+
+
+def best_accuracy(splits: int = 1) -> Rule:
+    return lambda fit: max(FAMILIES, key=lambda f: inner_right(fit, f, splits).mean())
+
+
+def best_loglik(splits: int = 1) -> Rule:
+    return lambda fit: max(FAMILIES, key=lambda f: inner_loglik(fit, f, splits))
+
+
+def one_se(prior: str, z: float, splits: int = 1) -> Rule:
+    """The best inner accuracy, but ``prior`` unless the best beats it by ``z`` paired SEs."""
+
+    def rule(fit: dict[str, Any]) -> str:
+        best = max(FAMILIES, key=lambda f: inner_right(fit, f, splits).mean())
+        won = paired_beats(inner_right(fit, best, splits), inner_right(fit, prior, splits), z)
+        return best if won else prior
+
+    return rule
+
+
+def loglik_fusion_then_source(z: float, splits: int = 1) -> Rule:
+    """The fusion with the best inner log-likelihood, kept when its accuracy beats the best
+    single source by ``z`` paired SEs (log-likelihood ranks fusions; accuracy guards the
+    source)."""
+
+    def rule(fit: dict[str, Any]) -> str:
+        fusion = max(FUSIONS, key=lambda f: inner_loglik(fit, f, splits))
+        source = inner_right(fit, "best-single", splits)
+        return fusion if paired_beats(inner_right(fit, fusion, splits), source, z) else FAMILIES[0]
+
+    return rule
+
+
+def select_rule(fit: dict[str, Any]) -> str:
+    """The select policy's own rule (``preference`` and ``choose_family``) on one split."""
+    second = bool(fit["second_looks"])
+    scores: dict[str, dict[str, float]] = {f: {} for f in preference(FAMILIES, second_looks=second)}
+    right = {f: inner_right(fit, f, 1) for f in FAMILIES}
+    return choose_family(scores, right, z=SECOND_LOOK_MARGIN_Z if second else MARGIN_Z)
+
+
+RULES: dict[str, Rule] = {
+    "select (this commit's default)": select_rule,
+    "chain z=0.5 (the previous default)": chain([0.5, 0.5, 0.5]),
+    **{f"always {f}": always(f) for f in FAMILIES},
+    "best accuracy": best_accuracy(),
+    "best accuracy, 5 splits": best_accuracy(5),
+    "best log-lik": best_loglik(),
+    "one-SE for trust, z=1": one_se("trust", 1.0),
+    "one-SE for trust, z=0.5": one_se("trust", 0.5),
+    "chain z=0.5, 3 splits": chain([0.5, 0.5, 0.5], 3),
+    "chain z=0.5, 5 splits": chain([0.5, 0.5, 0.5], 5),
+    "chain z=1": chain([1.0, 1.0, 1.0]),
+    "chain trust z=0, others 0.5": chain([0.0, 0.5, 0.5]),
+    "chain trust z=0, others 1.645": chain([0.0, 1.645, 1.645]),
+    "chain trust z=0, others 1.645, 5 sp": chain([0.0, 1.645, 1.645], 5),
+    "log-lik fusion, z=0 vs source": loglik_fusion_then_source(0.0),
+    "log-lik fusion, z=0.5 vs source": loglik_fusion_then_source(0.5),
+}
+
+
+def score_rules(fits_by_set: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per rule and agent set: mean held-out accuracy over seeds, per seed, families chosen,
+    and the gap to the best fitted baseline family (best-single, dawid-skene, stacking)."""
+    out: dict[str, Any] = {}
+    for rule_name, rule in RULES.items():
+        row: dict[str, Any] = {}
+        for set_name, fits in fits_by_set.items():
+            per_seed: dict[int, list[bool]] = {}
+            chosen: dict[str, int] = {}
+            for fit in fits:
+                family = rule(fit)
+                chosen[family] = chosen.get(family, 0) + 1
+                per_seed.setdefault(fit["seed"], []).extend(fit["held_right"][family])
+            accs = [float(np.mean(v)) for v in per_seed.values()]
+            row[set_name] = {"accuracy": float(np.mean(accs)), "per_seed": accs, "chosen": chosen}
+        out[rule_name] = row
+    for set_name in fits_by_set:
+        baseline = max(out[f"always {f}"][set_name]["accuracy"] for f in FAMILIES if f != "trust")
+        for row in out.values():
+            row[set_name]["below_best_baseline"] = baseline - row[set_name]["accuracy"]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=list(AGENT_SETS), choices=list(AGENT_SETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--inner-folds", type=int, help="inner folds (default: the trust policy's)")
+    parser.add_argument("--fits-in", type=Path, help="reuse the fits of an earlier run's JSON")
+    parser.add_argument("--json-out", type=Path, default=ROOT / "bench/results/select_rules.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.fits_in:
+        fits_by_set = json.loads(args.fits_in.read_text())["fits"]
+    else:
+        fits_by_set = {}
+        with tempfile.TemporaryDirectory() as folder:
+            for name in args.sets:
+                path = agent_set_file(name, Path(folder))
+                fits_by_set[name] = record_fits(path, args.seeds, args.repeats, args.inner_folds)
+                print(f"recorded {name} ({time.perf_counter() - started:.0f} s)", flush=True)
+    scores = score_rules(fits_by_set)
+    names = list(fits_by_set)
+    print(f"{'rule':37s}" + "".join(f"{n[:13]:>14s}" for n in names) + "  worst gap")
+    for rule_name, row in scores.items():
+        worst = max(row[n]["below_best_baseline"] for n in names)
+        print(
+            f"{rule_name:37s}"
+            + "".join(f"{row[n]['accuracy']:14.4f}" for n in names)
+            + f"  {worst:+9.4f}"
+        )
+    print("worst gap: the largest shortfall against the best fitted baseline family of a set")
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "repeats": args.repeats,
+                "inner_folds": args.inner_folds,
+                "rules": scores,
+                "fits": fits_by_set,
+            }
+        )
+        + "\n"
+    )
+    print(f"wrote {args.json_out} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
