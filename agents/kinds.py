@@ -73,6 +73,7 @@ def build_openai(spec: AgentSpec, options: dict[str, Any], context: BuildContext
         model=spec.target,
         prices=prices,
         servers=context.servers,
+        limits=context.limits,
         **{k: v for k, v in options.items() if k in _CLIENT_OPTIONS},
     )
     return OpenAIAgent(

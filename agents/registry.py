@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agents.clip_model import ClipModel
+from agents.openai_compat.limits import EndpointLimits
 from agents.openai_compat.modes import ServerFeatureTable
 from agents.options import OptionItem, OptionType, coerce_options
 from agents.types import Agent
@@ -53,14 +54,16 @@ def parse_agent_spec(spec: str) -> AgentSpec:
 @dataclass(frozen=True)
 class BuildContext:
     """What every builder may use: the task, the device, the CLIP the agents share (``clip``: a
-    loaded model, or a function that loads it on first need; ``clip_model``: what to load when
-    neither is given) and what OpenAI-compatible servers were found to accept (``servers``)."""
+        loaded model, or a function that loads it on first need; ``clip_model``: what to load when
+        neither is given), what OpenAI-compatible servers were found to accept (``servers``) and how
+    many calls each may have in flight (``limits``, shared by the agents built with it)."""
 
     task: Task
     clip: ClipSource = None
     clip_model: str | None = None
     device: str | None = None
     servers: ServerFeatureTable = field(default_factory=ServerFeatureTable)
+    limits: EndpointLimits = field(default_factory=EndpointLimits)
 
     def shared_clip(self) -> ClipModel:
         from agents.clip_model import load_clip

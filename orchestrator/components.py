@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agents.openai_compat.limits import EndpointLimits
 from agents.openai_compat.modes import ServerFeatureTable
 from agents.registry import AgentSpec, BuildContext
 from agents.types import REEVAL_SUFFIX, Agent
@@ -53,10 +54,12 @@ def build_agents(
     want_retriever: bool = False,
     options: Sequence[Mapping[str, Any]] | None = None,
     servers: ServerFeatureTable | None = None,
+    limits: EndpointLimits | None = None,
 ) -> BuiltAgents:
     """Agents in spec order, ``options[i]`` going to the i-th (checked by its kind), sharing one
-    CLIP model; the retrieval agent (or, with ``want_retriever``, a new one over the index)
-    doubles as the graph's retriever."""
+        CLIP model (and, for OpenAI-compatible agents, the tables ``servers`` and
+    ``limits``); the retrieval agent (or, with ``want_retriever``, a new one over the index)
+        doubles as the graph's retriever."""
     if not specs:
         raise InputError("give at least one --agent (e.g. --agent clip)")
     settings = retrieval or RetrievalSettings()
@@ -80,6 +83,7 @@ def build_agents(
         clip=clip,
         clip_model=settings.clip_model,
         servers=servers if servers is not None else ServerFeatureTable(),
+        limits=limits if limits is not None else EndpointLimits(),
     )
     chosen = list(options) if options is not None else [{} for _ in parsed]
     agents = [registry.build(s, context, o) for s, o in zip(parsed, chosen, strict=True)]
@@ -179,16 +183,18 @@ def build_policy(
     sources: Sequence[str] | None = None,
     fitted: FittedPolicyFile | None = None,
     servers: ServerFeatureTable | None = None,
+    limits: EndpointLimits | None = None,
 ) -> Any:
     """The fusion policy ``name`` from ``orchestrator.policies`` (for ``llm``, with its client).
 
-    ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
-    counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
-    (the agents and the retriever) are what ``single:<source>`` may name. ``fitted``: a saved
-    policy file (``--policy-file``), for the trust policy only: the family its ``selection``
-    chose decides (the trust policy with the file's settings, or the fitted best single
-    source, Dawid-Skene or stacking). ``servers``: the table the run's agents were built with,
-    so the ``llm`` policy's client uses what they learnt about a shared server."""
+        ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
+        counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
+        (the agents and the retriever) are what ``single:<source>`` may name. ``fitted``: a saved
+        policy file (``--policy-file``), for the trust policy only: the family its ``selection``
+        chose decides (the trust policy with the file's settings, or the fitted best single
+        source, Dawid-Skene or stacking). ``servers``: the table the run's agents were built with,
+        so the ``llm`` policy's client uses what they learnt about a shared server; ``limits``:
+    their endpoint limits, so it shares a server's concurrency with them."""
     if fitted is not None and name != "trust":
         raise InputError(
             f"--policy-file holds trust policy settings: use --policy trust, not {name!r}"
@@ -212,6 +218,7 @@ def build_policy(
             timeout_s=settings.timeout_s,
             prices=load_price_table(settings.price_file),
             servers=servers,
+            limits=limits,
         )
     else:
         check_policy_sources(trust_settings or {}, sources)

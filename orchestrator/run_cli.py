@@ -80,6 +80,15 @@ def run(
         int,
         typer.Option("--concurrency", "-j", help="Images at once.", callback=at_least(1)),
     ] = 4,
+    endpoint_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--endpoint-concurrency",
+            help="Calls in flight at most per OpenAI-compatible server, shared by its agents and "
+            "lowered while it answers 429/503 (default: -j times the agents on that server).",
+            callback=at_least(1),
+        ),
+    ] = None,
     max_rounds: Annotated[
         int,
         typer.Option(
@@ -262,6 +271,7 @@ def run(
                 alpha=alpha,
                 resume=resume,
                 concurrency=concurrency,
+                endpoint_concurrency=endpoint_concurrency,
                 max_rounds=max_rounds,
                 checkpoint=checkpoint_path,
                 out_lock=out_lock,
@@ -372,6 +382,7 @@ async def _run(
     alpha: float | None,
     resume: bool,
     concurrency: int,
+    endpoint_concurrency: int | None,
     max_rounds: int,
     checkpoint: str | Path,
     out_lock: WriterLock,
@@ -451,6 +462,8 @@ async def _run(
         retrieval=retrieval,
         want_retriever=want_retriever,
         llm=llm,
+        concurrency=concurrency,
+        endpoint_concurrency=endpoint_concurrency,
     )
     if engine.name == "ray":
         from orchestrator.engines.ray_engine import run_on_ray

@@ -45,6 +45,10 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    received_at: float = 0.0
+    """``time.monotonic()`` when the request was read."""
+    answered_at: float = 0.0
+    """``time.monotonic()`` once its reply was sent (0.0: never)."""
 
 
 def chat_reply(
@@ -192,7 +196,7 @@ class OpenAIServer:
                 except json.JSONDecodeError:
                     body = raw.decode("utf-8", "replace")
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                request = RecordedRequest(self.path, headers, body)
+                request = RecordedRequest(self.path, headers, body, time.monotonic())
                 with server._lock:
                     server.requests.append(request)
                     server.in_flight += 1
@@ -205,6 +209,7 @@ class OpenAIServer:
                     if reply.delay_s and server._stopping.wait(reply.delay_s):
                         return
                     self._send(reply)
+                    request.answered_at = time.monotonic()
                 finally:
                     with server._lock:
                         server.in_flight -= 1

@@ -1,9 +1,10 @@
-"""The adapter to OpenAI and OpenAI-compatible chat servers: client, server features, prices,
-JSON replies."""
+"""The adapter to OpenAI and OpenAI-compatible chat servers: client, server features, endpoint
+concurrency limits, prices, JSON replies."""
 
 from agents.openai_compat.client import OpenAIChatClient
 from agents.openai_compat.errors import ChatError, ReplyFormatError
 from agents.openai_compat.json_text import extract_json_object
+from agents.openai_compat.limits import EndpointLimit, EndpointLimits, LimitState, endpoint_key
 from agents.openai_compat.modes import (
     MODES,
     ReplySchema,
@@ -19,7 +20,10 @@ __all__ = [
     "MODES",
     "ChatError",
     "ChatResult",
+    "EndpointLimit",
+    "EndpointLimits",
     "JsonReply",
+    "LimitState",
     "ModelPrice",
     "OpenAIChatClient",
     "ReplyFormatError",
@@ -30,6 +34,7 @@ __all__ = [
     "StructuredMode",
     "TokenChoice",
     "call_cost_usd",
+    "endpoint_key",
     "extract_json_object",
     "load_price_table",
     "price_for",

@@ -1,8 +1,16 @@
 """``OpenAIChatClient``: the one adapter to OpenAI and OpenAI-compatible servers (vLLM, Ollama,
 llama.cpp). It owns retries with backoff (honouring ``Retry-After``) inside one deadline per
-call, a concurrency limit, a cap on reply bytes, what each server accepts (``modes``), the cost
-of each call (``pricing``) and keeping the API key and URL credentials out of every message.
-Callers get a ``ChatResult`` or a ``JsonReply``, or a ``ChatError``.
+call, the concurrency of each server shared with the other clients on it (``limits``), a cap on
+reply bytes, what each server accepts (``modes``), the cost of each call (``pricing``) and
+keeping the API key and URL credentials out of every message. Callers get a ``ChatResult`` or a
+``JsonReply``, or a ``ChatError``.
+
+How overload replies (429, 503) meet the retries and the deadline: such a reply is an attempt
+like any other failure, so it counts against ``max_retries``; it also halves the endpoint's
+window and, with a ``Retry-After``, pauses the endpoint for every client on it (capped at
+``max_backoff_s``, like the retry's own wait). Waiting for a slot or for a pause to end is part
+of the call's ``deadline_s``: a call that would only start after its deadline fails at once and
+says so, rather than waiting to time out.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pydantic import ValidationError
 
 from agents.openai_compat.errors import ChatError, ReplyFormatError, ReplyTooLargeError
 from agents.openai_compat.json_text import extract_json_object
+from agents.openai_compat.limits import EndpointLimit, EndpointLimits, PausedPastDeadline
 from agents.openai_compat.modes import (
     MODES,
     OPTIONAL_PARAMS,
@@ -34,6 +43,7 @@ from agents.openai_compat.transport import (
     backoff_s,
     describe,
     is_retryable,
+    load_signal,
     redact_http_logs,
     reply_cap_hook,
 )
@@ -53,12 +63,15 @@ class _Attempts:
 
     deadline: float
     made: int = 0
+    timeout: float = 0.0
+    """The timeout of the attempt made last."""
 
 
 @dataclass
 class _LoopResources:
     client: Any
-    slots: asyncio.Semaphore
+    slots: asyncio.Semaphore | None
+    """This client's own cap (``max_concurrency``), under the endpoint's shared limit."""
     detecting: asyncio.Lock
 
 
@@ -73,7 +86,11 @@ class OpenAIChatClient:
     ``deadline_s`` bounds one call as a whole (up to ``max_retries`` retries and their backoff
     included): each attempt waits ``min(timeout_s, time left)``, and a retry whose backoff would
     end past the deadline is not made. ``max_reply_bytes`` bounds a reply's body: a larger one
-    is refused unread (``ReplyTooLargeError``, not retried)."""
+    is refused unread (``ReplyTooLargeError``, not retried).
+
+    ``limits`` is the table of endpoint limits this client shares with the others given it (a
+    run's agents and its ``llm`` policy; None: a table of its own); ``max_concurrency`` caps this
+    client's calls under its endpoint's limit (None: the endpoint's limit alone)."""
 
     def __init__(
         self,
@@ -87,7 +104,7 @@ class OpenAIChatClient:
         max_retries: int = 3,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
-        max_concurrency: int = 4,
+        max_concurrency: int | None = None,
         structured_output: bool = True,
         logprobs: bool = True,
         top_logprobs: int = 10,
@@ -96,10 +113,11 @@ class OpenAIChatClient:
         seed: int | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
         servers: ServerFeatureTable | None = None,
+        limits: EndpointLimits | None = None,
     ) -> None:
         if not model:
             raise InputError("an OpenAI-compatible client needs a model name (openai:<model>)")
-        if max_concurrency < 1 or max_retries < 0:
+        if (max_concurrency is not None and max_concurrency < 1) or max_retries < 0:
             raise InputError("max_concurrency must be >= 1 and max_retries >= 0")
         if not (timeout_s > 0 and deadline_s > 0 and max_reply_bytes >= 1):
             raise InputError("timeout_s and deadline_s must be > 0 and max_reply_bytes >= 1")
@@ -130,6 +148,8 @@ class OpenAIChatClient:
         self.seed = seed
         self.prices = dict(prices) if prices is not None else load_price_table()
         self.servers = servers if servers is not None else ServerFeatureTable()
+        self.limits = limits if limits is not None else EndpointLimits()
+        self._limit: EndpointLimit = self.limits.register(self.base_url, max_concurrency)
         self._per_loop: weakref.WeakKeyDictionary[Any, _LoopResources] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -168,9 +188,8 @@ class OpenAIChatClient:
                 max_retries=0,  # retries are this adapter's, inside its deadline
                 http_client=http_client,
             )
-            resources = _LoopResources(
-                client, asyncio.Semaphore(self.max_concurrency), asyncio.Lock()
-            )
+            own = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
+            resources = _LoopResources(client, own, asyncio.Lock())
             self._per_loop[loop] = resources
         return resources
 
@@ -266,14 +285,13 @@ class OpenAIChatClient:
         adaptations = 0
         while True:
             kwargs, mode = self._request(messages, schema)
-            timeout = self.timeout_s
+            calls.timeout = self.timeout_s
             try:
-                async with resources.slots:
-                    timeout = min(self.timeout_s, max(calls.deadline - loop.time(), 0.01))
-                    calls.made = attempt + 1
-                    response = await resources.client.chat.completions.create(
-                        **kwargs, timeout=timeout
-                    )
+                if resources.slots is None:
+                    response = await self._send(resources, kwargs, calls, attempt)
+                else:
+                    async with resources.slots:
+                        response = await self._send(resources, kwargs, calls, attempt)
             except ReplyTooLargeError as e:
                 raise ReplyTooLargeError(self.redact(str(e)), attempts=attempt + 1) from None
             except (openai.APIConnectionError, openai.APIStatusError) as e:
@@ -292,7 +310,7 @@ class OpenAIChatClient:
                     message = f"request rejected: {describe(e)}"
                     raise ChatError(self.redact(message), attempts=attempt + 1) from e
                 tries = f" after {attempt + 1} attempts" if attempt else ""
-                message = f"{describe(e, round(timeout, 2))}{tries}"
+                message = f"{describe(e, round(calls.timeout, 2))}{tries}"
                 if not is_retryable(e) or attempt >= self.max_retries:
                     raise ChatError(self.redact(message), attempts=attempt + 1) from e
                 delay = backoff_s(attempt, e, base_s=self.backoff_s, max_s=self.max_backoff_s)
@@ -305,6 +323,37 @@ class OpenAIChatClient:
             except openai.OpenAIError as e:
                 raise ChatError(self.redact(describe(e)), attempts=attempt + 1) from e
             return self._result(response, mode, attempt + 1)
+
+    async def _send(
+        self, resources: _LoopResources, kwargs: dict[str, Any], calls: _Attempts, attempt: int
+    ) -> Any:
+        """One request, in a slot of the endpoint's limit, telling the limit how it went."""
+        loop = asyncio.get_running_loop()
+        try:
+            slot = await self._limit.acquire(calls.deadline)
+        except PausedPastDeadline:
+            message = (
+                f"the server at {self._limit.endpoint} asked for a pause (Retry-After) that "
+                f"ends past this call's {self.deadline_s:g} s deadline"
+            )
+            raise ChatError(self.redact(message), attempts=max(calls.made, 1)) from None
+        try:
+            calls.timeout = min(self.timeout_s, max(calls.deadline - loop.time(), 0.01))
+            calls.made = attempt + 1
+            # The body is plain JSON already: as extra_body it skips the SDK's walk over its
+            # typed parameters, which cost more CPU per call than all the rest of the call.
+            body = dict(kwargs)
+            response = await resources.client.chat.completions.create(
+                model=body.pop("model"), messages=[], extra_body=body, timeout=calls.timeout
+            )
+        except BaseException as e:
+            signal = load_signal(e, max_pause_s=self.max_backoff_s)
+            slot.release(
+                overloaded=signal.overloaded, answered=signal.answered, pause_s=signal.pause_s
+            )
+            raise
+        slot.release()
+        return response
 
     def _result(self, response: Any, mode: StructuredMode | None, attempts: int) -> ChatResult:
         if not getattr(response, "choices", None):

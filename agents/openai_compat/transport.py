@@ -1,16 +1,23 @@
 """The HTTP side of the adapter: how the ``openai`` package's errors are read (which are worth
-retrying, how long the server asks to wait, one line that says what happened, without request
-headers, so no key), and the cap on how many bytes a reply may have."""
+retrying, how long the server asks to wait, what they say about the server's load, one line
+that says what happened, without request headers, so no key), and the cap on how many bytes a
+reply may have."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import logging
+import math
 import random
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from agents.openai_compat.errors import ReplyTooLargeError
+from agents.openai_compat.limits import OVERLOAD_STATUS
 from core.redact import redact_text
 
 _RETRY_STATUS = {408, 409, 429}
@@ -32,14 +39,67 @@ def is_retryable(error: Exception) -> bool:
     return isinstance(status, int) and (status in _RETRY_STATUS or status >= 500)
 
 
-def retry_after_s(error: Exception) -> float | None:
-    """The seconds of the reply's ``Retry-After`` header, if it has one."""
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
+def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
+    """The seconds a ``Retry-After`` value asks for: a number of seconds, or an HTTP date
+    (seconds from ``now``, Unix time, default the clock); None when it is neither. Never
+    negative."""
+    text = value.strip()
     try:
-        return float(value) if value is not None else None
+        seconds = float(text)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT even when it does not say so
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
         return None
+    return max(0.0, seconds)
+
+
+def retry_after_s(error: Exception) -> float | None:
+    """The seconds the reply's ``Retry-After`` (or OpenAI's ``retry-after-ms``) asks to wait,
+    if it says."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    millis = response.headers.get("retry-after-ms")
+    if millis is not None:
+        asked = parse_retry_after(millis)
+        if asked is not None:
+            return asked / 1000
+    value = response.headers.get("retry-after")
+    return parse_retry_after(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class LoadSignal:
+    """What a failed request says about the endpoint's load: ``overloaded`` (429, 503, or a
+    connection not opened in time), for how long the server asked to pause (``pause_s``), and
+    whether it ``answered`` at all."""
+
+    overloaded: bool = False
+    answered: bool = False
+    pause_s: float | None = None
+
+
+def load_signal(error: BaseException, *, max_pause_s: float) -> LoadSignal:
+    """How the endpoint's concurrency limit should read ``error`` (see ``limits``)."""
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int) and isinstance(error, Exception):
+        if status not in OVERLOAD_STATUS:
+            return LoadSignal(answered=True)
+        asked = retry_after_s(error)
+        pause = min(asked, max_pause_s) if asked is not None else None
+        return LoadSignal(overloaded=True, answered=True, pause_s=pause)
+    cause = error.__cause__ or error.__context__
+    if cause is not None and type(cause).__name__ == "ConnectTimeout":
+        return LoadSignal(overloaded=True)
+    if isinstance(error, ReplyTooLargeError):
+        return LoadSignal(answered=True)
+    return LoadSignal()
 
 
 def backoff_s(attempt: int, error: Exception, *, base_s: float, max_s: float) -> float:

@@ -35,6 +35,11 @@ class RunRecipe:
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     want_retriever: bool = False
     llm: LlmSettings = field(default_factory=LlmSettings)
+    concurrency: int = 4
+    """Images in flight in one process (``-j``)."""
+    endpoint_concurrency: int | None = None
+    """Calls in flight to one server from one process (``--endpoint-concurrency``; default:
+    ``concurrency`` times the agents on that server)."""
 
 
 @dataclass
@@ -75,7 +80,7 @@ class RunParts:
 def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = None) -> RunParts:
     """Agents (through the registry), trust profiles and the policy of ``recipe``; the trust
     profiles and the fitted policy file may be given already loaded."""
-    from agents.openai_compat import ServerFeatureTable
+    from agents.openai_compat import EndpointLimits, ServerFeatureTable
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
@@ -93,6 +98,8 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
     items = parse_option_items(list(recipe.agent_options), flag="--agent-option")
     options = registry.assign_options(parsed, items, flag="--agent-option")
     servers = ServerFeatureTable()
+    # -j images in flight, each with every agent's call in flight: what a server must take.
+    limits = EndpointLimits(concurrency=recipe.endpoint_concurrency, per_client=recipe.concurrency)
     built = build_agents(
         parsed,
         task=task,
@@ -100,6 +107,7 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
         want_retriever=recipe.want_retriever,
         options=options,
         servers=servers,
+        limits=limits,
     )
     sources = [a.name for a in built.agents]
     retrieval_name = getattr(built.retriever, "name", None)
@@ -121,6 +129,7 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
         sources=sources,
         fitted=fitted,
         servers=servers,
+        limits=limits,
     )
     if recipe.alpha is not None and recipe.policy_file is not None:
         from orchestrator.policies.conformal import ConformalPolicy, load_conformal_rule

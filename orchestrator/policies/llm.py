@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from agents.openai_compat import (
     ChatError,
+    EndpointLimits,
     ModelPrice,
     OpenAIChatClient,
     ReplySchema,
@@ -100,6 +101,7 @@ def orchestrator_client(
     max_retries: int = 2,
     prices: Mapping[str, ModelPrice] | None = None,
     servers: ServerFeatureTable | None = None,
+    limits: EndpointLimits | None = None,
     max_tokens: int = reply_token_budget(REASON_MAX_CHARS, agents=4),
 ) -> OpenAIChatClient:
     """The orchestrator LLM's client: replies at temperature 0 with a fixed seed, no
@@ -116,6 +118,7 @@ def orchestrator_client(
         seed=0,
         prices=prices,
         servers=servers,
+        limits=limits,
     )
 
 
