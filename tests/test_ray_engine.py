@@ -245,7 +245,9 @@ def _wait_for_nodes(address: str, n: int, timeout_s: float = 180) -> None:
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    # A throwaway cluster: a short grace, then the whole group goes (a Ray head took 30 s to
+    # end on SIGTERM alone).
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
