@@ -7,15 +7,15 @@ Layout, beside ``--out`` (``OUT.shards/``; on a cluster every node must see it a
   first run and kept by every ``--resume``, so an image stays in its shard and finds its
   checkpoint again; images a resumed run adds go to new shards.
 - ``shard-NNNNN.jsonl``: the shard's working file. The worker appends one line per decided image
-  (``orchestrator.runner.run_batch``: one ``os.write`` and ``fsync`` per line, resumable, under
-  its own writer lock).
+  (``orchestrator.runner.run_batch``: one ``os.write`` per line, fsynced once a second and at
+  the end, resumable, under its own writer lock).
 - ``shard-NNNNN.checkpoints.sqlite``: the shard's LangGraph checkpoint (one thread per image).
 - ``shard-NNNNN.done.jsonl``: the committed shard: when every image of the shard was tried, the
   worker renames the working file to it (``os.replace`` after ``fsync``, then the folder is
   synced), so a committed shard is whole.
 
 Exactly once: only the driver writes ``--out``, holding ``OUT.lock``. It appends the lines of a
-committed shard whose sha256 is not in ``--out`` yet (one write, one ``fsync``), then deletes the
+committed shard whose sha256 is not in ``--out`` yet (one write, then ``fsync``), then deletes the
 committed file. A crash between the two leaves lines that the next merge skips; a crash inside
 the write leaves a truncated last line that ``--resume`` cuts off before merging again.
 
