@@ -54,8 +54,8 @@ def parse_agent_spec(spec: str) -> AgentSpec:
 @dataclass(frozen=True)
 class BuildContext:
     """What every builder may use: the task, the device, the CLIP the agents share (``clip``: a
-        loaded model, or a function that loads it on first need; ``clip_model``: what to load when
-        neither is given), what OpenAI-compatible servers were found to accept (``servers``) and how
+    loaded model, or a function that loads it on first need; ``clip_model``: what to load when
+    neither is given), what OpenAI-compatible servers were found to accept (``servers``) and how
     many calls each may have in flight (``limits``, shared by the agents built with it)."""
 
     task: Task

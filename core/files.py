@@ -57,6 +57,21 @@ def write_atomically(path: str | Path, write: Callable[[Path], None], *, what: s
     return target
 
 
+def fsync_path(path: str | Path, *, missing_ok: bool = False) -> None:
+    """fsync the file or folder ``path`` (a folder: so that a rename in it is durable); with
+    ``missing_ok`` a path that does not exist is nothing to sync."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomically(path: str | Path, text: str, *, what: str) -> Path:
     """``write_atomically`` for UTF-8 text."""
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), what=what)

@@ -8,7 +8,6 @@ and ``remove_checkpoint`` are what a run does once every image is in its output.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,7 +17,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from core.errors import InputError
-from core.files import output_folder
+from core.files import fsync_path, output_folder
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -104,15 +103,8 @@ class LoopSqliteSaver(SqliteSaver):
 
     def sync_to_disk(self) -> None:
         """fsync the WAL file: every commit made so far survives a power cut."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        try:
-            fd = os.open(wal, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # nothing written since the last WAL checkpoint (already synced)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # no WAL file: nothing written since the last WAL checkpoint (synced already)
+        fsync_path(self.path.with_name(self.path.name + "-wal"), missing_ok=True)
 
 
 def sqlite_connection(path: Path) -> sqlite3.Connection:

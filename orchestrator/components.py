@@ -57,9 +57,9 @@ def build_agents(
     limits: EndpointLimits | None = None,
 ) -> BuiltAgents:
     """Agents in spec order, ``options[i]`` going to the i-th (checked by its kind), sharing one
-        CLIP model (and, for OpenAI-compatible agents, the tables ``servers`` and
-    ``limits``); the retrieval agent (or, with ``want_retriever``, a new one over the index)
-        doubles as the graph's retriever."""
+    CLIP model (and, for OpenAI-compatible agents, the tables ``servers`` and ``limits``); the
+    retrieval agent (or, with ``want_retriever``, a new one over the index) doubles as the
+    graph's retriever."""
     if not specs:
         raise InputError("give at least one --agent (e.g. --agent clip)")
     settings = retrieval or RetrievalSettings()
@@ -187,13 +187,13 @@ def build_policy(
 ) -> Any:
     """The fusion policy ``name`` from ``orchestrator.policies`` (for ``llm``, with its client).
 
-        ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
-        counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
-        (the agents and the retriever) are what ``single:<source>`` may name. ``fitted``: a saved
-        policy file (``--policy-file``), for the trust policy only: the family its ``selection``
-        chose decides (the trust policy with the file's settings, or the fitted best single
-        source, Dawid-Skene or stacking). ``servers``: the table the run's agents were built with,
-        so the ``llm`` policy's client uses what they learnt about a shared server; ``limits``:
+    ``retrieval_source`` names the retriever's agent (None: no retriever): every policy then
+    counts its vote once (as evidence), not a second time as that agent's answer. ``sources``
+    (the agents and the retriever) are what ``single:<source>`` may name. ``fitted``: a saved
+    policy file (``--policy-file``), for the trust policy only: the family its ``selection``
+    chose decides (the trust policy with the file's settings, or the fitted best single
+    source, Dawid-Skene or stacking). ``servers``: the table the run's agents were built with,
+    so the ``llm`` policy's client uses what they learnt about a shared server; ``limits``:
     their endpoint limits, so it shares a server's concurrency with them."""
     if fitted is not None and name != "trust":
         raise InputError(

@@ -473,9 +473,9 @@ async def _run(
         summary, worker_notes, emptied = await run_on_ray(
             recipe,
             collected.images,
+            task=task,
             out=out,
             resume=resume,
-            concurrency=concurrency,
             engine=engine,
             forget_when_done=forget_when_done,
             show_progress=show_progress,

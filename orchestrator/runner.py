@@ -53,10 +53,6 @@ from core.files import WriterLock, lock_for_writing, output_folder
 from core.images import LabelledImage, SkippedImage
 from core.jsonio import dumps_json, parse_json
 from core.task import Task
-from orchestrator.checkpoint import (  # noqa: F401  (still importable from here)
-    checkpoint_is_empty,
-    sqlite_checkpointer,
-)
 from orchestrator.graph import ImageGraph, run_image
 
 
@@ -174,19 +170,20 @@ class JsonlWriter:
             os.close(self._fd)
 
 
-async def sync_periodically(writer: JsonlWriter, checkpointer: Any, every_s: float) -> None:
-    """Every ``every_s`` seconds, in a worker thread: fsync the checkpoint's journal (when it
-    has one to sync: ``sync_to_disk``), then the output. Runs until cancelled."""
+def sync_to_disk(writer: JsonlWriter, checkpointer: Any) -> None:
+    """fsync the checkpoint's journal (when it has one to sync: ``sync_to_disk``), then the
+    output: every line written and every commit made so far survive a power cut."""
     sync_checkpoint = getattr(checkpointer, "sync_to_disk", None)
+    if sync_checkpoint is not None:
+        sync_checkpoint()
+    writer.sync()
 
-    def sync() -> None:
-        if sync_checkpoint is not None:
-            sync_checkpoint()
-        writer.sync()
 
+async def sync_periodically(writer: JsonlWriter, checkpointer: Any, every_s: float) -> None:
+    """``sync_to_disk`` every ``every_s`` seconds, in a worker thread, until cancelled."""
     while True:
         await asyncio.sleep(every_s)
-        await asyncio.to_thread(sync)
+        await asyncio.to_thread(sync_to_disk, writer, checkpointer)
 
 
 def default_checkpoint_path(out: Path) -> Path:
@@ -481,9 +478,7 @@ async def _run_locked(
         syncer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await syncer
-        sync_checkpoint = getattr(graph.checkpointer, "sync_to_disk", None)
-        if sync_checkpoint is not None:
-            sync_checkpoint()
+        sync_to_disk(writer, graph.checkpointer)
         writer.close()
     batch = {item.image.sha256 for item in images}
     all_decisions = [d for sha, d in existing.decisions.items() if sha in batch] + run.decisions

@@ -25,10 +25,11 @@ from agents.prompting import load_template
 from agents.types import Prediction
 from core.task import Task
 from eval.profile import default_trust_profile
+from orchestrator.checkpoint import sqlite_checkpointer
 from orchestrator.graph import build_graph
 from orchestrator.inputs import collect_images
 from orchestrator.policies.llm import FinalReply, LlmPolicy, orchestrator_client
-from orchestrator.runner import run_batch, sqlite_checkpointer
+from orchestrator.runner import run_batch
 from rag.evidence import Evidence
 
 FORCE_REEVALUATE = """Agents' responses:

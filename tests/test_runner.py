@@ -18,11 +18,12 @@ from agents.types import EvidenceView, Prediction
 from core.errors import InputError
 from core.images import ImageRef
 from core.task import Task
+from orchestrator.checkpoint import sqlite_checkpointer
 from orchestrator.decision import Assessment
 from orchestrator.graph import build_graph
 from orchestrator.inputs import collect_images
 from orchestrator.policies import make_policy
-from orchestrator.runner import read_output, run_batch, sqlite_checkpointer
+from orchestrator.runner import read_output, run_batch
 from rag.evidence import Evidence
 
 COLOURS = {"black-rot": (60, 20, 20), "healthy": (20, 160, 20), "rust": (230, 120, 0)}

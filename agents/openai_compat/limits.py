@@ -178,9 +178,12 @@ class EndpointLimit:
         return self._in_flight < self.limit and loop.time() >= self._paused_until
 
     def _take(self) -> Slot:
+        self._count_start()
+        return Slot(self, self._epoch)
+
+    def _count_start(self) -> None:
         self._in_flight += 1
         self._peak = max(self._peak, self._in_flight)
-        return Slot(self, self._epoch)
 
     def _discard(self, entry: tuple[asyncio.Future[None], float]) -> None:
         with contextlib.suppress(ValueError):
@@ -223,8 +226,7 @@ class EndpointLimit:
             if not self._can_start(loop):
                 return
             self._waiters.popleft()
-            self._in_flight += 1
-            self._peak = max(self._peak, self._in_flight)
+            self._count_start()
             waiter.set_result(None)
 
 

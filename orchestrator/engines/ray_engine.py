@@ -48,8 +48,7 @@ class RayEngineError(TrustorchError):
 class ShardWorker:
     """The body of one Ray actor: the run's parts, built once, and one event loop."""
 
-    def __init__(self, recipe: RunRecipe, concurrency: int) -> None:
-        self.concurrency = concurrency
+    def __init__(self, recipe: RunRecipe) -> None:
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.loop = asyncio.new_event_loop()
         self.parts: RunParts | None = None
@@ -67,9 +66,7 @@ class ShardWorker:
 
     def run(self, job: ShardJob) -> ShardResult:
         assert self.parts is not None, "ready() reports a failed build first"
-        return self.loop.run_until_complete(
-            run_shard(self.parts, job, concurrency=self.concurrency, worker=self.name)
-        )
+        return self.loop.run_until_complete(run_shard(self.parts, job, worker=self.name))
 
     def pid(self) -> int:
         return os.getpid()
@@ -129,14 +126,15 @@ async def run_on_ray(
     recipe: RunRecipe,
     images: Sequence[LabelledImage],
     *,
+    task: Any,
     out: Path,
     resume: bool,
-    concurrency: int,
     engine: EngineSettings,
     forget_when_done: bool,
     show_progress: bool,
 ) -> tuple[Any, list[str], bool]:
-    """Decide ``images`` on Ray into ``out`` (whose writer lock the caller holds): the summary,
+    """Decide ``images`` of ``task`` (the recipe's, loaded) on Ray into ``out`` (whose writer
+    lock the caller holds): the summary,
     the workers' notes, and whether the shard folder is gone (every image is in ``out``)."""
     from orchestrator.runner import (
         JsonlWriter,
@@ -174,9 +172,7 @@ async def run_on_ray(
         # greeting and its workers' events on stdout, which belongs to --json.
         with contextlib.redirect_stdout(sys.stderr):
             results, notes = (
-                _run_jobs(recipe, jobs, concurrency, engine, show_progress, merge, timings)
-                if jobs
-                else ([], [])
+                _run_jobs(recipe, jobs, engine, show_progress, merge, timings) if jobs else ([], [])
             )
         merged += merge_committed(folder, writer, written)  # committed by a worker lost later
     finally:
@@ -206,9 +202,7 @@ async def run_on_ray(
         failed=failed,
         no_answer=[why for d in merged if (why := every_agent_failed(d)) is not None],
         dropped_partial_bytes=existing.dropped_bytes,
-        metrics=summarise(
-            before + [d for d in merged if d["sha256"] in batch], recipe_task(recipe)
-        ),
+        metrics=summarise(before + [d for d in merged if d["sha256"] in batch], task),
         wall_s=time.perf_counter() - started,
     )
     summary.metrics["engine"] = {
@@ -219,12 +213,6 @@ async def run_on_ray(
         **timings,
     }
     return summary, notes, removed
-
-
-def recipe_task(recipe: RunRecipe) -> Any:
-    from core.task import load_task
-
-    return load_task(recipe.task_name)
 
 
 def _lost(jobs: Sequence[ShardJob], results: Sequence[ShardResult]) -> list[tuple[ShardJob, str]]:
@@ -239,7 +227,6 @@ def _lost(jobs: Sequence[ShardJob], results: Sequence[ShardResult]) -> list[tupl
 def _run_jobs(
     recipe: RunRecipe,
     jobs: Sequence[ShardJob],
-    concurrency: int,
     engine: EngineSettings,
     show_progress: bool,
     on_result: Callable[[ShardResult], None],
@@ -261,9 +248,7 @@ def _run_jobs(
         actor_class = ray.remote(
             num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
         )(ShardWorker)
-        actors = [
-            actor_class.remote(recipe, concurrency) for _ in range(min(engine.workers, len(jobs)))
-        ]
+        actors = [actor_class.remote(recipe) for _ in range(min(engine.workers, len(jobs)))]
         try:
             notes = ray.get([a.ready.remote() for a in actors])[0]
         except RayError as e:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
-from core.files import write_text_atomically
+from core.files import fsync_path, write_text_atomically
 from core.images import LabelledImage, SkippedImage
 from core.jsonio import dumps_json, parse_json
 
@@ -187,14 +187,9 @@ def commit_shard(job: ShardJob) -> None:
     """Rename the shard's working file to its committed name, durably."""
     if not job.work_path.exists():
         job.work_path.touch()
-    with job.work_path.open("rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_path(job.work_path)
     os.replace(job.work_path, job.done_path)
-    fd = os.open(job.folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(job.folder)
 
 
 def merge_committed(
@@ -225,9 +220,10 @@ def merge_committed(
     return appended
 
 
-async def run_shard(parts: Any, job: ShardJob, *, concurrency: int, worker: str) -> ShardResult:
-    """Decide the images of ``job`` with the built ``parts`` (in a worker), then commit the
-    shard. A shard committed already (a retry after the commit) is not run again."""
+async def run_shard(parts: Any, job: ShardJob, *, worker: str) -> ShardResult:
+    """Decide the images of ``job`` with the built ``parts`` (in a worker, ``-j`` images at
+    once: the recipe's ``concurrency``), then commit the shard. A shard committed already (a
+    retry after the commit) is not run again."""
     from orchestrator.checkpoint import open_checkpointer
     from orchestrator.runner import run_batch
 
@@ -240,7 +236,7 @@ async def run_shard(parts: Any, job: ShardJob, *, concurrency: int, worker: str)
             task=parts.task,
             out=job.work_path,
             resume=True,  # a fresh run starts on an empty shard folder; a retry continues
-            concurrency=concurrency,
+            concurrency=parts.recipe.concurrency,
             run_config=parts.recipe.run_config,
         )
     commit_shard(job)
