@@ -64,7 +64,7 @@ class PolicySettings(BaseModel):
     keep_first_looks: StrictBool = False
 
 
-Family = Literal["best-single", "trust", "dawid-skene", "stacking"]
+Family = Literal["best-single", "trust", "dawid-skene", "stacking", "second-look"]
 """The families of ``orchestrator.policies.select`` (``FAMILIES``)."""
 
 

@@ -64,7 +64,7 @@ POLICY_FACTORIES: dict[str, PolicyFactory] = {
 }
 
 
-FITTED_ON_RECORDS = ("select", "best-single", "dawid-skene", "stacking")
+FITTED_ON_RECORDS = ("select", "best-single", "dawid-skene", "stacking", "second-look")
 """Policies fitted on recorded answers (``trustorch eval replay --policy``), not built from
 trust profiles: ``orchestrator.replay.run.policy_fitter`` fits them."""
 
