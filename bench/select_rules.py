@@ -7,15 +7,23 @@ and what it would get:
   inner splits (the trust policy's own inner folds first) and the log-probability it gave the
   true label (``select.inner_cross_validation``, on the training rows only);
 - per family, fitted on all training rows, its correctness on the held-out rows (the replay's
-  own decisions, ``decide_fold``).
+  own decisions, ``decide_fold``), and that of the baselines that are not families: the
+  majority vote and each recorded source alone (a second-look column counts as a source: it
+  stands for re-evaluating every row).
 A rule maps the first to a family; its replay accuracy is then the chosen families' held-out
-correctness, with no refit. Every rule of ``RULES`` is scored this way on the same fits.
+correctness, with no refit. Every rule of ``RULES`` is scored this way on the same fits; the
+last table gives, per set, the select rule beside every baseline, its gap to the best one with
+the paired standard error (``paired_gap``), and the families it chose.
 
 The agent sets: the two study files as they are, and sets derived from them: Case 3 without
-GPT-4o, without Qwen, without the retrieval vote, with first looks only, with label-only agents;
-Case 1 with a third, weak synthetic agent (right 35% of the time, seeded), and label-only. The
-select rule of this commit was chosen with these sets in view: they check it, they are not a
-held-out test of it.
+GPT-4o, without Qwen, without the retrieval vote, with first looks only, first looks with GPT-4o
+label-only, first looks plus a random agent, its first looks and the vote as three agents (no
+retriever), with label-only agents; Case 1 with a third, weak synthetic agent (right 35% of the
+time, seeded), a random agent, an agent that always says the first label, a copy of GPT-4o and
+one of Qwen with a quarter of their answers replaced at random (agents whose errors follow
+another's), and label-only; Case 3's first looks plus such a copy of the vote. The select rule
+of this commit was chosen with these sets in view: they check it, they are not a held-out test
+of it.
 
 Usage:
   python bench/select_rules.py                       # writes bench/results/select_rules.json
@@ -48,12 +56,20 @@ from orchestrator.policies.select import (  # noqa: E402
     FAMILIES,
     MARGIN_Z,
     SECOND_LOOK_MARGIN_Z,
+    STACKING_MARGIN_Z,
+    challenge_margins,
     choose_family,
     inner_cross_validation,
     preference,
 )
 from orchestrator.policies.trust import TrustPolicy  # noqa: E402
-from orchestrator.replay.run import ReplaySetup, decide_fold, replay_folds  # noqa: E402
+from orchestrator.replay.run import (  # noqa: E402
+    ORCHESTRATOR_SOURCE,
+    ReplaySetup,
+    decide_fold,
+    policy_fitter,
+    replay_folds,
+)
 
 PAPER_DIR = Path(os.environ.get("TRUSTORCH_PAPER_DATA", ROOT.parent / "shared/data/paper"))
 CASE1 = PAPER_DIR / "case1_zero_shot.csv"
@@ -104,6 +120,66 @@ def weak_third_agent(rows: list[dict[str, str]], fields: list[str]) -> tuple[lis
     return rows, [*fields, "weak_pred", "weak_conf"]
 
 
+def extra_agent(name: str, answer: Callable[[str, list[str], np.random.Generator, dict], str]):
+    """An edit adding agent ``name``, whose label on a row is ``answer(truth, labels, rng, row)``
+    and whose confidence is uniform in [0.6, 1] (seeded)."""
+
+    def edit(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+        rng = np.random.default_rng(2024)
+        labels = sorted({r["category"] for r in rows})
+        for row in rows:
+            row[f"{name}_pred"] = answer(row["category"], labels, rng, row)
+            row[f"{name}_conf"] = f"{rng.uniform(0.6, 1.0):.2f}"
+        return rows, [*fields, f"{name}_pred", f"{name}_conf"]
+
+    return edit
+
+
+def random_answer(truth: str, labels: list[str], rng: np.random.Generator, row: dict) -> str:
+    return str(rng.choice(labels))
+
+
+def constant_answer(truth: str, labels: list[str], rng: np.random.Generator, row: dict) -> str:
+    return labels[0]
+
+
+def noisy_copy(column: str) -> Callable[[str, list[str], np.random.Generator, dict], str]:
+    """An answer: the row's ``column``, replaced by a random label on a quarter of the rows."""
+
+    def answer(truth: str, labels: list[str], rng: np.random.Generator, row: dict) -> str:
+        return str(rng.choice(labels)) if rng.random() < 0.25 else row[column]
+
+    return answer
+
+
+def then(*edits: Callable[..., Any]) -> Callable[..., Any]:
+    def edit(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+        for one in edits:
+            rows, fields = one(rows, fields)
+        return rows, fields
+
+    return edit
+
+
+def label_only_agent(agent: str) -> Callable[..., Any]:
+    def edit(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+        for row in rows:
+            if row.get(f"{agent}_pred"):
+                row[f"{agent}_conf"] = "1.0"
+        return rows, fields
+
+    return edit
+
+
+def vote_as_agent(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+    """Case 3's first looks and its retrieval vote as a third agent (``clip``): three agents
+    with first looks only, no retriever."""
+    for row in rows:
+        row["clip_pred"], row["clip_conf"] = row["rag_pred"], row["rag_conf"]
+    rows, fields = first_looks_only(rows, fields)
+    return rows, [*(f for f in fields if not f.startswith("rag_")), "clip_pred", "clip_conf"]
+
+
 AGENT_SETS: dict[str, tuple[Path, Callable[..., Any] | None]] = {
     "case1": (CASE1, None),
     "case3": (CASE3, None),
@@ -114,6 +190,17 @@ AGENT_SETS: dict[str, tuple[Path, Callable[..., Any] | None]] = {
     "case3-label-only": (CASE3, label_only),
     "case1-weak-third": (CASE1, weak_third_agent),
     "case1-label-only": (CASE1, label_only),
+    "case3-first-gpt-label": (CASE3, then(first_looks_only, label_only_agent("gpt_initial"))),
+    "case3-three-agents": (CASE3, vote_as_agent),
+    "case3-first-random": (CASE3, then(first_looks_only, extra_agent("rand", random_answer))),
+    "case1-random": (CASE1, extra_agent("rand", random_answer)),
+    "case1-constant": (CASE1, extra_agent("const", constant_answer)),
+    "case1-noisy-gpt": (CASE1, extra_agent("gpt2", noisy_copy("gpt_pred"))),
+    "case1-noisy-qwen": (CASE1, extra_agent("qwen2", noisy_copy("qwen_pred"))),
+    "case3-first-noisy-vote": (
+        CASE3,
+        then(first_looks_only, extra_agent("rag2", noisy_copy("rag_pred"))),
+    ),
 }
 
 
@@ -132,6 +219,11 @@ def record_fits(
     records = read_records(path)
     setup = ReplaySetup.of(path, records)
     labels = list(records.labels)
+    truth_of = {r.id: r.truth for r in records.records}
+    sources: dict[str, dict[str, str | None]] = {}
+    for r in records.records:
+        if r.round == 0 and r.agent != ORCHESTRATOR_SOURCE:
+            sources.setdefault(r.agent, {})[r.id] = r.pred
     out = []
     for seed in seeds:
         for k, held in enumerate(replay_folds(setup.images, 5, seed)):
@@ -154,6 +246,14 @@ def record_fits(
                     folds=folds,
                 )
             held_right: dict[str, list[bool]] = {}
+            majority = policy_fitter("majority")(
+                records, setup.columns, train, setup.retrieval, seed
+            )
+            _, decided = decide_fold(setup, majority, images, max_rounds=2)
+            baseline_right = {"majority": [d.label == d.truth for d in decided]}
+            held_ids = [li.extra["id"] for li in images]
+            for agent, answers_of in sources.items():
+                baseline_right[agent] = [answers_of.get(i) == truth_of[i] for i in held_ids]
             for family in FAMILIES:
                 policy = (
                     trust
@@ -177,6 +277,8 @@ def record_fits(
                         for f in FAMILIES
                     },
                     "held_right": held_right,
+                    "baseline_right": baseline_right,
+                    "held_ids": held_ids,
                 }
             )
     return out
@@ -254,16 +356,38 @@ def loglik_fusion_then_source(z: float, splits: int = 1) -> Rule:
 
 
 def select_rule(fit: dict[str, Any]) -> str:
-    """The select policy's own rule (``preference`` and ``choose_family``) on one split."""
+    """The select policy's own rule (``preference``, ``challenge_margins`` and
+    ``choose_family``) on one split."""
+    second = bool(fit["second_looks"])
+    scores: dict[str, dict[str, float]] = {f: {} for f in preference(FAMILIES, second_looks=second)}
+    right = {f: inner_right(fit, f, 1) for f in FAMILIES}
+    return choose_family(scores, right, z=challenge_margins(FAMILIES, second_looks=second))
+
+
+def previous_select_rule(fit: dict[str, Any]) -> str:
+    """The rule before this one: on first looks, z = 0.5 for every challenger, stacking too."""
     second = bool(fit["second_looks"])
     scores: dict[str, dict[str, float]] = {f: {} for f in preference(FAMILIES, second_looks=second)}
     right = {f: inner_right(fit, f, 1) for f in FAMILIES}
     return choose_family(scores, right, z=SECOND_LOOK_MARGIN_Z if second else MARGIN_Z)
 
 
+def first_look_chain(margins: Sequence[float]) -> Rule:
+    """``select``'s rule with its own first-look margins (``chain``); with second looks as
+    ``select``."""
+    first_looks = chain(margins)
+    return lambda fit: select_rule(fit) if fit["second_looks"] else first_looks(fit)
+
+
+SELECT_RULE = "select (this commit's default)"
+
 RULES: dict[str, Rule] = {
-    "select (this commit's default)": select_rule,
-    "chain z=0.5 (the previous default)": chain([0.5, 0.5, 0.5]),
+    SELECT_RULE: select_rule,
+    "select before (stacking at z=0.5)": previous_select_rule,
+    "as select, first looks at z=0.1": first_look_chain([0.1, 0.1, STACKING_MARGIN_Z]),
+    "as select, first looks at z=0.25": first_look_chain([0.25, 0.25, STACKING_MARGIN_Z]),
+    "as select, first looks at z=0.4": first_look_chain([0.4, 0.4, STACKING_MARGIN_Z]),
+    "chain z=0.5 on every file": chain([0.5, 0.5, 0.5]),
     **{f"always {f}": always(f) for f in FAMILIES},
     "best accuracy": best_accuracy(),
     "best accuracy, 5 splits": best_accuracy(5),
@@ -281,9 +405,23 @@ RULES: dict[str, Rule] = {
 }
 
 
+def baseline_accuracies(fits: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean held-out accuracy over seeds of every baseline of a set: each source alone, the
+    majority vote, and the fitted baseline families (best-single, dawid-skene, stacking)."""
+    names = [*fits[0]["baseline_right"], *(f for f in FAMILIES if f != "trust")]
+    out = {}
+    for name in names:
+        per_seed: dict[int, list[bool]] = {}
+        for fit in fits:
+            right = fit["held_right"].get(name, fit["baseline_right"].get(name))
+            per_seed.setdefault(fit["seed"], []).extend(right)
+        out[name] = float(np.mean([np.mean(v) for v in per_seed.values()]))
+    return out
+
+
 def score_rules(fits_by_set: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per rule and agent set: mean held-out accuracy over seeds, per seed, families chosen,
-    and the gap to the best fitted baseline family (best-single, dawid-skene, stacking)."""
+    and the gap to the best baseline of the set (``baseline_accuracies``)."""
     out: dict[str, Any] = {}
     for rule_name, rule in RULES.items():
         row: dict[str, Any] = {}
@@ -297,11 +435,43 @@ def score_rules(fits_by_set: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             accs = [float(np.mean(v)) for v in per_seed.values()]
             row[set_name] = {"accuracy": float(np.mean(accs)), "per_seed": accs, "chosen": chosen}
         out[rule_name] = row
-    for set_name in fits_by_set:
-        baseline = max(out[f"always {f}"][set_name]["accuracy"] for f in FAMILIES if f != "trust")
+    for set_name, fits in fits_by_set.items():
+        baseline = max(baseline_accuracies(fits).values())
         for row in out.values():
             row[set_name]["below_best_baseline"] = baseline - row[set_name]["accuracy"]
     return out
+
+
+def paired_gap(fits: list[dict[str, Any]], rule: Rule, baseline: str) -> tuple[float, float]:
+    """How far ``rule`` falls below ``baseline`` on a set, and that gap's standard error:
+    per row, the difference of their correctness averaged over the seeds; the gap is its
+    mean over the rows, the error sqrt(sum of squares) / rows (the paired form of ``beats``)."""
+    diff: dict[str, list[float]] = {}
+    for fit in fits:
+        family = rule(fit)
+        base = fit["held_right"].get(baseline, fit["baseline_right"].get(baseline))
+        for rid, ours, theirs in zip(fit["held_ids"], fit["held_right"][family], base, strict=True):
+            diff.setdefault(rid, []).append(float(theirs) - float(ours))
+    per_row = np.array([np.mean(v) for v in diff.values()])
+    return float(per_row.mean()), float(np.sqrt((per_row**2).sum()) / per_row.size)
+
+
+def print_set_table(fits_by_set: dict[str, list[dict[str, Any]]], scores: dict[str, Any]) -> None:
+    """Per set: the select rule, trust alone, every baseline, and the families select chose."""
+    chosen_by = scores[SELECT_RULE]
+    for set_name, fits in fits_by_set.items():
+        baselines = baseline_accuracies(fits)
+        best = max(baselines, key=baselines.__getitem__)
+        row = chosen_by[set_name]
+        chosen = ", ".join(f"{f} {n}" for f, n in sorted(row["chosen"].items()))
+        others = "  ".join(f"{n} {a:.4f}" for n, a in baselines.items())
+        trust = scores["always trust"][set_name]["accuracy"]
+        gap, error = paired_gap(fits, RULES[SELECT_RULE], best)
+        print(
+            f"{set_name:22s} select {row['accuracy']:.4f} (best baseline {best} "
+            f"{baselines[best]:.4f}; gap {gap:+.4f} +- {error:.4f}); trust {trust:.4f}"
+        )
+        print(f"{'':22s} {others}\n{'':22s} chosen: {chosen}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,7 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "".join(f"{row[n]['accuracy']:14.4f}" for n in names)
             + f"  {worst:+9.4f}"
         )
-    print("worst gap: the largest shortfall against the best fitted baseline family of a set")
+    print("worst gap: the largest shortfall against the best baseline of a set")
+    print()
+    print_set_table(fits_by_set, scores)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(
         json.dumps(

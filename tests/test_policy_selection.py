@@ -28,9 +28,12 @@ from orchestrator.policies.families import (
 from orchestrator.policies.policy_file import load_policy_selection, load_trust_policy_settings
 from orchestrator.policies.select import (
     FAMILIES,
+    MARGIN_Z,
     SECOND_LOOK_MARGIN_Z,
+    STACKING_MARGIN_Z,
     SelectPolicy,
     beats,
+    challenge_margins,
     choose_family,
     inner_cross_validation,
     preference,
@@ -104,8 +107,11 @@ def test_the_choice_does_not_see_the_test_fold(name: str, request, tmp_path: Pat
     # Case 3's agents look again: the trust policy is the incumbent, at the 5% margin
     first = "trust" if name == "case3" else "best-single"
     assert next(iter(honest.scores_)) == first
-    margin = SECOND_LOOK_MARGIN_Z if name == "case3" else 0.5
-    assert {s["margin_z"] for s in list(honest.scores_.values())[1:]} == {margin}
+    margins = {f: s["margin_z"] for f, s in list(honest.scores_.items())[1:]}
+    if name == "case3":
+        assert set(margins.values()) == {SECOND_LOOK_MARGIN_Z}
+    else:
+        assert margins == {"trust": MARGIN_Z, "dawid-skene": MARGIN_Z, "stacking": 1.645}
     # the two files differ on every held-out row and only there
     truths = [{r.id: r.truth for r in read_records(p).records} for p in (path, flipped)]
     assert {i for i in truths[0] if truths[0][i] != truths[1][i]} == held_ids
@@ -230,7 +236,7 @@ def test_choose_family_needs_a_margin_to_leave_the_best_source():
         "against": "best-single",
         "wins": 3,
         "losses": 2,
-        "margin_z": 0.5,
+        "margin_z": MARGIN_Z,
     }
     clearly = base.copy()
     clearly[60:64] = True
@@ -239,6 +245,74 @@ def test_choose_family_needs_a_margin_to_leave_the_best_source():
     right["stacking"][[63, 64]] = [False, True]  # one row won, one lost against trust: trust stays
     assert choose_family(scores, right) == "trust"
     assert scores["stacking"]["against"] == "trust"
+
+
+def test_stacking_must_clear_the_larger_margin_on_first_looks():
+    assert challenge_margins(FAMILIES, second_looks=False) == {
+        "best-single": MARGIN_Z,
+        "trust": MARGIN_Z,
+        "dawid-skene": MARGIN_Z,
+        "stacking": STACKING_MARGIN_Z,
+    }
+    assert set(challenge_margins(FAMILIES, second_looks=True).values()) == {SECOND_LOOK_MARGIN_Z}
+    assert challenge_margins(["stacking"], second_looks=False, stacking_margin_z=0.0) == {
+        "stacking": MARGIN_Z
+    }
+    base = np.array([True] * 60 + [False] * 40)
+    lead = base.copy()
+    lead[60:66] = True
+    lead[:2] = False  # 6 rows won, 2 lost: 4 > 0.5 * sqrt(8), 4 < 1.645 * sqrt(8)
+    margins = challenge_margins(FAMILIES, second_looks=False)
+
+    def choice(leader: str) -> str:
+        scores = {f: {"accuracy": 0.0, "log_loss": 1.0} for f in FAMILIES}
+        return choose_family(scores, {f: base for f in FAMILIES} | {leader: lead}, z=margins)
+
+    assert choice("dawid-skene") == "dawid-skene"
+    assert choice("trust") == "trust"
+    assert choice("stacking") == "best-single"
+
+
+def with_extra_agent(path: Path, target: Path, name: str, answer) -> Path:
+    """``path`` with one more agent, ``name``: its label on a row is ``answer(truth, labels,
+    rng)``, its confidence uniform in [0.6, 1] (seeded as ``bench/select_rules.py``)."""
+    rows, fields = read_wide(path)
+    rng = np.random.default_rng(2024)
+    labels = sorted({r["category"] for r in rows})
+    for row in rows:
+        row[f"{name}_pred"] = answer(row["category"], labels, rng)
+        row[f"{name}_conf"] = f"{rng.uniform(0.6, 1.0):.2f}"
+    return write_wide(target, rows, [*fields, f"{name}_pred", f"{name}_conf"])
+
+
+def test_an_agent_that_always_says_one_label_does_not_move_select_off_the_best_source(
+    case1: Path, tmp_path: Path
+):
+    # with z = 0.5 for stacking (the rule before), stacking took 2 of these 5 folds on the
+    # constant's noise and the replay fell to 87 of 160
+    path = with_extra_agent(case1, tmp_path / "const.csv", "const", lambda t, ys, rng: ys[0])
+    report = run_replay(path, folds=5, seed=2, policy="select")
+    assert report["families_chosen"] == ["best-single"] * 5
+    assert report["accuracy"] == pytest.approx(91 / 160)  # GPT-4o alone
+
+
+def test_select_fuses_an_informative_first_look_only_agent(case1: Path, tmp_path: Path):
+    # a third agent right 35% of the time (25% is chance), independent of the other two: four
+    # folds of five fuse it; with z = 0.5 for stacking too (the rule before), fold 3 took
+    # stacking and the replay fell to 93 of 160
+    def weak(truth: str, labels: list[str], rng: np.random.Generator) -> str:
+        return truth if rng.random() < 0.35 else str(rng.choice([y for y in labels if y != truth]))
+
+    path = with_extra_agent(case1, tmp_path / "weak.csv", "weak", weak)
+    report = run_replay(path, folds=5, seed=4, policy="select")
+    assert report["agents_replayed"]["weak"] == {"first": "weak", "reeval": None}
+    assert report["families_chosen"].count("best-single") == 1
+    assert "stacking" not in report["families_chosen"]
+    for detail in report["fold_details"]:
+        family = detail["selection"]["family"]
+        read = family["sources"] if family is not None else detail["weights"]["first"]
+        assert "weak" in read
+    assert report["accuracy"] >= 96 / 160 > 91 / 160
 
 
 def test_save_policy_records_the_choice_and_old_files_still_load(
@@ -415,7 +489,7 @@ def test_with_second_looks_the_trust_policy_is_kept_unless_clearly_beaten():
     a_row_or_two[90:93] = True
     a_row_or_two[0] = False  # 3 rows won, 1 lost: 2 < 1.645 * 2, as noisy as Case 3's leads
     assert choice(**{"best-single": a_row_or_two, "dawid-skene": a_row_or_two}) == "trust"
-    # the same lead would have replaced the best source on first looks (z = 0.5)
+    # the same lead would have replaced the best source on first looks (z = MARGIN_Z)
     plain = {f: {"accuracy": 0.0, "log_loss": 1.0} for f in FAMILIES}
     right = {f: trust for f in FAMILIES} | {"best-single": trust, "trust": a_row_or_two}
     assert choose_family(plain, right) == "trust"
