@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,10 @@ SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": 1}
 """What every SQLite checkpoint connection runs with (``synchronous`` 1 is NORMAL): a commit
 is a write to the WAL file, which a killed process cannot undo; only a power cut or a kernel
 crash can roll back the commits since the last fsync (``LoopSqliteSaver.sync_to_disk``)."""
+WAL_AUTOCHECKPOINT = 0
+"""SQLite folds the WAL into the database file itself every 1000 pages, inside a commit, with
+an fsync of each file: on the event loop, a wait for the disk. Off: ``sync_to_disk`` folds it
+(once a second, in the runner's worker thread)."""
 
 
 class LoopSqliteSaver(SqliteSaver):
@@ -144,8 +148,18 @@ class LoopSqliteSaver(SqliteSaver):
         """Commit what is pending, then fsync the WAL file: every write made so far survives
         a power cut."""
         self.commit_pending()
-        # no WAL file: nothing written since the last WAL checkpoint (synced already)
-        fsync_path(self.path.with_name(self.path.name + "-wal"), missing_ok=True)
+        wal = self.path.with_name(self.path.name + "-wal")
+        if not wal.exists():
+            return  # nothing written since the last WAL checkpoint (synced already)
+        fsync_path(wal)
+        self.fold_wal()
+
+    def fold_wal(self) -> None:
+        """Copy the WAL's frames into the database file (a passive WAL checkpoint, which
+        fsyncs both files) on a connection of its own, so the loop's writes go on meanwhile."""
+        with closing(sqlite3.connect(str(self.path), timeout=0, isolation_level=None)) as conn:
+            conn.execute("PRAGMA synchronous=1").fetchall()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def sqlite_connection(path: Path) -> sqlite3.Connection:
@@ -154,6 +168,7 @@ def sqlite_connection(path: Path) -> sqlite3.Connection:
     try:
         for name, value in SQLITE_PRAGMAS.items():
             conn.execute(f"PRAGMA {name}={value}").fetchall()
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}").fetchall()
     except BaseException:
         conn.close()
         raise
