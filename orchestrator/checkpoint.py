@@ -62,7 +62,8 @@ crash can roll back the commits since the last fsync (``LoopSqliteSaver.sync_to_
 WAL_AUTOCHECKPOINT = 0
 """SQLite folds the WAL into the database file itself every 1000 pages, inside a commit, with
 an fsync of each file: on the event loop, a wait for the disk. Off: ``sync_to_disk`` folds it
-(once a second, in the runner's worker thread)."""
+(once a second, in the runner's worker thread), and closing the last connection folds the
+rest (a caller writing without the runner's sync keeps a growing WAL until then)."""
 
 
 class LoopSqliteSaver(SqliteSaver):
