@@ -12,6 +12,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,13 @@ an fsync of each file: on the event loop, a wait for the disk. Off: ``sync_to_di
 rest (a caller writing without the runner's sync keeps a growing WAL until then)."""
 
 
+@dataclass
+class _CommitState:
+    due: bool = False
+    """A commit is scheduled on the event loop."""
+    closed: bool = False
+
+
 class LoopSqliteSaver(SqliteSaver):
     """LangGraph's ``SqliteSaver`` with async methods that run its sync ones right away,
     in the event loop's thread.
@@ -87,7 +95,7 @@ class LoopSqliteSaver(SqliteSaver):
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         super().__init__(conn)
         self.path = path
-        self._commit_due = False
+        self._commits = _CommitState()  # shared with shallow copies (``with_state_types``)
 
     @contextmanager
     def cursor(self, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
@@ -107,16 +115,26 @@ class LoopSqliteSaver(SqliteSaver):
         except RuntimeError:
             self.commit_pending()
             return
-        if not self._commit_due:
-            self._commit_due = True
+        if not self._commits.due:
+            self._commits.due = True
             loop.call_soon(self.commit_pending)
 
     def commit_pending(self) -> None:
-        """Commit the writes not committed yet (safe from any thread)."""
+        """Commit the writes not committed yet (safe from any thread; nothing once closed)."""
         with self.lock:
-            self._commit_due = False
-            if self.conn.in_transaction:
+            self._commits.due = False
+            if not self._commits.closed and self.conn.in_transaction:
                 self.conn.commit()
+
+    def close(self) -> None:
+        """Commit what is pending and close the connection (a commit still scheduled then
+        does nothing)."""
+        try:
+            self.commit_pending()
+        finally:
+            with self.lock:
+                self._commits.closed = True
+                self.conn.close()
 
     async def aget_tuple(self, config: Any) -> Any:
         return self.get_tuple(config)
@@ -198,10 +216,7 @@ async def sqlite_checkpointer(path: Path) -> AsyncIterator[Any]:
     try:
         yield saver
     finally:
-        try:
-            saver.commit_pending()
-        finally:
-            conn.close()
+        saver.close()
 
 
 async def checkpoint_is_empty(saver: Any) -> bool:
