@@ -194,3 +194,9 @@ def test_a_proxy_for_the_url_takes_the_openai_packages_path(monkeypatch) -> None
 def test_an_unknown_http_client_is_an_input_error() -> None:
     with pytest.raises(InputError, match="http_client must be one of direct, openai"):
         OpenAIChatClient(model="m", base_url="http://127.0.0.1:1/v1", http_client="curl")
+
+
+def test_a_url_the_direct_path_cannot_take_goes_to_the_openai_package() -> None:
+    options = {"max_reply_bytes": 1000, "timeout_s": 1.0}
+    assert isinstance(make_transport("direct", "ftp://host/v1", "k", **options), SdkTransport)
+    assert isinstance(make_transport("direct", None, "k", **options), DirectTransport)

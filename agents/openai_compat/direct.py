@@ -12,6 +12,7 @@ set for the URL (``http1.reaches_directly``): the ``openai`` package then handle
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -19,7 +20,13 @@ from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 from agents.openai_compat.errors import ReplyTooLargeError
-from agents.openai_compat.http1 import HttpReply, Origin, pool_for, reaches_directly
+from agents.openai_compat.http1 import (
+    HttpProtocolError,
+    HttpReply,
+    Origin,
+    pool_for,
+    reaches_directly,
+)
 from agents.openai_compat.modes import OPENAI_API_URL
 from agents.openai_compat.transport import DIRECT_HTTP_LOGGER, reply_cap_hook
 
@@ -78,7 +85,7 @@ class DirectTransport:
             import openai
 
             raise openai.APITimeoutError(request=_request(self.url)) from e
-        except Exception as e:
+        except (OSError, asyncio.IncompleteReadError, HttpProtocolError) as e:
             import openai
 
             raise openai.APIConnectionError(request=_request(self.url)) from e
@@ -197,10 +204,12 @@ def make_transport(
     max_reply_bytes: int,
     timeout_s: float,
 ) -> CompletionTransport:
-    """``kind``'s transport; the ``openai`` package's where a proxy is set for the URL."""
-    url = base_url or OPENAI_API_URL
-    if kind == "direct" and reaches_directly(url):
-        return DirectTransport(
-            base_url, api_key, max_reply_bytes=max_reply_bytes, timeout_s=timeout_s
-        )
-    return SdkTransport(base_url, api_key, max_reply_bytes=max_reply_bytes, timeout_s=timeout_s)
+    """``kind``'s transport; the ``openai`` package's where a proxy is set for the URL, or
+    where it is no http(s) URL with a host (the package then says what is wrong with it)."""
+    options = {"max_reply_bytes": max_reply_bytes, "timeout_s": timeout_s}
+    if kind == "direct" and reaches_directly(base_url or OPENAI_API_URL):
+        try:
+            return DirectTransport(base_url, api_key, **options)
+        except ValueError:
+            pass
+    return SdkTransport(base_url, api_key, **options)

@@ -200,7 +200,10 @@ class ConnectionPool:
                 if not 100 <= status < 200 or status == 101:
                     break
                 head = await connection.reader.readuntil(_HEAD_END)
-            body, reusable = await _read_body(connection.reader, headers, max_reply_bytes)
+            if status in (204, 304):  # no body, whatever the headers say
+                body, reusable = b"", True
+            else:
+                body, reusable = await _read_body(connection.reader, headers, max_reply_bytes)
         except BaseException:
             connection.close()
             raise
