@@ -37,6 +37,7 @@ _CLIENT_OPTIONS: dict[str, OptionType] = {
     "top_logprobs": _COUNT,
     "temperature": OptionType("float", minimum=0, optional=True),
     "max_tokens": OptionType("int", minimum=1, optional=True),
+    "http_client": OptionType("str", choices=("direct", "openai")),
 }
 _OPENAI_AGENT_OPTIONS: dict[str, OptionType] = {
     "neighbour_images": _COUNT,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from core.images import ImageRef, LoadedImage
@@ -97,7 +97,11 @@ class Prediction:
         return cls(agent=agent, label=None, error=error, round=round, latency_s=latency_s)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``asdict``'s result, made directly (its fields are plain values and one dict)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if self.scores is not None:
+            out["scores"] = dict(self.scores)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Prediction:

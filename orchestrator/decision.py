@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents.types import Prediction
@@ -46,7 +47,13 @@ class Assessment:
         object.__setattr__(self, "latency_s", float(self.latency_s))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``asdict``'s result, made directly (its fields are plain values, dicts and lists)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["scores"] = dict(self.scores)
+        out["weights"] = dict(self.weights)
+        out["reevaluate"] = list(self.reevaluate)
+        out["prediction_set"] = list(self.prediction_set)
+        return out
 
     @classmethod
     def abstention(
@@ -106,9 +113,14 @@ class Decision:
         return self.rounds_used > 1
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """``asdict``'s result, made directly."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["prediction_set"] = list(self.prediction_set)
         out["predictions"] = [p.to_dict() for p in self.predictions]
         out["assessments"] = [a.to_dict() for a in self.assessments]
+        out["evidence"] = copy.deepcopy(self.evidence)
+        out["weights"] = dict(self.weights)
+        out["notes"] = list(self.notes)
         return out
 
     @classmethod

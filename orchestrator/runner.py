@@ -170,6 +170,13 @@ class JsonlWriter:
             os.close(self._fd)
 
 
+def commit_checkpoint(checkpointer: Any) -> None:
+    """Commit the checkpoint's pending writes, when it holds some back (``commit_pending``)."""
+    commit = getattr(checkpointer, "commit_pending", None)
+    if commit is not None:
+        commit()
+
+
 def sync_to_disk(writer: JsonlWriter, checkpointer: Any) -> None:
     """fsync the checkpoint's journal (when it has one to sync: ``sync_to_disk``), then the
     output: every line written and every commit made so far survive a power cut."""
@@ -375,6 +382,7 @@ class _Run:
         if item.image.sha256 in self.written:
             return
         line = decision if self.run_config is None else {**decision, "run": self.run_config}
+        commit_checkpoint(self.graph.checkpointer)  # the finished thread before its line
         self.writer.write(line)
         self.written.add(item.image.sha256)
         self.decisions.append(decision)

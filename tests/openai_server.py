@@ -49,6 +49,8 @@ class RecordedRequest:
     """``time.monotonic()`` when the request was read."""
     answered_at: float = 0.0
     """``time.monotonic()`` once its reply was sent (0.0: never)."""
+    peer: tuple[str, int] = ("", 0)
+    """The client's address and port: requests on one kept-alive connection share it."""
 
 
 def chat_reply(
@@ -196,7 +198,9 @@ class OpenAIServer:
                 except json.JSONDecodeError:
                     body = raw.decode("utf-8", "replace")
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                request = RecordedRequest(self.path, headers, body, time.monotonic())
+                request = RecordedRequest(
+                    self.path, headers, body, time.monotonic(), peer=self.client_address[:2]
+                )
                 with server._lock:
                     server.requests.append(request)
                     server.in_flight += 1

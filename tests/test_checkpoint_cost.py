@@ -202,3 +202,26 @@ def test_the_checkpoint_holds_a_bounded_size_per_image(tmp_path, apple_task):
     # with the state so far: about ten output lines' worth, and the file twice that
     assert 2 * line_bytes < stored / 40 < 16 * line_bytes
     assert (tmp_path / "ckpt.sqlite").stat().st_size / 40 < 32 * line_bytes
+
+
+def test_the_writes_of_one_loop_turn_are_one_commit_and_closing_commits_the_rest(tmp_path):
+    path = tmp_path / "c.sqlite"
+    step = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "c"}}
+    loop_errors: list[dict] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
+        async with open_checkpointer(path) as saver:
+            for n in range(3):
+                await saver.aput_writes(step, [("channel", n)], f"task{n}")
+            assert saver.conn.in_transaction  # three writes, no commit yet
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert not saver.conn.in_transaction  # one commit, at the next turn
+            await saver.aput_writes(step, [("channel", 9)], "last")
+        await asyncio.sleep(0)  # the commit it had scheduled finds the connection closed
+
+    asyncio.run(scenario())
+    assert loop_errors == []
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM writes").fetchone()[0] == 4

@@ -204,3 +204,48 @@ def test_checkpoints_load_back_the_same_types(apple_task, tmp_path: Path, caplog
     assert isinstance(values["evidence"], Evidence)
     assert isinstance(values["evidence"].neighbours[0], Neighbour)
     assert values["decision"] == decision and decision.rounds_used == 2
+
+
+def test_to_dict_gives_what_asdict_gives_and_shares_no_container() -> None:
+    import dataclasses
+
+    from orchestrator.decision import Assessment, Decision
+
+    answers = [
+        Prediction(agent="a", label="rust", confidence=0.8, scores={"rust": 0.8, "scab": 0.2}),
+        Prediction.failure("b", "timed out", round=1, latency_s=2.0),
+    ]
+    verdict = Assessment(
+        policy="trust",
+        round=1,
+        scores={"rust": 0.7, "scab": 0.3},
+        label="rust",
+        confidence=0.7,
+        trusted=True,
+        weights={"a": 1.0},
+        reevaluate=["b"],
+        prediction_set=["rust"],
+        reason="trusted",
+    )
+    decision = Decision(
+        image="leaf.png",
+        sha256="0" * 64,
+        task="apple-leaf",
+        policy="trust",
+        label="rust",
+        confidence=0.7,
+        prediction_set=["rust"],
+        rounds_used=2,
+        predictions=answers,
+        assessments=[verdict],
+        evidence={"neighbours": [{"id": "x", "label": "rust"}], "retriever": "rag"},
+        weights={"a": 1.0},
+        notes=["round 1: agent b failed: timed out"],
+    )
+    for thing in (*answers, verdict, decision):
+        assert thing.to_dict() == dataclasses.asdict(thing)
+    out = decision.to_dict()
+    out["evidence"]["neighbours"].append({})
+    out["predictions"][0]["scores"]["rust"] = 0.0
+    out["notes"].append("changed")
+    assert decision.to_dict() == dataclasses.asdict(decision)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agents.openai_compat.direct import (
+    HTTP_CLIENTS,
+    CompletionTransport,
+    HttpClientKind,
+    make_transport,
+)
 from agents.openai_compat.errors import ChatError, ReplyFormatError, ReplyTooLargeError
 from agents.openai_compat.json_text import extract_json_object
 from agents.openai_compat.limits import EndpointLimit, EndpointLimits, PausedPastDeadline
@@ -45,7 +52,6 @@ from agents.openai_compat.transport import (
     is_retryable,
     load_signal,
     redact_http_logs,
-    reply_cap_hook,
 )
 from core.errors import InputError
 from core.redact import redact_text, redact_url, url_secrets
@@ -69,7 +75,7 @@ class _Attempts:
 
 @dataclass
 class _LoopResources:
-    client: Any
+    transport: CompletionTransport
     slots: asyncio.Semaphore | None
     """This client's own cap (``max_concurrency``), under the endpoint's shared limit."""
     detecting: asyncio.Lock
@@ -90,7 +96,11 @@ class OpenAIChatClient:
 
     ``limits`` is the table of endpoint limits this client shares with the others given it (a
     run's agents and its ``llm`` policy; None: a table of its own); ``max_concurrency`` caps this
-    client's calls under its endpoint's limit (None: the endpoint's limit alone)."""
+    client's calls under its endpoint's limit (None: the endpoint's limit alone).
+
+    ``http_client`` is how requests go out: ``"direct"`` (HTTP/1.1 straight to the server,
+    connections shared per endpoint, a tenth of the CPU per call; the ``openai`` package still
+    where a proxy is set) or ``"openai"`` (the ``openai`` package's client, ``direct``)."""
 
     def __init__(
         self,
@@ -114,6 +124,7 @@ class OpenAIChatClient:
         prices: Mapping[str, ModelPrice] | None = None,
         servers: ServerFeatureTable | None = None,
         limits: EndpointLimits | None = None,
+        http_client: HttpClientKind = "direct",
     ) -> None:
         if not model:
             raise InputError("an OpenAI-compatible client needs a model name (openai:<model>)")
@@ -121,6 +132,9 @@ class OpenAIChatClient:
             raise InputError("max_concurrency must be >= 1 and max_retries >= 0")
         if not (timeout_s > 0 and deadline_s > 0 and max_reply_bytes >= 1):
             raise InputError("timeout_s and deadline_s must be > 0 and max_reply_bytes >= 1")
+        if http_client not in HTTP_CLIENTS:
+            choices = ", ".join(HTTP_CLIENTS)
+            raise InputError(f"http_client must be one of {choices}, got {http_client!r}")
         self.model = model
         self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
         self._url_secrets = url_secrets(self.base_url)
@@ -140,6 +154,7 @@ class OpenAIChatClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_concurrency = max_concurrency
+        self.http_client = http_client
         self.structured_output = structured_output
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
@@ -168,36 +183,28 @@ class OpenAIChatClient:
         return self._key.redact(redact_text(text, self._url_secrets))
 
     def _resources(self) -> _LoopResources:
-        # An httpx pool, a semaphore and a lock belong to one event loop: one set per loop.
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
-
+        # Connections, a semaphore and a lock belong to one event loop: one set per loop.
         loop = asyncio.get_running_loop()
         resources = self._per_loop.get(loop)
         if resources is None:
             redact_http_logs()
-            http_client = DefaultAsyncHttpxClient(
-                timeout=self.timeout_s,
-                # Only an uncompressed body can be bounded before it is decoded.
-                headers={"accept-encoding": "identity"},
-                event_hooks={"response": [reply_cap_hook(self.max_reply_bytes)]},
-            )
-            client = AsyncOpenAI(
-                api_key=self._key.reveal(),
-                base_url=self.base_url,
-                timeout=self.timeout_s,
-                max_retries=0,  # retries are this adapter's, inside its deadline
-                http_client=http_client,
+            transport = make_transport(
+                self.http_client,
+                self.base_url,
+                self._key.reveal(),
+                max_reply_bytes=self.max_reply_bytes,
+                timeout_s=self.timeout_s,
             )
             own = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
-            resources = _LoopResources(client, own, asyncio.Lock())
+            resources = _LoopResources(transport, own, asyncio.Lock())
             self._per_loop[loop] = resources
         return resources
 
     async def aclose(self) -> None:
-        """Close the connection pool of the running event loop."""
+        """Close the connections of the running event loop."""
         resources = self._per_loop.pop(asyncio.get_running_loop(), None)
         if resources is not None:
-            await resources.client.close()
+            await resources.transport.aclose()
 
     def _mode(self, schema: ReplySchema | None) -> StructuredMode | None:
         if schema is None:
@@ -278,8 +285,6 @@ class OpenAIChatClient:
         schema: ReplySchema | None,
         calls: _Attempts,
     ) -> ChatResult:
-        import openai
-
         loop = asyncio.get_running_loop()
         attempt = 0
         adaptations = 0
@@ -294,7 +299,13 @@ class OpenAIChatClient:
                         response = await self._send(resources, kwargs, calls, attempt)
             except ReplyTooLargeError as e:
                 raise ReplyTooLargeError(self.redact(str(e)), attempts=attempt + 1) from None
-            except (openai.APIConnectionError, openai.APIStatusError) as e:
+            except Exception as e:
+                # Either transport fails with the openai package's errors (loaded by then).
+                openai = sys.modules.get("openai")
+                if openai is None or not isinstance(e, openai.OpenAIError):
+                    raise
+                if not isinstance(e, openai.APIConnectionError | openai.APIStatusError):
+                    raise ChatError(self.redact(describe(e)), attempts=attempt + 1) from e
                 if isinstance(e.__cause__, ReplyTooLargeError):  # openai 1.x wraps it
                     message = self.redact(str(e.__cause__))
                     raise ReplyTooLargeError(message, attempts=attempt + 1) from None
@@ -320,8 +331,6 @@ class OpenAIChatClient:
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
-            except openai.OpenAIError as e:
-                raise ChatError(self.redact(describe(e)), attempts=attempt + 1) from e
             return self._result(response, mode, attempt + 1)
 
     async def _send(
@@ -340,12 +349,7 @@ class OpenAIChatClient:
         try:
             calls.timeout = min(self.timeout_s, max(calls.deadline - loop.time(), 0.01))
             calls.made = attempt + 1
-            # The body is plain JSON already: as extra_body it skips the SDK's walk over its
-            # typed parameters, which cost more CPU per call than all the rest of the call.
-            body = dict(kwargs)
-            response = await resources.client.chat.completions.create(
-                model=body.pop("model"), messages=[], extra_body=body, timeout=calls.timeout
-            )
+            response = await resources.transport.create(kwargs, calls.timeout)
         except BaseException as e:
             signal = load_signal(e, max_pause_s=self.max_backoff_s)
             slot.release(
@@ -355,24 +359,29 @@ class OpenAIChatClient:
         slot.release()
         return response
 
-    def _result(self, response: Any, mode: StructuredMode | None, attempts: int) -> ChatResult:
-        if not getattr(response, "choices", None):
+    def _result(self, reply: Any, mode: StructuredMode | None, attempts: int) -> ChatResult:
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise ChatError("the server returned no choices", attempts=attempts)
         features = self.features
         if mode is not None and self.structured_output and mode == features.mode:
             features.mode_confirmed = True
-        choice = response.choices[0]
-        message = choice.message
-        tokens = _token_choices(getattr(choice, "logprobs", None))
+        choice = choices[0]
+        message = _mapping(choice.get("message"))
+        usage = _mapping(reply.get("usage"))
+        try:
+            tokens = _token_choices(choice.get("logprobs"))
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        except (KeyError, TypeError, ValueError) as e:
+            why = f"the server returned a malformed completion ({type(e).__name__}: {e})"
+            raise ChatError(self.redact(why[:300]), attempts=attempts) from None
         if tokens is not None:
             features.logprobs = True
-        usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         return ChatResult(
-            content=message.content,
-            refusal=getattr(message, "refusal", None),
-            finish_reason=choice.finish_reason,
+            content=_text(message.get("content")),
+            refusal=_text(message.get("refusal")),
+            finish_reason=_text(choice.get("finish_reason")),
             tokens=tokens,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -382,15 +391,25 @@ class OpenAIChatClient:
         )
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _token_choices(logprobs: Any) -> tuple[TokenChoice, ...] | None:
-    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not content:
         return None
     return tuple(
         TokenChoice(
-            token=str(item.token),
-            logprob=float(item.logprob),
-            top=tuple((str(t.token), float(t.logprob)) for t in (item.top_logprobs or [])),
+            token=str(item["token"]),
+            logprob=float(item["logprob"]),
+            top=tuple(
+                (str(t["token"]), float(t["logprob"])) for t in item.get("top_logprobs") or []
+            ),
         )
         for item in content
     )

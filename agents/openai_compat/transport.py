@@ -21,7 +21,9 @@ from agents.openai_compat.limits import OVERLOAD_STATUS
 from core.redact import redact_text
 
 _RETRY_STATUS = {408, 409, 429}
-HTTP_LOGGERS = ("httpx", "httpx2", "openai", "openai._base_client")
+DIRECT_HTTP_LOGGER = "agents.openai_compat.http"
+"""The direct path's logger (``direct``): one INFO line per request, as httpx writes it."""
+HTTP_LOGGERS = ("httpx", "httpx2", "openai", "openai._base_client", DIRECT_HTTP_LOGGER)
 """The loggers of the HTTP stack: httpx logs every request's URL (credentials included) at
 INFO."""
 DEFAULT_MAX_REPLY_BYTES = 8_000_000
@@ -132,6 +134,26 @@ def _format_bytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size:,} bytes"
 
 
+def compressed_reply(encoding: str) -> ReplyTooLargeError:
+    return ReplyTooLargeError(
+        f"the server compressed its reply (Content-Encoding: {encoding}) although asked "
+        "not to; its size cannot be bounded before decoding"
+    )
+
+
+def declared_too_large(size: int, max_bytes: int) -> ReplyTooLargeError:
+    return ReplyTooLargeError(
+        f"the reply is {_format_bytes(size)}, over the {_format_bytes(max_bytes)} cap "
+        "(max_reply_bytes); not read"
+    )
+
+
+def over_cap(max_bytes: int) -> ReplyTooLargeError:
+    return ReplyTooLargeError(
+        f"the reply is over the {_format_bytes(max_bytes)} cap (max_reply_bytes); not read further"
+    )
+
+
 def _counting_stream_class(byte_stream_base: type) -> type:
     """A byte stream (of the HTTP library whose base class is given) that raises
     ``ReplyTooLargeError`` once more than ``limit`` bytes have come through it."""
@@ -146,10 +168,7 @@ def _counting_stream_class(byte_stream_base: type) -> type:
             async for chunk in self._inner:
                 seen += len(chunk)
                 if seen > self._limit:
-                    raise ReplyTooLargeError(
-                        f"the reply is over the {_format_bytes(self._limit)} cap "
-                        "(max_reply_bytes); not read further"
-                    )
+                    raise over_cap(self._limit)
                 yield chunk
 
         async def aclose(self) -> None:
@@ -171,17 +190,11 @@ def reply_cap_hook(max_bytes: int) -> Callable[[Any], Awaitable[None]]:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             await response.aclose()
-            raise ReplyTooLargeError(
-                f"the server compressed its reply (Content-Encoding: {encoding}) although asked "
-                "not to; its size cannot be bounded before decoding"
-            )
+            raise compressed_reply(encoding)
         declared = response.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > max_bytes:
             await response.aclose()
-            raise ReplyTooLargeError(
-                f"the reply is {_format_bytes(int(declared))}, over the "
-                f"{_format_bytes(max_bytes)} cap (max_reply_bytes); not read"
-            )
+            raise declared_too_large(int(declared), max_bytes)
         # httpx or httpx2 (whichever the openai package drives): its own stream base class.
         base = sys.modules[type(response).__module__.partition(".")[0]].AsyncByteStream
         stream_class = _CAPPED_STREAMS.get(base)
