@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -399,7 +400,7 @@ async def _run(
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
-    from orchestrator.checkpoint import checkpoint_is_empty, open_checkpointer
+    from orchestrator.checkpoint import checkpoint_is_empty, is_postgres, open_checkpointer
     from orchestrator.engines.recipe import RunRecipe, build_parts
     from orchestrator.inputs import collect_images
     from orchestrator.runner import (
@@ -479,6 +480,7 @@ async def _run(
             engine=engine,
             forget_when_done=forget_when_done,
             show_progress=show_progress,
+            checkpoint=str(checkpoint) if is_postgres(checkpoint) else None,
         )
         notes += worker_notes
         summary.skipped = [*collected.skipped, *collected.duplicates]
@@ -488,6 +490,7 @@ async def _run(
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     emptied = False
+    cpu = time.process_time()
     async with open_checkpointer(checkpoint, owner=run_config) as saver:
         graph = parts.graph(saver)
         summary = await run_batch(
@@ -507,6 +510,7 @@ async def _run(
             for item in collected.images:
                 await graph.forget(item.image)
             emptied = await checkpoint_is_empty(saver)
+    summary.metrics["cpu_s"] = time.process_time() - cpu
     summary.skipped = [*collected.skipped, *collected.duplicates]
     summary.metrics["agents_without_profile"] = parts.agents_without_profile()
     return summary, notes, emptied

@@ -38,8 +38,14 @@ class RunRecipe:
     concurrency: int = 4
     """Images in flight in one process (``-j``)."""
     endpoint_concurrency: int | None = None
-    """Calls in flight to one server from one process (``--endpoint-concurrency``; default:
-    ``concurrency`` times the agents on that server)."""
+    """Calls in flight to one server (``--endpoint-concurrency``; default: ``concurrency`` times
+    the agents on that server, per process). With ``cluster_limits``: the cluster's total."""
+    cluster_limits: str | None = None
+    """The Ray actor that shares each server's limit among the workers
+    (``engines.cluster_limits``); None: every process keeps its own."""
+    workers: int = 1
+    """Processes that build this recipe at once: the default limit of a server shared by the
+    cluster is that many times one process's."""
 
 
 @dataclass
@@ -99,7 +105,17 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
     options = registry.assign_options(parsed, items, flag="--agent-option")
     servers = ServerFeatureTable()
     # -j images in flight, each with every agent's call in flight: what a server must take.
-    limits = EndpointLimits(concurrency=recipe.endpoint_concurrency, per_client=recipe.concurrency)
+    make_limit = None
+    if recipe.cluster_limits is not None:
+        from orchestrator.engines.cluster_limits import cluster_limit_factory
+
+        scale = 1 if recipe.endpoint_concurrency is not None else recipe.workers
+        make_limit = cluster_limit_factory(recipe.cluster_limits, scale=scale)
+    limits = EndpointLimits(
+        concurrency=recipe.endpoint_concurrency,
+        per_client=recipe.concurrency,
+        make_limit=make_limit,
+    )
     built = build_agents(
         parsed,
         task=task,
