@@ -86,7 +86,8 @@ def run(
         typer.Option(
             "--endpoint-concurrency",
             help="Calls in flight at most per OpenAI-compatible server, shared by its agents and "
-            "lowered while it answers 429/503 (default: -j times the agents on that server).",
+            "lowered while it answers 429/503 (default: -j times the agents on that server); "
+            "with --engine ray, the total of every worker.",
             callback=at_least(1),
         ),
     ] = None,
@@ -101,7 +102,8 @@ def run(
         typer.Option(
             "--checkpoint",
             help="SQLite checkpoint file (default: OUT.checkpoints.sqlite), or a PostgreSQL "
-            "database postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass).",
+            "database postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass), "
+            "which the shards of --engine ray share too.",
             callback=checkpoint_target,
         ),
     ] = None,
@@ -223,8 +225,13 @@ def run(
 
     --engine ray splits the images into shards run by Ray workers (--workers, --ray-address);
     each shard's lines reach --out once, when the shard is done; --resume works the same.
+    --endpoint-concurrency is then the cluster's total per server.
 
       trustorch run leaves/ -a clip -a gpt=openai:gpt-4o -o r.jsonl --engine ray --workers 4
+
+      trustorch run leaves/ -a gpt=openai:gpt-4o -o r.jsonl --engine ray --endpoint-concurrency 16
+
+      trustorch run leaves/ -a clip -o r.jsonl --engine ray --checkpoint postgresql://u@db:5432/runs
 
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).

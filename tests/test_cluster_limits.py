@@ -97,3 +97,25 @@ def test_the_permits_of_a_silent_worker_go_to_the_others(monkeypatch):
 
     granted, back = asyncio.run(scenario())
     assert granted == 4 and back == 0
+
+
+def test_a_busy_worker_hands_its_permit_to_one_that_holds_none():
+    async def scenario() -> list[str]:
+        handle = InProcessHandle(EndpointBudgets())
+        order: list[str] = []
+
+        async def calls(name: str, limit: LeasedEndpointLimit, n: int) -> None:
+            for _ in range(n):  # one call after another, never idle
+                slot = await limit.acquire()
+                order.append(name)
+                await asyncio.sleep(0.03)
+                slot.release()
+
+        first = LeasedEndpointLimit(ENDPOINT, maximum=1, actor=handle)
+        second = LeasedEndpointLimit(ENDPOINT, maximum=1, actor=handle)
+        await asyncio.gather(calls("a", first, 16), calls("b", second, 16))
+        return order
+
+    order = asyncio.run(scenario())
+    # one permit for two workers: "b" starts long before "a" has made all its calls
+    assert order.index("b") < 12 and order.count("a") == order.count("b") == 16

@@ -449,3 +449,31 @@ def test_workers_share_one_endpoint_limit_across_the_cluster(tmp_path, ray_clust
     (endpoint,) = summary["engine"]["endpoints"]
     assert endpoint["maximum"] == 3 and endpoint["peak_leased"] <= 3
     assert endpoint["messages"] < stats["requests"]  # permits leased in batches, not per call
+
+
+@pytest.mark.heavy
+def test_clip_runs_once_on_its_own_actor_and_batches_the_workers_images(
+    tmp_path, capsys, ray_cluster, tiny_clip_dir
+):
+    from tiny_models import clip_with_token_limit
+
+    clip = str(clip_with_token_limit(tiny_clip_dir, tmp_path / "clip"))
+    data = make_images(tmp_path / "data", per_label=4)
+    args = ["run", str(data), "-a", "clip", "--clip-model", clip, "--json", "-j", "4"]
+    assert main([*args, "-o", str(tmp_path / "local.jsonl")]) == 0, capsys.readouterr().err
+    local = {d["sha256"]: d for d in _lines(tmp_path / "local.jsonl")}
+    cmd = [
+        *trustorch_command(), *args, "-o", str(tmp_path / "ray.jsonl"), "--engine", "ray",
+        "--ray-address", ray_cluster, "--workers", "2", "--shard-size", "3",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    remote = {d["sha256"]: d for d in _lines(tmp_path / "ray.jsonl")}
+    assert remote.keys() == local.keys() and len(remote) == 12
+    for sha, d in remote.items():
+        (mine,), (theirs,) = d["predictions"], local[sha]["predictions"]
+        assert mine["label"] == theirs["label"]
+        assert mine["confidence"] == pytest.approx(theirs["confidence"], abs=1e-5)
+    stats = json.loads(done.stdout)["engine"]["clip"]
+    assert stats["device"] == "cpu" and stats["images"] == 12  # one model for both workers
+    assert stats["batches"] < 12 and stats["largest_batch"] > 1  # images of several calls at once

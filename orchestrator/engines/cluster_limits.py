@@ -11,8 +11,9 @@ driver, so it lives and dies with the run) that keeps, for every endpoint:
 - the permits each worker holds; their sum never exceeds the window, and a worker never has
   more calls in flight than the permits it holds, so the endpoint never sees more calls in
   flight than the cluster's limit;
-- a fair share (the window over the workers holding or asking for permits): a worker holding
-  more than its share hands permits back as its calls end.
+- a fair share (the window over the workers holding or asking for permits, see
+  ``_Budget.share``): a worker holding more than its share hands permits back as its calls
+  end, so a worker that holds none is never starved by busy ones.
 
 Permits are leased in batches, not per call: a worker keeps the permits it holds for call
 after call and talks to the actor only when its callers want more than it holds, and once per
@@ -80,7 +81,9 @@ class _Budget:
     paused_until: float = 0.0
     held: dict[str, int] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
-    waiting: set[str] = field(default_factory=set)
+    waiting: list[str] = field(default_factory=list)
+    """Workers that asked for permits and got none yet, in the order they asked (a lease that
+    timed out keeps its place: its worker asks again at once)."""
     reclaimed: set[str] = field(default_factory=set)
     peak_leased: int = 0
     leases: int = 0
@@ -94,8 +97,14 @@ class _Budget:
         return max(1, min(self.maximum, int(self.window)))
 
     def share(self) -> int:
-        active = {w for w, n in self.held.items() if n > 0} | self.waiting
-        return max(1, math.ceil(self.limit / max(1, len(active))))
+        """The window over the workers holding or asking for permits: rounded up, unless a
+        worker waits holding none; then rounded down (0 when there are more workers than
+        permits), so that the others hand theirs back as their calls end."""
+        active = {w for w, n in self.held.items() if n > 0} | set(self.waiting)
+        n = max(1, len(active))
+        if any(self.held.get(w, 0) == 0 for w in self.waiting):
+            return self.limit // n
+        return math.ceil(self.limit / n)
 
     def apply(self, worker: str, report: Report) -> None:
         self.messages += 1
@@ -122,15 +131,22 @@ class _Budget:
                 self.paused_until = now + pause_s
                 self.pauses += 1
         for other, last in list(self.seen.items()):
-            if now - last > STALE_S and other not in self.waiting:
+            if now - last > STALE_S:
                 self.held.pop(other, None)
                 self.seen.pop(other, None)
                 self.reclaimed.add(other)
+                if other in self.waiting:
+                    self.waiting.remove(other)
 
     def grantable(self, worker: str, want: int) -> int:
+        """Permits ``worker`` may take now: none while paused, nor while a worker holding none
+        waits before it (or at all, when ``worker`` holds some)."""
         if time.monotonic() < self.paused_until:
             return 0
         mine = self.held.get(worker, 0)
+        ahead = self.waiting if mine else self.waiting[: self.waiting.index(worker)]
+        if any(self.held.get(w, 0) == 0 for w in ahead if w != worker):
+            return 0
         free = self.limit - sum(self.held.values())
         room = max(self.share() - mine, 1 if mine == 0 else 0)
         return max(0, min(want, free, room))
@@ -176,6 +192,8 @@ class EndpointBudgets:
         """Take ``report`` in; the worker's permits and share now."""
         budget = self._budget(endpoint, report.maximum)
         budget.apply(worker, report)
+        if worker in budget.waiting:  # it wants no more permits
+            budget.waiting.remove(worker)
         async with self._changed:
             self._changed.notify_all()
         return budget.grant(worker)
@@ -188,26 +206,29 @@ class EndpointBudgets:
         budget = self._budget(endpoint, report.maximum)
         budget.apply(worker, report)
         deadline = time.monotonic() + wait_s
-        budget.waiting.add(worker)
-        try:
-            async with self._changed:
-                self._changed.notify_all()  # the others' shares just shrank
-                while (n := budget.grantable(worker, want)) < 1:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return budget.grant(worker)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), timeout=min(left, LEASE_S))
-                budget.held[worker] = budget.held.get(worker, 0) + n
-                budget.leases += 1
-                budget.peak_leased = max(budget.peak_leased, sum(budget.held.values()))
-        finally:
-            budget.waiting.discard(worker)
+        if worker not in budget.waiting:
+            budget.waiting.append(worker)
+        async with self._changed:
+            self._changed.notify_all()  # the others' shares just shrank
+            while (n := budget.grantable(worker, want)) < 1:
+                left = deadline - time.monotonic()
+                if left <= 0 or worker not in budget.waiting:  # timed out, or reclaimed
+                    return budget.grant(worker)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, LEASE_S))
+            budget.held[worker] = budget.held.get(worker, 0) + n
+            budget.waiting.remove(worker)
+            budget.leases += 1
+            budget.peak_leased = max(budget.peak_leased, sum(budget.held.values()))
         return budget.grant(worker)
 
     async def states(self) -> list[dict[str, Any]]:
         """Every endpoint's window and leases (the peak of permits leased at once included)."""
         return [budget.state(endpoint) for endpoint, budget in self._budgets.items()]
+
+    async def cpu_s(self) -> float:
+        """CPU seconds of this actor's process so far."""
+        return time.process_time()
 
 
 class LeasedEndpointLimit(EndpointLimit):
@@ -334,11 +355,22 @@ class LeasedEndpointLimit(EndpointLimit):
             nudge.clear()
             want = self._wanted()
             report = self._report()
-            if want:
-                call = self._actor.lease.remote(self.endpoint, self._worker, report, want, LEASE_S)
-            else:
-                call = self._actor.sync.remote(self.endpoint, self._worker, report)
-            self._take_grant(await call)
+            try:
+                if want:
+                    grant = await self._actor.lease.remote(
+                        self.endpoint, self._worker, report, want, LEASE_S
+                    )
+                else:
+                    grant = await self._actor.sync.remote(self.endpoint, self._worker, report)
+            except Exception:
+                # the actor is restarting (Ray brings it back): the news goes with the next
+                # message, whose ``holding`` a restarted actor adopts
+                self._returning += report.returning
+                self._answered += report.answered
+                self._overloads[:0] = report.overloads
+                await asyncio.sleep(LEASE_S)
+                continue
+            self._take_grant(grant)
             self._wake()
             if self._wanted():
                 continue

@@ -30,8 +30,9 @@ from typing import Any
 
 from core.errors import TrustorchError
 from core.images import LabelledImage, SkippedImage
+from orchestrator.engines.clip_actor import start_clip_actor
 from orchestrator.engines.cluster_limits import start_budgets
-from orchestrator.engines.recipe import RunParts, RunRecipe, build_parts
+from orchestrator.engines.recipe import RunParts, RunRecipe, build_parts, shared_clip_needed
 from orchestrator.engines.settings import EngineSettings
 from orchestrator.engines.shards import (
     ShardFolder,
@@ -229,8 +230,11 @@ async def run_on_ray(
         "worker_cpu_s": sum(r.cpu_s for r in results),
         **details,
     }
-    summary.metrics["cpu_s"] = summary.metrics["engine"]["driver_cpu_s"] + sum(
-        r.cpu_s for r in results
+    engine_metrics = summary.metrics["engine"]
+    summary.metrics["cpu_s"] = (
+        engine_metrics["driver_cpu_s"]
+        + engine_metrics["worker_cpu_s"]
+        + engine_metrics.get("limits_cpu_s", 0.0)
     )
     return summary, notes, removed
 
@@ -267,8 +271,20 @@ def _run_jobs(
 
     try:
         n_workers = min(engine.workers, len(jobs))
-        limits_name, budgets = start_budgets(uuid.uuid4().hex)
+        run_id = uuid.uuid4().hex
+        limits_name, budgets = start_budgets(run_id)
         recipe = dataclasses.replace(recipe, cluster_limits=limits_name, workers=n_workers)
+        uses_clip, clip_model = shared_clip_needed(recipe)
+        clip_actor = None
+        if uses_clip:
+            try:
+                clip_name, clip_actor = start_clip_actor(run_id, clip_model)
+            except RayError as e:
+                cause = _cause(e)
+                if isinstance(cause, TrustorchError):
+                    raise cause from None
+                raise RayEngineError(f"the CLIP actor failed to start: {cause}") from None
+            recipe = dataclasses.replace(recipe, clip_actor=clip_name)
         actor_class = ray.remote(
             num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
         )(ShardWorker)
@@ -311,6 +327,9 @@ def _run_jobs(
                     pending[actor.run.remote(next_job)] = (actor, next_job)
         details["shards_s"] = time.perf_counter() - started - details["workers_ready_s"]
         details["endpoints"] = ray.get(budgets.states.remote())
+        details["limits_cpu_s"] = ray.get(budgets.cpu_s.remote())
+        if clip_actor is not None:
+            details["clip"] = ray.get(clip_actor.stats.remote())
         return results, notes
     finally:
         if started_here:

@@ -43,6 +43,9 @@ class RunRecipe:
     cluster_limits: str | None = None
     """The Ray actor that shares each server's limit among the workers
     (``engines.cluster_limits``); None: every process keeps its own."""
+    clip_actor: str | None = None
+    """The Ray actor that runs the shared CLIP for every worker (``engines.clip_actor``); None:
+    each process loads its own."""
     workers: int = 1
     """Processes that build this recipe at once: the default limit of a server shared by the
     cluster is that many times one process's."""
@@ -83,6 +86,20 @@ class RunParts:
         )
 
 
+def shared_clip_needed(recipe: RunRecipe) -> tuple[bool, str | None]:
+    """Whether an agent of ``recipe`` uses the run's shared CLIP (a bare ``clip``, ``retrieval``;
+    ``clip:<model>`` loads its own), and which model that is (None: the default)."""
+    from orchestrator.components import shared_clip_model
+
+    registry = agent_registry(recipe.retrieval)
+    parsed = [registry.parse(spec) for spec in recipe.specs]
+    model = shared_clip_model(parsed, recipe.retrieval)
+    uses = recipe.want_retriever or any(
+        s.kind == "retrieval" or (s.kind == "clip" and not s.target) for s in parsed
+    )
+    return uses, model
+
+
 def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = None) -> RunParts:
     """Agents (through the registry), trust profiles and the policy of ``recipe``; the trust
     profiles and the fitted policy file may be given already loaded."""
@@ -116,6 +133,11 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
         per_client=recipe.concurrency,
         make_limit=make_limit,
     )
+    load_clip = None
+    if recipe.clip_actor is not None:
+        from orchestrator.engines.clip_actor import remote_clip_loader
+
+        load_clip = remote_clip_loader(recipe.clip_actor)
     built = build_agents(
         parsed,
         task=task,
@@ -124,6 +146,7 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
         options=options,
         servers=servers,
         limits=limits,
+        load_clip=load_clip,
     )
     sources = [a.name for a in built.agents]
     retrieval_name = getattr(built.retriever, "name", None)
