@@ -390,6 +390,7 @@ def main() -> None:
                     "workers": max(workers),
                     "efficiency": top["efficiency"],
                     "bound": top["bound"],
+                    "bound_with_others": top["bound_with_others"],
                     "at_least_0_8": top["efficiency"] >= 0.8,
                 }
         if "overhead" in args.cases.split(","):

@@ -1,8 +1,9 @@
 """The cluster-wide endpoint limit of ``--engine ray`` (``orchestrator.engines.cluster_limits``)
-without a cluster: the ``EndpointBudgets`` actor's body runs in this process behind a stand-in
-for a Ray actor handle (``InProcessHandle``, a FAKE of ``handle.method.remote(...)``), and
-several ``LeasedEndpointLimit`` play the workers. The same classes run on a real cluster in
-test_ray_engine's ``test_workers_share_one_endpoint_limit_across_the_cluster``.
+without a cluster: the ``EndpointBudgets`` actor's body (``endpoint_budgets``) runs in this
+process behind a stand-in for a Ray actor handle (``InProcessHandle``, a FAKE of
+``handle.method.remote(...)``), and several ``LeasedEndpointLimit`` play the workers. The same
+classes run on a real cluster in test_ray_engine's
+``test_workers_share_one_endpoint_limit_across_the_cluster``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from orchestrator.engines import cluster_limits
-from orchestrator.engines.cluster_limits import EndpointBudgets, LeasedEndpointLimit, Report
+from orchestrator.engines import endpoint_budgets
+from orchestrator.engines.cluster_limits import LeasedEndpointLimit
+from orchestrator.engines.endpoint_budgets import EndpointBudgets, Report
 
 ENDPOINT = "http://127.0.0.1:9/v1"
 
@@ -71,9 +73,9 @@ def test_an_overload_seen_by_one_worker_shrinks_every_workers_share():
         loud = LeasedEndpointLimit(ENDPOINT, maximum=8, actor=handle)
         seen = {"now": 0, "max": 0}
         await asyncio.gather(_calls(quiet, 8, seen), _calls(loud, 8, seen))
-        await asyncio.sleep(2 * cluster_limits.LEASE_S)
+        await asyncio.sleep(2 * endpoint_budgets.LEASE_S)
         await asyncio.gather(_calls(loud, 4, seen, overloaded=True, pause_s=0.05))
-        await asyncio.sleep(2 * cluster_limits.LEASE_S)  # the reports reach the actor
+        await asyncio.sleep(2 * endpoint_budgets.LEASE_S)  # the reports reach the actor
         await _calls(quiet, 1, seen)
         (state,) = await budgets.states()
         return state["limit"], state["decreases"], quiet.state().limit
@@ -84,7 +86,7 @@ def test_an_overload_seen_by_one_worker_shrinks_every_workers_share():
 
 
 def test_the_permits_of_a_silent_worker_go_to_the_others(monkeypatch):
-    monkeypatch.setattr(cluster_limits, "STALE_S", 0.2)
+    monkeypatch.setattr(endpoint_budgets, "STALE_S", 0.2)
 
     async def scenario() -> tuple[int, int]:
         budgets = EndpointBudgets()

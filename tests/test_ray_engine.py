@@ -448,7 +448,6 @@ def test_workers_share_one_endpoint_limit_across_the_cluster(tmp_path, ray_clust
     assert len(summary["engine"]["worker_processes"]) == 2
     (endpoint,) = summary["engine"]["endpoints"]
     assert endpoint["maximum"] == 3 and endpoint["peak_leased"] <= 3
-    assert endpoint["messages"] < stats["requests"]  # permits leased in batches, not per call
 
 
 @pytest.mark.heavy

@@ -1,10 +1,12 @@
 """``trustorch run --engine ray``: the shards of ``orchestrator.engines.shards`` on Ray actors.
 
-The driver (the CLI's process) plans the shards, starts ``--workers`` actors, hands each a shard
-at a time and merges every committed shard into ``--out`` as it comes back (the exactly-once
-and resume rules are in ``shards``). Each actor builds the run's agents, trust profiles and
-policy once from the ``RunRecipe`` and runs all its shards with them, ``-j`` images at once
-inside, on one event loop that lives as long as the actor. A killed actor is restarted by Ray
+The driver (the CLI's process) plans the shards, starts ``--workers`` actors (and, when the run
+needs them, the actor of the cluster-wide endpoint limits, ``cluster_limits``, and the one CLIP
+of ``clip_actor``), hands each a shard at a time and merges every committed shard into
+``--out`` as it comes back (the exactly-once and resume rules are in ``shards``). Each actor
+builds the run's agents, trust profiles and policy once from the ``RunRecipe`` and runs all its
+shards with them, ``-j`` images at once inside, on one event loop that lives as long as the
+actor. A killed actor is restarted by Ray
 and its shard retried (``MAX_RESTARTS`` times); a shard whose actor is lost for good is
 reported as failed and left for ``--resume``.
 
@@ -31,8 +33,14 @@ from typing import Any
 from core.errors import TrustorchError
 from core.images import LabelledImage, SkippedImage
 from orchestrator.engines.clip_actor import start_clip_actor
-from orchestrator.engines.cluster_limits import start_budgets
-from orchestrator.engines.recipe import RunParts, RunRecipe, build_parts, shared_clip_needed
+from orchestrator.engines.endpoint_budgets import start_budgets
+from orchestrator.engines.recipe import (
+    RunParts,
+    RunRecipe,
+    build_parts,
+    calls_servers,
+    shared_clip_needed,
+)
 from orchestrator.engines.settings import EngineSettings
 from orchestrator.engines.shards import (
     ShardFolder,
@@ -258,10 +266,11 @@ def _run_jobs(
 ) -> tuple[list[ShardResult], list[str]]:
     """Run ``jobs`` on ``engine.workers`` actors, each taking the next shard when it is free,
     calling ``on_result`` as each shard comes back; the actors share each server's limit
-    through one ``EndpointBudgets`` actor. Returns the results of the shards that finished
-    and the first worker's notes; ``details`` gets the seconds until every actor had built its
-    parts (``workers_ready_s``, Ray's start included) and from then to the last shard
-    (``shards_s``), and the shared limits (``endpoints``)."""
+    through one ``EndpointBudgets`` actor and the run's CLIP through one ``ClipEmbedder``
+    (each when the run needs it). Returns the results of the shards that finished and the
+    first worker's notes; ``details`` gets the seconds until every actor had built its parts
+    (``workers_ready_s``, Ray's start included) and from then to the last shard
+    (``shards_s``), the shared limits (``endpoints``) and the CLIP actor's batches (``clip``)."""
     started = time.perf_counter()
     from core.cli import progress_bar
 
@@ -272,8 +281,10 @@ def _run_jobs(
     try:
         n_workers = min(engine.workers, len(jobs))
         run_id = uuid.uuid4().hex
-        limits_name, budgets = start_budgets(run_id)
-        recipe = dataclasses.replace(recipe, cluster_limits=limits_name, workers=n_workers)
+        budgets = None
+        if calls_servers(recipe):
+            limits_name, budgets = start_budgets(run_id)
+            recipe = dataclasses.replace(recipe, cluster_limits=limits_name, workers=n_workers)
         uses_clip, clip_model = shared_clip_needed(recipe)
         clip_actor = None
         if uses_clip:
@@ -326,8 +337,9 @@ def _run_jobs(
                     next_job = queue.pop(0)
                     pending[actor.run.remote(next_job)] = (actor, next_job)
         details["shards_s"] = time.perf_counter() - started - details["workers_ready_s"]
-        details["endpoints"] = ray.get(budgets.states.remote())
-        details["limits_cpu_s"] = ray.get(budgets.cpu_s.remote())
+        if budgets is not None:
+            details["endpoints"] = ray.get(budgets.states.remote())
+            details["limits_cpu_s"] = ray.get(budgets.cpu_s.remote())
         if clip_actor is not None:
             details["clip"] = ray.get(clip_actor.stats.remote())
         return results, notes

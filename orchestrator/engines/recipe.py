@@ -100,6 +100,14 @@ def shared_clip_needed(recipe: RunRecipe) -> tuple[bool, str | None]:
     return uses, model
 
 
+def calls_servers(recipe: RunRecipe) -> bool:
+    """Whether ``recipe`` calls OpenAI-compatible servers (an ``openai`` agent, the ``llm``
+    policy): the runs whose endpoint limits the cluster shares."""
+    registry = agent_registry(recipe.retrieval)
+    kinds = {registry.parse(spec).kind for spec in recipe.specs}
+    return "openai" in kinds or recipe.policy_name == "llm"
+
+
 def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = None) -> RunParts:
     """Agents (through the registry), trust profiles and the policy of ``recipe``; the trust
     profiles and the fitted policy file may be given already loaded."""
