@@ -31,7 +31,11 @@ def is_postgres(where: str | Path) -> bool:
 
 @asynccontextmanager
 async def open_checkpointer(
-    where: str | Path, *, owner: Mapping[str, Any] | None = None
+    where: str | Path,
+    *,
+    owner: Mapping[str, Any] | None = None,
+    part: str | None = None,
+    lock_wait_s: float = 0.0,
 ) -> AsyncIterator[Any]:
     """LangGraph's async checkpointer on ``where``: a ``postgresql://`` URL, or a SQLite file
     path (created when missing). InputError naming ``where`` (credentials masked) when it
@@ -40,6 +44,8 @@ async def open_checkpointer(
     ``owner`` (a run's configuration, JSON values) makes the run the one writer of that
     configuration's threads in a Postgres database while the checkpointer is open: a second
     run with the same configuration is refused (``checkpoint_postgres.configuration_lock``).
+    With ``part`` (a shard's id) the run is one of several writers of the configuration, the
+    one writer of that part; a lock held elsewhere is waited for ``lock_wait_s`` seconds.
     A SQLite file is guarded by its caller's lock file instead (``core.files.writer_lock``).
     """
     if is_postgres(where):
@@ -48,7 +54,8 @@ async def open_checkpointer(
         async with AsyncExitStack() as held:
             if owner is not None:
                 key = json.dumps(dict(owner), sort_keys=True, default=str)
-                await held.enter_async_context(configuration_lock(str(where), key))
+                locked = configuration_lock(str(where), key, part=part, wait_s=lock_wait_s)
+                await held.enter_async_context(locked)
             saver = await held.enter_async_context(postgres_checkpointer(str(where)))
             yield saver
     else:

@@ -11,6 +11,12 @@ One run per configuration at a time: ``configuration_lock`` holds a session-leve
 (``pg_try_advisory_lock``) keyed by the run's configuration for as long as the run lasts; a second
 run of the same configuration on the same database is refused at once, and a run that dies
 (even by SIGKILL) drops its lock with its connection.
+
+The shards of a distributed run (``--engine ray``) write the threads of one configuration from
+several processes at once, each shard its own images: a shard holds the configuration's lock
+*shared* and a lock of its own (configuration and shard) exclusively. Shards of one run go
+side by side; a local run of the same configuration, or a second worker on the same shard, is
+refused.
 """
 
 from __future__ import annotations
@@ -146,25 +152,47 @@ def lock_key(configuration: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def part_lock_key(configuration: str, part: str) -> int:
+    """The advisory-lock key of one part (a shard) of a configuration's threads."""
+    return lock_key(f"{configuration}\x00part:{part}")
+
+
 @asynccontextmanager
-async def configuration_lock(url: str, configuration: str) -> AsyncIterator[None]:
-    """Hold the advisory lock of ``configuration`` on ``url`` for the ``with`` block; InputError
-    naming the holder (host and pid) when another session holds it."""
+async def configuration_lock(
+    url: str, configuration: str, *, part: str | None = None, wait_s: float = 0.0
+) -> AsyncIterator[None]:
+    """Hold the advisory lock of ``configuration`` on ``url`` for the ``with`` block: alone, or
+    with ``part`` shared beside the other parts (see the module docstring). A lock held by
+    another session is tried again for ``wait_s`` seconds (the session of a worker killed a
+    moment ago may not have ended yet), then InputError naming the holder (host and pid)."""
     me = f"trustorch run pid {os.getpid()} on {socket.gethostname()}"
     conn = await connect(url, application_name=me[:63])
     try:
-        key = lock_key(configuration)
-        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,))).fetchone()
-        if not row["ok"]:
-            holder = await _lock_holder(conn, key)
-            raise InputError(
-                "the checkpoint threads of this configuration are being written by another "
-                f"trustorch run ({holder}); wait for it to end",
-                path=redact_url(url),
-            )
+        whole = lock_key(configuration)
+        wanted = [(whole, False)] if part is None else [(whole, True)]
+        if part is not None:
+            wanted.append((part_lock_key(configuration, part), False))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        for key, shared in wanted:
+            try_lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+            while True:
+                query = f"SELECT {try_lock}(%s) AS ok"
+                row = await (await conn.execute(query, (key,))).fetchone()
+                if row["ok"]:
+                    break
+                if loop.time() >= deadline:
+                    holder = await _lock_holder(conn, key)
+                    what = "this configuration" if key == whole else f"shard {part} of it"
+                    raise InputError(
+                        f"the checkpoint threads of {what} are being written by another "
+                        f"trustorch run ({holder}); wait for it to end",
+                        path=redact_url(url),
+                    )
+                await asyncio.sleep(0.2)
         yield
     finally:
-        await conn.close()  # the session ends: its advisory lock goes with it
+        await conn.close()  # the session ends: its advisory locks go with it
 
 
 async def _lock_holder(conn: Any, key: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,15 @@ class BuiltAgents:
     notes: list[str] = field(default_factory=list)
 
 
+def shared_clip_model(parsed: Sequence[AgentSpec], settings: RetrievalSettings) -> str | None:
+    """The CLIP the agents share: ``--clip-model``, else the first ``clip:<model>`` (retrieval
+    embeds with it too), else None (the default model)."""
+    if settings.clip_model is not None:
+        return settings.clip_model
+    targets = [s.target for s in parsed if s.kind == "clip" and s.target]
+    return targets[0] if targets else None
+
+
 def build_agents(
     specs: Sequence[str | AgentSpec],
     *,
@@ -55,27 +64,26 @@ def build_agents(
     options: Sequence[Mapping[str, Any]] | None = None,
     servers: ServerFeatureTable | None = None,
     limits: EndpointLimits | None = None,
+    load_clip: Callable[[str | None], Any] | None = None,
 ) -> BuiltAgents:
     """Agents in spec order, ``options[i]`` going to the i-th (checked by its kind), sharing one
     CLIP model (and, for OpenAI-compatible agents, the tables ``servers`` and ``limits``); the
     retrieval agent (or, with ``want_retriever``, a new one over the index) doubles as the
-    graph's retriever."""
+    graph's retriever. ``load_clip`` gives the shared CLIP from its name (default
+    ``agents.clip_model.load_clip``; ``--engine ray``: the run's CLIP actor)."""
     if not specs:
         raise InputError("give at least one --agent (e.g. --agent clip)")
     settings = retrieval or RetrievalSettings()
     registry = agent_registry(settings)
     parsed = [s if isinstance(s, AgentSpec) else registry.parse(s) for s in specs]
-    if settings.clip_model is None:
-        targets = [s.target for s in parsed if s.kind == "clip" and s.target]
-        if targets:  # the first clip:<model> is the shared CLIP (retrieval embeds with it)
-            settings = dataclasses.replace(settings, clip_model=targets[0])
+    settings = dataclasses.replace(settings, clip_model=shared_clip_model(parsed, settings))
     shared: list[Any] = []
 
     def clip() -> Any:
         if not shared:
-            from agents.clip_model import load_clip
+            from agents.clip_model import load_clip as load_here
 
-            shared.append(load_clip(settings.clip_model))
+            shared.append((load_clip or load_here)(settings.clip_model))
         return shared[0]
 
     context = BuildContext(

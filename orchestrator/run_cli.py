@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -85,7 +86,8 @@ def run(
         typer.Option(
             "--endpoint-concurrency",
             help="Calls in flight at most per OpenAI-compatible server, shared by its agents and "
-            "lowered while it answers 429/503 (default: -j times the agents on that server).",
+            "lowered while it answers 429/503 (default: -j times the agents on that server); "
+            "with --engine ray, the total of every worker.",
             callback=at_least(1),
         ),
     ] = None,
@@ -100,7 +102,8 @@ def run(
         typer.Option(
             "--checkpoint",
             help="SQLite checkpoint file (default: OUT.checkpoints.sqlite), or a PostgreSQL "
-            "database postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass).",
+            "database postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass), "
+            "which the shards of --engine ray share too.",
             callback=checkpoint_target,
         ),
     ] = None,
@@ -222,8 +225,13 @@ def run(
 
     --engine ray splits the images into shards run by Ray workers (--workers, --ray-address);
     each shard's lines reach --out once, when the shard is done; --resume works the same.
+    --endpoint-concurrency is then the cluster's total per server.
 
       trustorch run leaves/ -a clip -a gpt=openai:gpt-4o -o r.jsonl --engine ray --workers 4
+
+      trustorch run leaves/ -a gpt=openai:gpt-4o -o r.jsonl --engine ray --endpoint-concurrency 16
+
+      trustorch run leaves/ -a clip -o r.jsonl --engine ray --checkpoint postgresql://u@db:5432/runs
 
     --policy-file replaces the trust policy's default weights and thresholds by those fitted
     by trustorch eval replay --save-policy (they apply to the agent names they were fitted on).
@@ -399,7 +407,7 @@ async def _run(
     from agents.options import parse_option_items
     from core.task import load_task
     from eval.profile import load_trust_profiles
-    from orchestrator.checkpoint import checkpoint_is_empty, open_checkpointer
+    from orchestrator.checkpoint import checkpoint_is_empty, is_postgres, open_checkpointer
     from orchestrator.engines.recipe import RunRecipe, build_parts
     from orchestrator.inputs import collect_images
     from orchestrator.runner import (
@@ -479,6 +487,7 @@ async def _run(
             engine=engine,
             forget_when_done=forget_when_done,
             show_progress=show_progress,
+            checkpoint=str(checkpoint) if is_postgres(checkpoint) else None,
         )
         notes += worker_notes
         summary.skipped = [*collected.skipped, *collected.duplicates]
@@ -488,6 +497,7 @@ async def _run(
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     emptied = False
+    cpu = time.process_time()
     async with open_checkpointer(checkpoint, owner=run_config) as saver:
         graph = parts.graph(saver)
         summary = await run_batch(
@@ -507,6 +517,7 @@ async def _run(
             for item in collected.images:
                 await graph.forget(item.image)
             emptied = await checkpoint_is_empty(saver)
+    summary.metrics["cpu_s"] = time.process_time() - cpu
     summary.skipped = [*collected.skipped, *collected.duplicates]
     summary.metrics["agents_without_profile"] = parts.agents_without_profile()
     return summary, notes, emptied

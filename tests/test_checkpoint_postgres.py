@@ -122,6 +122,38 @@ def test_one_configuration_has_one_writer_per_database(pg_url):
     )
 
 
+def test_shards_of_one_run_write_side_by_side_but_each_shard_and_the_whole_alone(pg_url):
+    config = '{"agents": ["a"]}'
+
+    async def scenario() -> list[str]:
+        refusals = []
+        async with (
+            configuration_lock(pg_url, config, part="0"),
+            configuration_lock(pg_url, config, part="1"),
+        ):
+            for refused in (
+                configuration_lock(pg_url, config, part="1"),  # the same shard again
+                configuration_lock(pg_url, config),  # a local run of the configuration
+            ):
+                with pytest.raises(InputError) as why:
+                    async with refused:
+                        pass
+                refusals.append(str(why.value))
+        async with configuration_lock(pg_url, config):
+            with pytest.raises(InputError) as why:
+                async with configuration_lock(pg_url, config, part="0", wait_s=0.3):
+                    pass
+            refusals.append(str(why.value))
+        return refusals
+
+    started = time.monotonic()
+    same_shard, whole, shard_of_local = asyncio.run(scenario())
+    assert "threads of shard 1 of it are being written by another trustorch run" in same_shard
+    assert "threads of this configuration are being written" in whole
+    assert "threads of this configuration are being written" in shard_of_local
+    assert time.monotonic() - started > 0.3  # it waited before refusing
+
+
 @contextmanager
 def _running(cmd: list[str]) -> Iterator[subprocess.Popen]:
     """``cmd`` started, and killed on the way out if it still runs."""

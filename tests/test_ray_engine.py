@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -47,13 +48,18 @@ def _calls(log: Path) -> list[tuple[str, str, int]]:
     return [(a, sha, int(r)) for a, sha, r in (x.split() for x in log.read_text().splitlines())]
 
 
+_CLUSTER_TOKEN = secrets.token_hex(32)
+
+
 def _env() -> dict[str, str]:
-    # RAY_AUTH_MODE=token: every node and driver sends the token of ~/.ray/auth_token
+    # RAY_AUTH_MODE=token: every node and driver of these tests sends this token (a machine
+    # without ~/.ray/auth_token, such as a fresh CI runner, can start the cluster too)
     return {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": _CLUSTER_TOKEN,
     }
 
 
@@ -349,3 +355,124 @@ def test_killed_driver_resumes_exactly_once(tmp_path, ray_cluster):
     _check_exactly_once(out, log, done_before, calls_before)
     summary = json.loads(resumed.stdout)
     assert summary["already_done"] >= 2 and summary["images"] == 12
+
+
+@pytest.fixture(scope="module")
+def pg():
+    from postgres_server import missing_reason, postgres_server
+
+    if missing_reason() is not None:
+        pytest.skip(str(missing_reason()))
+    with postgres_server(durable=False) as server:
+        yield server
+
+
+@pytest.mark.heavy
+def test_shards_checkpoint_into_postgres_and_a_killed_driver_resumes_exactly_once(
+    tmp_path, ray_cluster, pg
+):
+    url = pg.create_database("ray_shards")
+    data = make_images(tmp_path / "data", per_label=4)
+    out, log = tmp_path / "out.jsonl", tmp_path / "calls.log"
+    cmd = [*_cluster_run(data, out, log, ray_cluster, shard_size=2), "--checkpoint", url]
+
+    def threads() -> int:
+        if len(_lines(out)) < 2:  # the tables may not exist yet
+            return 0
+        return int(pg.sql("SELECT COUNT(DISTINCT thread_id) FROM checkpoints", "ray_shards"))
+
+    # killed once a shard is in --out and a shard in progress checkpoints into the database
+    proc = _start_until(cmd, lambda: len(_lines(out)) >= 2 and threads() >= 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _wait_until_no_shard_worker()
+    done_before, calls_before = _done_so_far(out), _calls(log)
+    assert len(done_before) < 12, "the kill came too late"
+    assert not list((tmp_path / "out.jsonl.shards").glob("*.sqlite"))  # no checkpoint file
+
+    resumed = subprocess.run([*cmd, "--resume"], env=_env(), capture_output=True, timeout=400)
+
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    _check_exactly_once(out, log, done_before, len(calls_before))
+    # a call made again is one that was in flight at the kill: one image per worker (-j 1),
+    # both agents of a round at once
+    again = Counter(_calls(log)[len(calls_before) :]) & Counter(calls_before)
+    assert sum(again.values()) <= 2 * 2
+    summary = json.loads(resumed.stdout)
+    assert summary["checkpoint"] is None  # each committed shard's threads deleted
+    assert pg.sql("SELECT COUNT(*) FROM checkpoints", "ray_shards") == "0"
+
+
+@pytest.fixture
+def latency_server(tmp_path):
+    """bench/latency_server.py in a process of its own: answers each chat call after 0.1 s and
+    counts the most calls it had in flight at once (``GET /stats``)."""
+    port_file = tmp_path / "port"
+    script = ROOT / "bench" / "latency_server.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--delay-s", "0.1", "--port-file", str(port_file)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "no latency server"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text()}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_workers_share_one_endpoint_limit_across_the_cluster(tmp_path, ray_cluster, latency_server):
+    import urllib.request
+
+    data = make_images(tmp_path / "data", per_label=4)
+    out = tmp_path / "out.jsonl"
+    cmd = [
+        *trustorch_command(), "run", str(data), "-a", "gpt=openai:test-model",
+        "--agent-option", f"gpt.base_url={latency_server}/v1", "-o", str(out), "--json",
+        "--engine", "ray", "--ray-address", ray_cluster, "--workers", "2", "--shard-size", "3",
+        "-j", "4", "--endpoint-concurrency", "3",
+    ]  # fmt: skip
+    done = subprocess.run(
+        cmd, env={**_env(), "OPENAI_API_KEY": "sk-test"}, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    summary = json.loads(done.stdout)
+    with urllib.request.urlopen(f"{latency_server}/stats", timeout=10) as reply:
+        stats = json.loads(reply.read())
+    # 2 workers x 4 images x 1 agent could have 8 calls in flight; the cluster allows 3
+    assert stats["requests"] == 24 and stats["statuses"] == {"200": 24}
+    assert stats["max_in_flight"] == 3
+    assert len(summary["engine"]["worker_processes"]) == 2
+    (endpoint,) = summary["engine"]["endpoints"]
+    assert endpoint["maximum"] == 3 and endpoint["peak_leased"] <= 3
+
+
+@pytest.mark.heavy
+def test_clip_runs_once_on_its_own_actor_and_batches_the_workers_images(
+    tmp_path, capsys, ray_cluster, tiny_clip_dir
+):
+    from tiny_models import clip_with_token_limit
+
+    clip = str(clip_with_token_limit(tiny_clip_dir, tmp_path / "clip"))
+    data = make_images(tmp_path / "data", per_label=4)
+    args = ["run", str(data), "-a", "clip", "--clip-model", clip, "--json", "-j", "4"]
+    assert main([*args, "-o", str(tmp_path / "local.jsonl")]) == 0, capsys.readouterr().err
+    local = {d["sha256"]: d for d in _lines(tmp_path / "local.jsonl")}
+    cmd = [
+        *trustorch_command(), *args, "-o", str(tmp_path / "ray.jsonl"), "--engine", "ray",
+        "--ray-address", ray_cluster, "--workers", "2", "--shard-size", "3",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    remote = {d["sha256"]: d for d in _lines(tmp_path / "ray.jsonl")}
+    assert remote.keys() == local.keys() and len(remote) == 12
+    for sha, d in remote.items():
+        (mine,), (theirs,) = d["predictions"], local[sha]["predictions"]
+        assert mine["label"] == theirs["label"]
+        assert mine["confidence"] == pytest.approx(theirs["confidence"], abs=1e-5)
+    stats = json.loads(done.stdout)["engine"]["clip"]
+    assert stats["device"] == "cpu" and stats["images"] == 12  # one model for both workers
+    assert stats["batches"] < 12 and stats["largest_batch"] > 1  # images of several calls at once

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -235,15 +236,25 @@ class EndpointLimits:
     clients given this table (a run's agents and its ``llm`` policy).
 
     ``concurrency``: every endpoint's maximum (None: the sum of what its clients bring);
-    ``per_client``: what a client without a ``max_concurrency`` of its own brings."""
+    ``per_client``: what a client without a ``max_concurrency`` of its own brings;
+    ``make_limit``: what builds an endpoint's limit from its key and maximum (default
+    ``EndpointLimit``, this process's own; ``--engine ray`` gives one whose window is shared by
+    the cluster's workers, ``orchestrator.engines.cluster_limits``)."""
 
-    def __init__(self, *, concurrency: int | None = None, per_client: int = DEFAULT_PER_CLIENT):
+    def __init__(
+        self,
+        *,
+        concurrency: int | None = None,
+        per_client: int = DEFAULT_PER_CLIENT,
+        make_limit: Callable[..., EndpointLimit] | None = None,
+    ):
         if concurrency is not None and concurrency < 1:
             raise InputError(f"the endpoint concurrency must be at least 1, got {concurrency}")
         if per_client < 1:
             raise InputError(f"per_client must be at least 1, got {per_client}")
         self.concurrency = concurrency
         self.per_client = per_client
+        self._make_limit = make_limit or EndpointLimit
         self._limits: dict[str, EndpointLimit] = {}
         self._brought: dict[str, int] = {}
 
@@ -255,7 +266,7 @@ class EndpointLimits:
         maximum = self.concurrency or self._brought[key]
         found = self._limits.get(key)
         if found is None:
-            found = self._limits[key] = EndpointLimit(key, maximum=maximum)
+            found = self._limits[key] = self._make_limit(key, maximum=maximum)
         else:
             found.set_maximum(maximum)
         return found

@@ -1,10 +1,12 @@
 """``trustorch run --engine ray``: the shards of ``orchestrator.engines.shards`` on Ray actors.
 
-The driver (the CLI's process) plans the shards, starts ``--workers`` actors, hands each a shard
-at a time and merges every committed shard into ``--out`` as it comes back (the exactly-once
-and resume rules are in ``shards``). Each actor builds the run's agents, trust profiles and
-policy once from the ``RunRecipe`` and runs all its shards with them, ``-j`` images at once
-inside, on one event loop that lives as long as the actor. A killed actor is restarted by Ray
+The driver (the CLI's process) plans the shards, starts ``--workers`` actors (and, when the run
+needs them, the actor of the cluster-wide endpoint limits, ``cluster_limits``, and the one CLIP
+of ``clip_actor``), hands each a shard at a time and merges every committed shard into
+``--out`` as it comes back (the exactly-once and resume rules are in ``shards``). Each actor
+builds the run's agents, trust profiles and policy once from the ``RunRecipe`` and runs all its
+shards with them, ``-j`` images at once inside, on one event loop that lives as long as the
+actor. A killed actor is restarted by Ray
 and its shard retried (``MAX_RESTARTS`` times); a shard whose actor is lost for good is
 reported as failed and left for ``--resume``.
 
@@ -18,17 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.errors import TrustorchError
 from core.images import LabelledImage, SkippedImage
-from orchestrator.engines.recipe import RunParts, RunRecipe, build_parts
+from orchestrator.engines.clip_actor import start_clip_actor
+from orchestrator.engines.endpoint_budgets import start_budgets
+from orchestrator.engines.recipe import (
+    RunParts,
+    RunRecipe,
+    build_parts,
+    calls_servers,
+    shared_clip_needed,
+)
 from orchestrator.engines.settings import EngineSettings
 from orchestrator.engines.shards import (
     ShardFolder,
@@ -66,7 +78,10 @@ class ShardWorker:
 
     def run(self, job: ShardJob) -> ShardResult:
         assert self.parts is not None, "ready() reports a failed build first"
-        return self.loop.run_until_complete(run_shard(self.parts, job, worker=self.name))
+        cpu = time.process_time()
+        result = self.loop.run_until_complete(run_shard(self.parts, job, worker=self.name))
+        result.cpu_s = time.process_time() - cpu
+        return result
 
     def pid(self) -> int:
         return os.getpid()
@@ -132,10 +147,12 @@ async def run_on_ray(
     engine: EngineSettings,
     forget_when_done: bool,
     show_progress: bool,
+    checkpoint: str | None = None,
 ) -> tuple[Any, list[str], bool]:
     """Decide ``images`` of ``task`` (the recipe's, loaded) on Ray into ``out`` (whose writer
-    lock the caller holds): the summary,
-    the workers' notes, and whether the shard folder is gone (every image is in ``out``)."""
+    lock the caller holds), the shards checkpointing into their own files or into the
+    PostgreSQL database ``checkpoint``: the summary, the workers' notes, and whether the
+    shards' checkpoints are gone (every image is in ``out``)."""
     from orchestrator.runner import (
         JsonlWriter,
         RunSummary,
@@ -146,7 +163,7 @@ async def run_on_ray(
         summarise,
     )
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     folder = ShardFolder(out)
     check_output_can_start(out, resume=resume)
     folder.check_can_start(resume=resume)
@@ -161,18 +178,25 @@ async def run_on_ray(
             workers=engine.workers,
             shard_size=engine.shard_size,
         )
-        jobs = folder.jobs(shards, images, written)
+        jobs = folder.jobs(
+            shards,
+            images,
+            written,
+            checkpoint=checkpoint,
+            resume=resume,
+            keep_threads=not forget_when_done,
+        )
 
         def merge(result: ShardResult) -> None:
             keep = {result.index} if result.failed else set()
             merged.extend(merge_committed(folder, writer, written, keep=keep))
 
-        timings: dict[str, float] = {}
+        details: dict[str, Any] = {}
         # Blocking on Ray here is fine: nothing else runs on this event loop. Ray prints its
         # greeting and its workers' events on stdout, which belongs to --json.
         with contextlib.redirect_stdout(sys.stderr):
             results, notes = (
-                _run_jobs(recipe, jobs, engine, show_progress, merge, timings) if jobs else ([], [])
+                _run_jobs(recipe, jobs, engine, show_progress, merge, details) if jobs else ([], [])
             )
         merged += merge_committed(folder, writer, written)  # committed by a worker lost later
     finally:
@@ -210,8 +234,16 @@ async def run_on_ray(
         "workers": engine.workers,
         "shards": len(jobs),
         "worker_processes": sorted({r.worker for r in results if r.worker}),
-        **timings,
+        "driver_cpu_s": time.process_time() - cpu,
+        "worker_cpu_s": sum(r.cpu_s for r in results),
+        **details,
     }
+    engine_metrics = summary.metrics["engine"]
+    summary.metrics["cpu_s"] = (
+        engine_metrics["driver_cpu_s"]
+        + engine_metrics["worker_cpu_s"]
+        + engine_metrics.get("limits_cpu_s", 0.0)
+    )
     return summary, notes, removed
 
 
@@ -230,13 +262,15 @@ def _run_jobs(
     engine: EngineSettings,
     show_progress: bool,
     on_result: Callable[[ShardResult], None],
-    timings: dict[str, float],
+    details: dict[str, Any],
 ) -> tuple[list[ShardResult], list[str]]:
     """Run ``jobs`` on ``engine.workers`` actors, each taking the next shard when it is free,
-    calling ``on_result`` as each shard comes back. Returns the results of the shards that
-    finished and the first worker's notes; ``timings`` gets the seconds until every actor had
-    built its parts (``workers_ready_s``, Ray's start included) and from then to the last
-    shard (``shards_s``)."""
+    calling ``on_result`` as each shard comes back; the actors share each server's limit
+    through one ``EndpointBudgets`` actor and the run's CLIP through one ``ClipEmbedder``
+    (each when the run needs it). Returns the results of the shards that finished and the
+    first worker's notes; ``details`` gets the seconds until every actor had built its parts
+    (``workers_ready_s``, Ray's start included) and from then to the last shard
+    (``shards_s``), the shared limits (``endpoints``) and the CLIP actor's batches (``clip``)."""
     started = time.perf_counter()
     from core.cli import progress_bar
 
@@ -245,10 +279,27 @@ def _run_jobs(
     from ray.exceptions import RayActorError, RayError
 
     try:
+        n_workers = min(engine.workers, len(jobs))
+        run_id = uuid.uuid4().hex
+        budgets = None
+        if calls_servers(recipe):
+            limits_name, budgets = start_budgets(run_id)
+            recipe = dataclasses.replace(recipe, cluster_limits=limits_name, workers=n_workers)
+        uses_clip, clip_model = shared_clip_needed(recipe)
+        clip_actor = None
+        if uses_clip:
+            try:
+                clip_name, clip_actor = start_clip_actor(run_id, clip_model)
+            except RayError as e:
+                cause = _cause(e)
+                if isinstance(cause, TrustorchError):
+                    raise cause from None
+                raise RayEngineError(f"the CLIP actor failed to start: {cause}") from None
+            recipe = dataclasses.replace(recipe, clip_actor=clip_name)
         actor_class = ray.remote(
             num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
         )(ShardWorker)
-        actors = [actor_class.remote(recipe) for _ in range(min(engine.workers, len(jobs)))]
+        actors = [actor_class.remote(recipe) for _ in range(n_workers)]
         try:
             notes = ray.get([a.ready.remote() for a in actors])[0]
         except RayError as e:
@@ -256,7 +307,7 @@ def _run_jobs(
             if isinstance(cause, TrustorchError):
                 raise cause from None
             raise RayEngineError(f"a Ray worker failed to start: {cause}") from None
-        timings["workers_ready_s"] = time.perf_counter() - started
+        details["workers_ready_s"] = time.perf_counter() - started
         results: list[ShardResult] = []
         queue = list(jobs)
         pending: dict[Any, tuple[Any, ShardJob]] = {}
@@ -285,7 +336,12 @@ def _run_jobs(
                 if queue:
                     next_job = queue.pop(0)
                     pending[actor.run.remote(next_job)] = (actor, next_job)
-        timings["shards_s"] = time.perf_counter() - started - timings["workers_ready_s"]
+        details["shards_s"] = time.perf_counter() - started - details["workers_ready_s"]
+        if budgets is not None:
+            details["endpoints"] = ray.get(budgets.states.remote())
+            details["limits_cpu_s"] = ray.get(budgets.cpu_s.remote())
+        if clip_actor is not None:
+            details["clip"] = ray.get(clip_actor.stats.remote())
         return results, notes
     finally:
         if started_here:

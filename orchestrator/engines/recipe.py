@@ -38,8 +38,17 @@ class RunRecipe:
     concurrency: int = 4
     """Images in flight in one process (``-j``)."""
     endpoint_concurrency: int | None = None
-    """Calls in flight to one server from one process (``--endpoint-concurrency``; default:
-    ``concurrency`` times the agents on that server)."""
+    """Calls in flight to one server (``--endpoint-concurrency``; default: ``concurrency`` times
+    the agents on that server, per process). With ``cluster_limits``: the cluster's total."""
+    cluster_limits: str | None = None
+    """The Ray actor that shares each server's limit among the workers
+    (``engines.cluster_limits``); None: every process keeps its own."""
+    clip_actor: str | None = None
+    """The Ray actor that runs the shared CLIP for every worker (``engines.clip_actor``); None:
+    each process loads its own."""
+    workers: int = 1
+    """Processes that build this recipe at once: the default limit of a server shared by the
+    cluster is that many times one process's."""
 
 
 @dataclass
@@ -77,6 +86,28 @@ class RunParts:
         )
 
 
+def shared_clip_needed(recipe: RunRecipe) -> tuple[bool, str | None]:
+    """Whether an agent of ``recipe`` uses the run's shared CLIP (a bare ``clip``, ``retrieval``;
+    ``clip:<model>`` loads its own), and which model that is (None: the default)."""
+    from orchestrator.components import shared_clip_model
+
+    registry = agent_registry(recipe.retrieval)
+    parsed = [registry.parse(spec) for spec in recipe.specs]
+    model = shared_clip_model(parsed, recipe.retrieval)
+    uses = recipe.want_retriever or any(
+        s.kind == "retrieval" or (s.kind == "clip" and not s.target) for s in parsed
+    )
+    return uses, model
+
+
+def calls_servers(recipe: RunRecipe) -> bool:
+    """Whether ``recipe`` calls OpenAI-compatible servers (an ``openai`` agent, the ``llm``
+    policy): the runs whose endpoint limits the cluster shares."""
+    registry = agent_registry(recipe.retrieval)
+    kinds = {registry.parse(spec).kind for spec in recipe.specs}
+    return "openai" in kinds or recipe.policy_name == "llm"
+
+
 def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = None) -> RunParts:
     """Agents (through the registry), trust profiles and the policy of ``recipe``; the trust
     profiles and the fitted policy file may be given already loaded."""
@@ -99,7 +130,22 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
     options = registry.assign_options(parsed, items, flag="--agent-option")
     servers = ServerFeatureTable()
     # -j images in flight, each with every agent's call in flight: what a server must take.
-    limits = EndpointLimits(concurrency=recipe.endpoint_concurrency, per_client=recipe.concurrency)
+    make_limit = None
+    if recipe.cluster_limits is not None:
+        from orchestrator.engines.cluster_limits import cluster_limit_factory
+
+        scale = 1 if recipe.endpoint_concurrency is not None else recipe.workers
+        make_limit = cluster_limit_factory(recipe.cluster_limits, scale=scale)
+    limits = EndpointLimits(
+        concurrency=recipe.endpoint_concurrency,
+        per_client=recipe.concurrency,
+        make_limit=make_limit,
+    )
+    load_clip = None
+    if recipe.clip_actor is not None:
+        from orchestrator.engines.clip_actor import remote_clip_loader
+
+        load_clip = remote_clip_loader(recipe.clip_actor)
     built = build_agents(
         parsed,
         task=task,
@@ -108,6 +154,7 @@ def build_parts(recipe: RunRecipe, *, trust_profiles: Any = None, fitted: Any = 
         options=options,
         servers=servers,
         limits=limits,
+        load_clip=load_clip,
     )
     sources = [a.name for a in built.agents]
     retrieval_name = getattr(built.retriever, "name", None)

@@ -25,15 +25,18 @@ class EngineSettings:
     workers: int = 2
     shard_size: int | None = None
 
-    def check(self, *, checkpoint: Path | None, verbose: bool) -> None:
-        """A usage error for options the engine does not take."""
+    def check(self, *, checkpoint: str | Path | None, verbose: bool) -> None:
+        """A usage error for options the engine does not take (a checkpoint file: the shards
+        keep theirs in OUT.shards/, or share a PostgreSQL database)."""
         from core.cli import usage_error
+        from orchestrator.checkpoint import is_postgres
 
         if self.name == "local":
             return
-        if checkpoint is not None:
+        if checkpoint is not None and not is_postgres(checkpoint):
             raise usage_error(
-                "--engine ray keeps one checkpoint per shard in OUT.shards/; leave it out",
+                "--engine ray keeps one checkpoint per shard in OUT.shards/, or shares a "
+                "PostgreSQL database (postgresql://...); give no file",
                 option="--checkpoint",
             )
         if verbose:

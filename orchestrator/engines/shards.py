@@ -9,7 +9,11 @@ Layout, beside ``--out`` (``OUT.shards/``; on a cluster every node must see it a
 - ``shard-NNNNN.jsonl``: the shard's working file. The worker appends one line per decided image
   (``orchestrator.runner.run_batch``: one ``os.write`` per line, fsynced once a second and at
   the end, resumable, under its own writer lock).
-- ``shard-NNNNN.checkpoints.sqlite``: the shard's LangGraph checkpoint (one thread per image).
+- ``shard-NNNNN.checkpoints.sqlite``: the shard's LangGraph checkpoint (one thread per image),
+  unless the run checkpoints into PostgreSQL (``--checkpoint postgresql://...``): then every
+  shard writes its threads there, holding its own advisory lock (the run's configuration and
+  the shard's index, ``checkpoint_postgres.configuration_lock``), and once a shard is committed
+  its worker deletes the threads of the images it decided (unless ``--keep-checkpoint``).
 - ``shard-NNNNN.done.jsonl``: the committed shard: when every image of the shard was tried, the
   worker renames the working file to it (``os.replace`` after ``fsync``, then the folder is
   synced), so a committed shard is whole.
@@ -64,11 +68,17 @@ def plan_shards(shas: Sequence[str], *, workers: int, shard_size: int | None) ->
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One shard for a worker: its images and files."""
+    """One shard for a worker: its images and files, and where it checkpoints."""
 
     index: int
     images: tuple[LabelledImage, ...]
     folder: Path
+    checkpoint: str | None = None
+    """A PostgreSQL URL shared by every shard; None: the shard's own SQLite file."""
+    resume: bool = False
+    """The run is a ``--resume``: the images' threads in a shared checkpoint are continued."""
+    keep_threads: bool = False
+    """Keep a committed shard's threads in the shared checkpoint (``--keep-checkpoint``)."""
 
     @property
     def work_path(self) -> Path:
@@ -82,6 +92,17 @@ class ShardJob:
     def checkpoint_path(self) -> Path:
         return self.folder / f"shard-{self.index:05d}.checkpoints.sqlite"
 
+    @property
+    def checkpoint_target(self) -> str | Path:
+        return self.checkpoint or self.checkpoint_path
+
+    @property
+    def resumes_threads(self) -> bool:
+        """Whether the images' existing threads are continued: always in the shard's own file
+        (new with the run), in a shared checkpoint only on ``--resume`` or on a retry of the
+        shard (its working file exists), never on another run's threads of the same setup."""
+        return self.checkpoint is None or self.resume or self.work_path.exists()
+
 
 @dataclass
 class ShardResult:
@@ -93,6 +114,8 @@ class ShardResult:
     failed: list[SkippedImage] = field(default_factory=list)
     already_committed: bool = False
     worker: str = ""
+    cpu_s: float = 0.0
+    """CPU seconds the worker's process spent on the shard (every thread of it)."""
 
 
 class ShardFolder:
@@ -145,15 +168,20 @@ class ShardFolder:
         return shards
 
     def jobs(
-        self, shards: Sequence[Sequence[str]], images: Iterable[LabelledImage], done: set[str]
+        self,
+        shards: Sequence[Sequence[str]],
+        images: Iterable[LabelledImage],
+        done: set[str],
+        **settings: Any,
     ) -> list[ShardJob]:
-        """A job for every shard with images of this run that are not in ``done``."""
+        """A job for every shard with images of this run that are not in ``done``
+        (``settings``: the other fields of ``ShardJob``, the same for every shard)."""
         by_sha = {item.image.sha256: item for item in images}
         jobs = []
         for index, shard in enumerate(shards):
             todo = tuple(by_sha[s] for s in shard if s in by_sha and s not in done)
             if todo:
-                jobs.append(ShardJob(index=index, images=todo, folder=self.path))
+                jobs.append(ShardJob(index=index, images=todo, folder=self.path, **settings))
         return jobs
 
     def committed(self) -> list[Path]:
@@ -220,6 +248,11 @@ def merge_committed(
     return appended
 
 
+SHARD_LOCK_WAIT_S = 15.0
+"""How long a shard waits for its lock in a shared checkpoint: the database may not have seen
+yet that the worker that ran the shard before was killed."""
+
+
 async def run_shard(parts: Any, job: ShardJob, *, worker: str) -> ShardResult:
     """Decide the images of ``job`` with the built ``parts`` (in a worker, ``-j`` images at
     once: the recipe's ``concurrency``), then commit the shard. A shard committed already (a
@@ -227,19 +260,30 @@ async def run_shard(parts: Any, job: ShardJob, *, worker: str) -> ShardResult:
     from orchestrator.checkpoint import open_checkpointer
     from orchestrator.runner import run_batch
 
-    if job.done_path.exists():
+    if job.done_path.exists() and job.checkpoint is None:
         return ShardResult(index=job.index, already_committed=True, worker=worker)
-    async with open_checkpointer(job.checkpoint_path) as saver:
+    opened = open_checkpointer(
+        job.checkpoint_target,
+        owner=parts.recipe.run_config if job.checkpoint else None,
+        part=str(job.index),
+        lock_wait_s=SHARD_LOCK_WAIT_S,
+    )
+    async with opened as saver:
+        graph = parts.graph(saver)
+        if job.done_path.exists():
+            await _forget_committed(graph, job)
+            return ShardResult(index=job.index, already_committed=True, worker=worker)
         summary = await run_batch(
-            parts.graph(saver),
+            graph,
             job.images,
             task=parts.task,
             out=job.work_path,
-            resume=True,  # a fresh run starts on an empty shard folder; a retry continues
+            resume=job.resumes_threads,
             concurrency=parts.recipe.concurrency,
             run_config=parts.recipe.run_config,
         )
-    commit_shard(job)
+        commit_shard(job)
+        await _forget_committed(graph, job)
     return ShardResult(
         index=job.index,
         decided=summary.decided,
@@ -247,3 +291,16 @@ async def run_shard(parts: Any, job: ShardJob, *, worker: str) -> ShardResult:
         failed=summary.failed,
         worker=worker,
     )
+
+
+async def _forget_committed(graph: Any, job: ShardJob) -> None:
+    """Delete the shared checkpoint's threads of the images in the committed shard: their lines
+    are durable in it, and a failed image keeps its thread for ``--resume``."""
+    from orchestrator.runner import read_output
+
+    if job.checkpoint is None or job.keep_threads:
+        return
+    decided = read_output(job.done_path, repair=False).decisions
+    for item in job.images:
+        if item.image.sha256 in decided:
+            await graph.forget(item.image)
