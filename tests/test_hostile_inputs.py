@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peak_rss import run_with_peak_rss
+from peak_rss import run_each_with_peak_rss
 from PIL import Image
 from test_run_cli import trustorch_command
 
@@ -43,10 +43,15 @@ MIB = 1024 * 1024
 
 def run_measured(args: list[str], *, cwd: Path) -> tuple[int, int, str, str]:
     """``trustorch ARGS``: exit code, peak resident bytes of the command, stdout, stderr."""
+    (result,) = run_each_measured([args], cwd=cwd)
+    return result
+
+
+def run_each_measured(arg_lists: list[list[str]], *, cwd: Path) -> list[tuple[int, int, str, str]]:
+    """``run_measured`` of each ``trustorch ARGS``, all at once, in the order given."""
     env = {**os.environ, "TRUSTORCH_INDEX_DIR": str(cwd / "default-index")}
-    return run_with_peak_rss(
-        [*trustorch_command(), *args], timeout_s=HANG_GUARD_S, cwd=cwd, env=env
-    )
+    cmds = [[*trustorch_command(), *args] for args in arg_lists]
+    return run_each_with_peak_rss(cmds, timeout_s=HANG_GUARD_S, cwd=cwd, env=env)
 
 
 def one_error_line(err: str) -> str:
@@ -183,6 +188,7 @@ def test_fifo_and_dev_zero_as_json_and_csv_inputs_return_promptly(tmp_path: Path
         os.mkfifo(odd)
     else:
         odd.symlink_to(kind)
+    commands = []
     for suffix, args in (
         (".csv", ["eval", "calibration"]),
         (".csv", ["run", "--agent", "clip", "--out", str(tmp_path / "o.jsonl")]),
@@ -191,7 +197,10 @@ def test_fifo_and_dev_zero_as_json_and_csv_inputs_return_promptly(tmp_path: Path
         named = odd.with_suffix(suffix)
         if not named.exists():
             os.link(odd, named, follow_symlinks=False)
-        code, _, _, err = run_measured([*args, str(named)], cwd=tmp_path)
+        commands.append([*args, str(named)])
+    for args, (code, _, _, err) in zip(
+        commands, run_each_measured(commands, cwd=tmp_path), strict=True
+    ):
         line = one_error_line(err)
         assert code == 1 and "not a regular file" in line, (args, err)
 
@@ -440,10 +449,13 @@ def _photo(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def _peak_rss(args: list[str]) -> int:
-    code, peak, _, err = run_with_peak_rss(args, timeout_s=HANG_GUARD_S)
-    assert code == 0, err
-    return peak
+def _peak_rss_of_each(cmds: list[list[str]]) -> list[int]:
+    """The peak resident bytes of each command, measured all at once, in the order given."""
+    peaks = []
+    for code, peak, _, err in run_each_with_peak_rss(cmds, timeout_s=HANG_GUARD_S):
+        assert code == 0, err
+        peaks.append(peak)
+    return peaks
 
 
 @pytest.mark.heavy
@@ -453,8 +465,9 @@ def test_a_36mp_photo_for_clip_costs_about_what_a_1mp_one_does(tmp_path: Path):
     clip = make_tiny_clip(tmp_path / "clip", image_size=224)  # CLIP's real 224-pixel input
     small = _photo(tmp_path / "1mp.jpg", 1224, 816)
     large = _photo(tmp_path / "36mp.jpg", 7360, 4912)
-    baseline = _peak_rss([sys.executable, "-c", _CLIP_ONE_IMAGE, str(clip), str(small)])
-    peak = _peak_rss([sys.executable, "-c", _CLIP_ONE_IMAGE, str(clip), str(large)])
+    baseline, peak = _peak_rss_of_each(
+        [[sys.executable, "-c", _CLIP_ONE_IMAGE, str(clip), str(photo)] for photo in (small, large)]
+    )
     # decoded in full, the photo alone is 108 MB of RGB and several times that in floats
     assert peak < baseline + 60 * MIB, (peak / MIB, baseline / MIB)
 
