@@ -392,7 +392,7 @@ def test_run_against_a_stalling_server_gives_up_at_the_agent_timeout(tmp_path: P
     out = tmp_path / "out.jsonl"
     with openai_server([stall_reply()]) as server:
         code, _, stderr, _ = run_cli(
-            run_args(images, out, "--agent-timeout", "2"),
+            run_args(images, out, "--agent-timeout", "1"),
             cli_env(server.base_url),
             tmp_path,
             hang_guard_s=120,
@@ -411,13 +411,13 @@ def test_run_with_a_stalling_server_gives_up_at_the_adapters_deadline(tmp_path: 
     images = make_images(tmp_path / "images", 1)
     out = tmp_path / "out.jsonl"
     with openai_server([stall_reply()]) as server:
-        args = run_args(images, out, "--agent-option", "deadline_s=2", "--max-rounds", "1")
+        args = run_args(images, out, "--agent-option", "deadline_s=1", "--max-rounds", "1")
         code, _, stderr, _ = run_cli(args, cli_env(server.base_url), tmp_path, hang_guard_s=120)
     assert code == 1, stderr  # the only agent failed on every image
     assert stderr.splitlines()[-1].startswith("error: every agent failed on every image")
     (decision,) = decisions(out)
     (pred,) = decision["predictions"]
-    assert "timed out" in pred["error"] and "2 s deadline" in pred["error"]
+    assert "timed out" in pred["error"] and "1 s deadline" in pred["error"]
 
 
 def every_byte_under(folder: Path) -> bytes:
