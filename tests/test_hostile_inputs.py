@@ -19,6 +19,7 @@ import sys
 import threading
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -39,15 +40,17 @@ from rag.npz import read_embeddings_npz
 
 HANG_GUARD_S = 120
 MIB = 1024 * 1024
+MeasuredRun = tuple[int, int, str, str]
+"""Exit code, peak resident bytes of the command, stdout, stderr."""
 
 
-def run_measured(args: list[str], *, cwd: Path) -> tuple[int, int, str, str]:
+def run_measured(args: list[str], *, cwd: Path) -> MeasuredRun:
     """``trustorch ARGS``: exit code, peak resident bytes of the command, stdout, stderr."""
     (result,) = run_each_measured([args], cwd=cwd)
     return result
 
 
-def run_each_measured(arg_lists: list[list[str]], *, cwd: Path) -> list[tuple[int, int, str, str]]:
+def run_each_measured(arg_lists: list[list[str]], *, cwd: Path) -> list[MeasuredRun]:
     """``run_measured`` of each ``trustorch ARGS``, all at once, in the order given."""
     env = {**os.environ, "TRUSTORCH_INDEX_DIR": str(cwd / "default-index")}
     cmds = [[*trustorch_command(), *args] for args in arg_lists]
@@ -144,13 +147,53 @@ def _image_commands(image: Path, tmp_path: Path, tiny_clip_dir: Path) -> dict[st
     }
 
 
-@pytest.mark.parametrize("command", ["run", "index build", "agents predict"])
+IMAGE_COMMANDS = ("run", "index build", "agents predict")
+SPARSE_3GB = "sparse 3 GB"
+ODD_IMAGES = (SPARSE_3GB, "fifo", "/dev/zero")
+
+
+def _odd_image_args(kind: str, command: str, folder: Path, tiny_clip_dir: Path) -> list[str]:
+    """The ``command`` arguments that give it an odd ``leaf.png`` of ``kind`` in ``folder``."""
+    if kind == SPARSE_3GB:
+        image = sparse_file(folder / "huge" / "leaf.png", 3 * 1024**3)
+        return _image_commands(image, folder, tiny_clip_dir)[command]
+    image = folder / "odd" / "leaf.png"
+    image.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(image)
+    else:
+        image.symlink_to(kind)
+    args = _image_commands(image, folder, tiny_clip_dir)[command]
+    if command == "index build":
+        # a folder walk lists regular files only; a manifest names the odd file directly
+        manifest = folder / "m.csv"
+        manifest.write_text(f"path,label\n{image},rust\n")
+        args[2] = str(manifest)
+    return args
+
+
+@pytest.fixture(scope="module")
+def odd_image_runs(
+    tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path
+) -> Iterator[dict[tuple[str, str], Future[MeasuredRun]]]:
+    """Every image command on every odd image, each in a folder of its own, run two at a time
+    from the first test on (their start-up is most of their time); each test waits for its own
+    run and gets its result or its error."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {}
+        for kind in ODD_IMAGES:
+            for command in IMAGE_COMMANDS:
+                folder = tmp_path_factory.mktemp("odd-image")
+                args = _odd_image_args(kind, command, folder, tiny_clip_dir)
+                runs[kind, command] = pool.submit(run_measured, args, cwd=folder)
+        yield runs
+
+
+@pytest.mark.parametrize("command", IMAGE_COMMANDS)
 def test_sparse_3gb_png_is_refused_in_one_line_without_reading_it(
-    tmp_path: Path, tiny_clip_dir: Path, command: str
+    odd_image_runs: dict[tuple[str, str], Future[MeasuredRun]], command: str
 ):
-    big = sparse_file(tmp_path / "huge" / "leaf.png", 3 * 1024**3)
-    args = _image_commands(big, tmp_path, tiny_clip_dir)[command]
-    code, peak, _, err = run_measured(args, cwd=tmp_path)
+    code, peak, _, err = odd_image_runs[SPARSE_3GB, command].result()
     line = one_error_line(err)
     assert code == 1, err
     assert "3221225472 bytes, over the cap of 20971520 bytes" in line
@@ -158,23 +201,11 @@ def test_sparse_3gb_png_is_refused_in_one_line_without_reading_it(
 
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
-@pytest.mark.parametrize("command", ["run", "index build", "agents predict"])
+@pytest.mark.parametrize("command", IMAGE_COMMANDS)
 def test_fifo_and_dev_zero_as_an_image_return_promptly_in_one_line(
-    tmp_path: Path, tiny_clip_dir: Path, command: str, kind: str
+    odd_image_runs: dict[tuple[str, str], Future[MeasuredRun]], command: str, kind: str
 ):
-    image = tmp_path / "odd" / "leaf.png"
-    image.parent.mkdir()
-    if kind == "fifo":
-        os.mkfifo(image)
-    else:
-        image.symlink_to(kind)
-    args = _image_commands(image, tmp_path, tiny_clip_dir)[command]
-    if command == "index build":
-        # a folder walk lists regular files only; a manifest names the odd file directly
-        manifest = tmp_path / "m.csv"
-        manifest.write_text(f"path,label\n{image},rust\n")
-        args[2] = str(manifest)
-    code, _, _, err = run_measured(args, cwd=tmp_path)
+    code, _, _, err = odd_image_runs[kind, command].result()
     line = one_error_line(err)
     assert code == 1, err
     expected = "a FIFO" if kind == "fifo" else "a character device"
