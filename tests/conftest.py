@@ -33,3 +33,20 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")
+
+
+@pytest.fixture
+def retries_without_waiting(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The OpenAI-compatible client retries as usual but does not sleep between attempts; the
+    backoff delays it would have waited are recorded in the returned list."""
+    import agents.openai_compat.client as client_module
+
+    real_backoff_s = client_module.backoff_s
+    skipped_delays: list[float] = []
+
+    def no_wait(attempt: int, error: Exception, *, base_s: float, max_s: float) -> float:
+        skipped_delays.append(real_backoff_s(attempt, error, base_s=base_s, max_s=max_s))
+        return 0.0
+
+    monkeypatch.setattr(client_module, "backoff_s", no_wait)
+    return skipped_delays

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 _MEASURE = """
@@ -42,3 +43,20 @@ def run_with_peak_rss(
     assert done.returncode == 0, done.stderr
     code, peak_kib, out, err = json.loads(done.stdout)
     return int(code), int(peak_kib) * 1024, out, err
+
+
+def run_each_with_peak_rss(
+    cmds: Sequence[list[str]],
+    *,
+    timeout_s: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[tuple[int, int, str, str]]:
+    """``run_with_peak_rss`` of every command, all at once (each under its own measuring
+    process, so one's peak does not count in another's), in the order given."""
+
+    def measured(cmd: list[str]) -> tuple[int, int, str, str]:
+        return run_with_peak_rss(cmd, timeout_s=timeout_s, cwd=cwd, env=env)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(cmds))) as pool:
+        return list(pool.map(measured, cmds))

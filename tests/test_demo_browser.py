@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from offline_browser import browser_missing, offline_chrome
@@ -42,21 +44,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    import httpx
+@dataclass(frozen=True)
+class DemoServer:
+    """The ``demo leaf --serve`` process, started, and the page's address."""
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, _ = proc.communicate()
-            pytest.fail(f"the demo server exited with {proc.returncode}:\n{out[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the demo server did not answer at {url} within {timeout_s:.0f} s")
+    url: str
+    process: subprocess.Popen[str]
+
+    def wait_until_up(self, timeout_s: float = 300.0) -> str:
+        """The page's address once it answers (fails the test if the server exits or hangs)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                out, _ = self.process.communicate()
+                pytest.fail(
+                    f"the demo server exited with {self.process.returncode}:\n{out[-3000:]}"
+                )
+            try:
+                if httpx.get(self.url, timeout=2.0).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"the demo server did not answer at {self.url} within {timeout_s:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +84,9 @@ def demo_setup(tiny_clip_dir, apple_task, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(demo_setup):
+def demo_server(demo_setup) -> Iterator[DemoServer]:
+    """The server, started but not waited for: the fixtures after it (the decision this process
+    makes, the browser) are set up while it loads."""
     root, clip_dir, index_dir, _ = demo_setup
     port = free_port()
     env = {
@@ -93,10 +107,8 @@ def server(demo_setup):
     proc = subprocess.Popen(
         cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until_up(url, proc)
-        yield url
+        yield DemoServer(url=f"http://127.0.0.1:{port}/", process=proc)
     finally:
         proc.terminate()
         try:
@@ -104,6 +116,20 @@ def server(demo_setup):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def expected_decision(demo_server, demo_setup, apple_task):
+    """The decision the same pipeline makes in this process, made while the server starts."""
+    from core.images import ImageRef
+    from orchestrator.demo import build_pipeline
+
+    _, clip_dir, index_dir, photo = demo_setup
+    return asyncio.run(
+        build_pipeline(
+            task=apple_task, clip_model=str(clip_dir), index_dir=index_dir, environ={}
+        ).diagnose(ImageRef.from_path(photo))
+    )
 
 
 @pytest.fixture()
@@ -116,16 +142,16 @@ def browser(tmp_path, monkeypatch):
         driver.quit()
 
 
-def test_upload_a_leaf_and_read_the_decision(server, browser, demo_setup, apple_task, tmp_path):
+def test_upload_a_leaf_and_read_the_decision(
+    demo_server, expected_decision, browser, demo_setup, tmp_path
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from core.images import ImageRef
-    from orchestrator.demo import build_pipeline
     from orchestrator.demo.web import summary_text
 
-    _, clip_dir, index_dir, photo = demo_setup
-    browser.get(server)
+    _, _, _, photo = demo_setup
+    browser.get(demo_server.wait_until_up())
     upload = WebDriverWait(browser, 180).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#leaf-input input[type=file]")
     )
@@ -140,28 +166,25 @@ def test_upload_a_leaf_and_read_the_decision(server, browser, demo_setup, apple_
     summary = WebDriverWait(browser, 300).until(page_summary)
     browser.save_screenshot(str(tmp_path / "page.png"))
 
-    expected = asyncio.run(
-        build_pipeline(
-            task=apple_task, clip_model=str(clip_dir), index_dir=index_dir, environ={}
-        ).diagnose(ImageRef.from_path(photo))
-    )
-    assert summary == summary_text(expected)
+    assert summary == summary_text(expected_decision)
 
     frame = WebDriverWait(browser, 90).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#report iframe#report-frame")
     )
     browser.switch_to.frame(frame)
     diagnosis = browser.find_element(By.ID, "diagnosis")
-    assert diagnosis.get_attribute("data-label") == (expected.label or "")
+    assert diagnosis.get_attribute("data-label") == (expected_decision.label or "")
     assert float(diagnosis.get_attribute("data-confidence")) == pytest.approx(
-        expected.confidence, abs=1e-4
+        expected_decision.confidence, abs=1e-4
     )
-    if expected.label is not None:
-        assert browser.find_element(By.ID, "final-label").text == expected.label
+    if expected_decision.label is not None:
+        assert browser.find_element(By.ID, "final-label").text == expected_decision.label
     else:
         assert diagnosis.get_attribute("data-abstained") == "true"
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.prediction")
-    assert [r.get_attribute("data-agent") for r in rows] == [p.agent for p in expected.predictions]
+    assert [r.get_attribute("data-agent") for r in rows] == [
+        p.agent for p in expected_decision.predictions
+    ]
     leaf = browser.find_element(By.ID, "leaf")
     assert leaf.get_attribute("src").startswith("data:image/png;base64,")
     assert browser.execute_script("return arguments[0].naturalWidth", leaf) == 96

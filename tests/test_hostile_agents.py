@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -391,7 +392,7 @@ def test_run_against_a_stalling_server_gives_up_at_the_agent_timeout(tmp_path: P
     out = tmp_path / "out.jsonl"
     with openai_server([stall_reply()]) as server:
         code, _, stderr, _ = run_cli(
-            run_args(images, out, "--agent-timeout", "2"),
+            run_args(images, out, "--agent-timeout", "1"),
             cli_env(server.base_url),
             tmp_path,
             hang_guard_s=120,
@@ -410,13 +411,13 @@ def test_run_with_a_stalling_server_gives_up_at_the_adapters_deadline(tmp_path: 
     images = make_images(tmp_path / "images", 1)
     out = tmp_path / "out.jsonl"
     with openai_server([stall_reply()]) as server:
-        args = run_args(images, out, "--agent-option", "deadline_s=2", "--max-rounds", "1")
+        args = run_args(images, out, "--agent-option", "deadline_s=1", "--max-rounds", "1")
         code, _, stderr, _ = run_cli(args, cli_env(server.base_url), tmp_path, hang_guard_s=120)
     assert code == 1, stderr  # the only agent failed on every image
     assert stderr.splitlines()[-1].startswith("error: every agent failed on every image")
     (decision,) = decisions(out)
     (pred,) = decision["predictions"]
-    assert "timed out" in pred["error"] and "2 s deadline" in pred["error"]
+    assert "timed out" in pred["error"] and "1 s deadline" in pred["error"]
 
 
 def every_byte_under(folder: Path) -> bytes:
@@ -439,38 +440,22 @@ def test_no_credential_reaches_any_output_of_run_or_demo(
     work.mkdir()
     userinfo, key, chroma_pw, chroma_token = CANARIES
     echo = f"denied user:{userinfo} at http://user:{userinfo}@proxy/v1 (key {key})"
-    with openai_server([error_reply(403, echo), VALID]) as server:
+    chroma = f"http://u:{chroma_pw}@127.0.0.1:1/?token={chroma_token}"
+    rag_args = run_args(
+        images, work / "rag.jsonl", "--chroma-url", chroma, "--clip-model", str(tiny_clip_dir)
+    )
+    with openai_server([error_reply(403, echo), VALID]) as server, ThreadPoolExecutor(1) as beside:
         base_url = server.base_url.replace("http://", f"http://user:{userinfo}@")
         env = cli_env(base_url, api_key=key, TRUSTORCH_INDEX_DIR=str(tmp_path / "no-index"))
+        # the run with the unreachable Chroma server stops before its first request: it runs
+        # beside the two below, whose requests meet the scripted replies in order
+        rag_run = beside.submit(run_cli, rag_args, env, tmp_path)
 
         out = work / "out.jsonl"
         code, stdout, stderr, _ = run_cli(run_args(images, out), env, tmp_path)
         assert code == 0, stderr
         assert any(p.get("error") for d in decisions(out) for p in d["predictions"])
-        assert_no_canary(stdout, stderr, every_byte_under(work))
-
-        chroma = f"http://u:{chroma_pw}@127.0.0.1:1/?token={chroma_token}"
-        code, stdout, stderr, _ = run_cli(
-            run_args(
-                images,
-                work / "rag.jsonl",
-                "--chroma-url",
-                chroma,
-                "--clip-model",
-                str(tiny_clip_dir),
-            ),
-            env,
-            tmp_path,
-        )
-        assert code == 1, stderr
-        assert (
-            stderr.strip()
-            .splitlines()[-1]
-            .startswith(
-                "error: cannot reach the Chroma server at http://***@127.0.0.1:1/?token=*** "
-            )
-        )
-        assert_no_canary(stdout, stderr, every_byte_under(work))
+        assert_no_canary(stdout, stderr)
 
         reports = work / "reports"
         code, stdout, stderr, _ = run_cli(
@@ -479,7 +464,19 @@ def test_no_credential_reaches_any_output_of_run_or_demo(
         assert code == 0, stderr
         shown = json.loads(stdout)
         assert "http://***@127.0.0.1" in shown["agents"][-1]["detail"]
-        assert_no_canary(stdout, stderr, every_byte_under(work))
+        assert_no_canary(stdout, stderr)
+
+        code, stdout, stderr, _ = rag_run.result()
+        assert code == 1, stderr
+        assert (
+            stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                "error: cannot reach the Chroma server at http://***@127.0.0.1:1/?token=*** "
+            )
+        )
+        assert_no_canary(stdout, stderr)
+    assert_no_canary(every_byte_under(work))  # read once all three commands have ended
     assert len(server.requests) >= 5
 
 

@@ -19,12 +19,13 @@ import sys
 import threading
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
-from peak_rss import run_with_peak_rss
+from peak_rss import run_each_with_peak_rss
 from PIL import Image
 from test_run_cli import trustorch_command
 
@@ -39,14 +40,21 @@ from rag.npz import read_embeddings_npz
 
 HANG_GUARD_S = 120
 MIB = 1024 * 1024
+MeasuredRun = tuple[int, int, str, str]
+"""Exit code, peak resident bytes of the command, stdout, stderr."""
 
 
-def run_measured(args: list[str], *, cwd: Path) -> tuple[int, int, str, str]:
+def run_measured(args: list[str], *, cwd: Path) -> MeasuredRun:
     """``trustorch ARGS``: exit code, peak resident bytes of the command, stdout, stderr."""
+    (result,) = run_each_measured([args], cwd=cwd)
+    return result
+
+
+def run_each_measured(arg_lists: list[list[str]], *, cwd: Path) -> list[MeasuredRun]:
+    """``run_measured`` of each ``trustorch ARGS``, all at once, in the order given."""
     env = {**os.environ, "TRUSTORCH_INDEX_DIR": str(cwd / "default-index")}
-    return run_with_peak_rss(
-        [*trustorch_command(), *args], timeout_s=HANG_GUARD_S, cwd=cwd, env=env
-    )
+    cmds = [[*trustorch_command(), *args] for args in arg_lists]
+    return run_each_with_peak_rss(cmds, timeout_s=HANG_GUARD_S, cwd=cwd, env=env)
 
 
 def one_error_line(err: str) -> str:
@@ -139,13 +147,53 @@ def _image_commands(image: Path, tmp_path: Path, tiny_clip_dir: Path) -> dict[st
     }
 
 
-@pytest.mark.parametrize("command", ["run", "index build", "agents predict"])
+IMAGE_COMMANDS = ("run", "index build", "agents predict")
+SPARSE_3GB = "sparse 3 GB"
+ODD_IMAGES = (SPARSE_3GB, "fifo", "/dev/zero")
+
+
+def _odd_image_args(kind: str, command: str, folder: Path, tiny_clip_dir: Path) -> list[str]:
+    """The ``command`` arguments that give it an odd ``leaf.png`` of ``kind`` in ``folder``."""
+    if kind == SPARSE_3GB:
+        image = sparse_file(folder / "huge" / "leaf.png", 3 * 1024**3)
+        return _image_commands(image, folder, tiny_clip_dir)[command]
+    image = folder / "odd" / "leaf.png"
+    image.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(image)
+    else:
+        image.symlink_to(kind)
+    args = _image_commands(image, folder, tiny_clip_dir)[command]
+    if command == "index build":
+        # a folder walk lists regular files only; a manifest names the odd file directly
+        manifest = folder / "m.csv"
+        manifest.write_text(f"path,label\n{image},rust\n")
+        args[2] = str(manifest)
+    return args
+
+
+@pytest.fixture(scope="module")
+def odd_image_runs(
+    tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path
+) -> Iterator[dict[tuple[str, str], Future[MeasuredRun]]]:
+    """Every image command on every odd image, each in a folder of its own, run two at a time
+    from the first test on (their start-up is most of their time); each test waits for its own
+    run and gets its result or its error."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {}
+        for kind in ODD_IMAGES:
+            for command in IMAGE_COMMANDS:
+                folder = tmp_path_factory.mktemp("odd-image")
+                args = _odd_image_args(kind, command, folder, tiny_clip_dir)
+                runs[kind, command] = pool.submit(run_measured, args, cwd=folder)
+        yield runs
+
+
+@pytest.mark.parametrize("command", IMAGE_COMMANDS)
 def test_sparse_3gb_png_is_refused_in_one_line_without_reading_it(
-    tmp_path: Path, tiny_clip_dir: Path, command: str
+    odd_image_runs: dict[tuple[str, str], Future[MeasuredRun]], command: str
 ):
-    big = sparse_file(tmp_path / "huge" / "leaf.png", 3 * 1024**3)
-    args = _image_commands(big, tmp_path, tiny_clip_dir)[command]
-    code, peak, _, err = run_measured(args, cwd=tmp_path)
+    code, peak, _, err = odd_image_runs[SPARSE_3GB, command].result()
     line = one_error_line(err)
     assert code == 1, err
     assert "3221225472 bytes, over the cap of 20971520 bytes" in line
@@ -153,23 +201,11 @@ def test_sparse_3gb_png_is_refused_in_one_line_without_reading_it(
 
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
-@pytest.mark.parametrize("command", ["run", "index build", "agents predict"])
+@pytest.mark.parametrize("command", IMAGE_COMMANDS)
 def test_fifo_and_dev_zero_as_an_image_return_promptly_in_one_line(
-    tmp_path: Path, tiny_clip_dir: Path, command: str, kind: str
+    odd_image_runs: dict[tuple[str, str], Future[MeasuredRun]], command: str, kind: str
 ):
-    image = tmp_path / "odd" / "leaf.png"
-    image.parent.mkdir()
-    if kind == "fifo":
-        os.mkfifo(image)
-    else:
-        image.symlink_to(kind)
-    args = _image_commands(image, tmp_path, tiny_clip_dir)[command]
-    if command == "index build":
-        # a folder walk lists regular files only; a manifest names the odd file directly
-        manifest = tmp_path / "m.csv"
-        manifest.write_text(f"path,label\n{image},rust\n")
-        args[2] = str(manifest)
-    code, _, _, err = run_measured(args, cwd=tmp_path)
+    code, _, _, err = odd_image_runs[kind, command].result()
     line = one_error_line(err)
     assert code == 1, err
     expected = "a FIFO" if kind == "fifo" else "a character device"
@@ -183,6 +219,7 @@ def test_fifo_and_dev_zero_as_json_and_csv_inputs_return_promptly(tmp_path: Path
         os.mkfifo(odd)
     else:
         odd.symlink_to(kind)
+    commands = []
     for suffix, args in (
         (".csv", ["eval", "calibration"]),
         (".csv", ["run", "--agent", "clip", "--out", str(tmp_path / "o.jsonl")]),
@@ -191,7 +228,10 @@ def test_fifo_and_dev_zero_as_json_and_csv_inputs_return_promptly(tmp_path: Path
         named = odd.with_suffix(suffix)
         if not named.exists():
             os.link(odd, named, follow_symlinks=False)
-        code, _, _, err = run_measured([*args, str(named)], cwd=tmp_path)
+        commands.append([*args, str(named)])
+    for args, (code, _, _, err) in zip(
+        commands, run_each_measured(commands, cwd=tmp_path), strict=True
+    ):
         line = one_error_line(err)
         assert code == 1 and "not a regular file" in line, (args, err)
 
@@ -440,10 +480,13 @@ def _photo(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def _peak_rss(args: list[str]) -> int:
-    code, peak, _, err = run_with_peak_rss(args, timeout_s=HANG_GUARD_S)
-    assert code == 0, err
-    return peak
+def _peak_rss_of_each(cmds: list[list[str]]) -> list[int]:
+    """The peak resident bytes of each command, measured all at once, in the order given."""
+    peaks = []
+    for code, peak, _, err in run_each_with_peak_rss(cmds, timeout_s=HANG_GUARD_S):
+        assert code == 0, err
+        peaks.append(peak)
+    return peaks
 
 
 @pytest.mark.heavy
@@ -453,8 +496,9 @@ def test_a_36mp_photo_for_clip_costs_about_what_a_1mp_one_does(tmp_path: Path):
     clip = make_tiny_clip(tmp_path / "clip", image_size=224)  # CLIP's real 224-pixel input
     small = _photo(tmp_path / "1mp.jpg", 1224, 816)
     large = _photo(tmp_path / "36mp.jpg", 7360, 4912)
-    baseline = _peak_rss([sys.executable, "-c", _CLIP_ONE_IMAGE, str(clip), str(small)])
-    peak = _peak_rss([sys.executable, "-c", _CLIP_ONE_IMAGE, str(clip), str(large)])
+    baseline, peak = _peak_rss_of_each(
+        [[sys.executable, "-c", _CLIP_ONE_IMAGE, str(clip), str(photo)] for photo in (small, large)]
+    )
     # decoded in full, the photo alone is 108 MB of RGB and several times that in floats
     assert peak < baseline + 60 * MIB, (peak / MIB, baseline / MIB)
 

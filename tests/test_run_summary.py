@@ -72,7 +72,9 @@ def test_no_trust_profiles_every_image_abstains_and_the_summary_says_why(tmp_pat
     assert "accuracy" not in summary and summary["abstention_reasons"]
 
 
-def test_an_llm_policy_that_cannot_reach_its_server_is_counted_as_falling_back(tmp_path, capsys):
+def test_an_llm_policy_that_cannot_reach_its_server_is_counted_as_falling_back(
+    tmp_path, capsys, retries_without_waiting
+):
     data = make_images(tmp_path / "data", per_label=1)
     out = tmp_path / "out.jsonl"
     args = ["run", str(data), "-a", agent_spec("a"), "-a", agent_spec("b"), "--task", "apple-leaf"]
@@ -84,6 +86,7 @@ def test_an_llm_policy_that_cannot_reach_its_server_is_counted_as_falling_back(t
     assert summary["policy_fallbacks"] == summary["n"] == 3
     assert "connection" in summary["policy_fallback_reasons"][0]["reason"].lower()
     assert summary["accuracy"] == 1.0  # the scripted agents answer the folder's label
+    assert retries_without_waiting  # each call was retried (without its backoff waits)
 
 
 def test_a_policy_file_fitted_with_a_retriever_is_refused_without_one(tmp_path, capsys):
