@@ -253,6 +253,7 @@ def test_stacking_must_clear_the_larger_margin_on_first_looks():
         "trust": MARGIN_Z,
         "dawid-skene": MARGIN_Z,
         "stacking": STACKING_MARGIN_Z,
+        "second-look": MARGIN_Z,
     }
     assert set(challenge_margins(FAMILIES, second_looks=True).values()) == {SECOND_LOOK_MARGIN_Z}
     assert challenge_margins(["stacking"], second_looks=False, stacking_margin_z=0.0) == {
