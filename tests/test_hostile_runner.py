@@ -282,7 +282,8 @@ REPLAY = ["eval", "replay", "missing.csv"]
         ([*REPLAY, "--policy", "foo"], "Invalid value for '--policy': unknown policy 'foo'"),
         (
             [*REPLAY, "--policy", "llm"],
-            "unknown policy 'llm' (choose from select, best-single, dawid-skene, stacking, second-look, trust,",
+            "unknown policy 'llm' (choose from select, best-single, dawid-skene, stacking, "
+            "second-look, trust,",
         ),
         ([*REPLAY, "--max-rounds", "0"], "'--max-rounds': must be at least 1, got 0"),
         ([*REPLAY, "--folds", "1"], "'--folds': must be at least 2, got 1"),
