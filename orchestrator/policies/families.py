@@ -460,19 +460,34 @@ class FamilyPolicy:
                 reason=f"{self.name}: no answer from {self.family.sources_}",
                 trusted=not waiting,
             )
-        row = self.family.predict_proba(answers)[0]
-        scores = dict(zip(self.labels, row.tolist(), strict=True))
-        label = self.labels[decided]
         used = sum(int(s >= 0) for s in answers.labels[0])
         reason = f"{self.name} over {used} first look(s)"
         reason += "; waiting for the retrieval vote" if waiting else ""
+        return self._decided(answers, decided, round=round, trusted=not waiting, reason=reason)
+
+    def _decided(
+        self,
+        answers: SourceAnswers,
+        decided: int,
+        *,
+        round: int,
+        trusted: bool,
+        reason: str,
+        reevaluate: Sequence[str] = (),
+    ) -> Assessment:
+        """The assessment of label index ``decided`` with the family's distribution of the one
+        row ``answers`` (the family's decision need not be that distribution's argmax)."""
+        row = self.family.predict_proba(answers)[0]
+        scores = dict(zip(self.labels, row.tolist(), strict=True))
+        label = self.labels[decided]
         return Assessment(
             policy=self.name,
             round=round,
             scores=scores,
             label=label,
             confidence=scores[label],
-            trusted=not waiting,
+            trusted=trusted,
+            reevaluate=list(reevaluate),
             prediction_set=prediction_set(scores, 0.95),
             reason=reason,
         )
@@ -491,11 +506,11 @@ class FamilyPolicy:
         )
         looked_again = bool(second.labels[0, family.index_] >= 0)
         can_ask = not looked_again and round < max_rounds - 1
-        answers = second
-        if not looked_again:
-            answers = answers_from_predictions(
-                family.sources_, self.labels, predictions, None, None
-            )
+        answers = (
+            second
+            if looked_again
+            else answers_from_predictions(family.sources_, self.labels, predictions, None, None)
+        )
         decided = int(answers.labels[0, family.index_])
         if decided < 0:
             nothing = Assessment.abstention(
@@ -506,25 +521,19 @@ class FamilyPolicy:
                 trusted=not can_ask,
             )
             return replace(nothing, reevaluate=[agent] if can_ask else [])
-        row = family.predict_proba(answers)[0]
-        scores = dict(zip(self.labels, row.tolist(), strict=True))
-        label = self.labels[decided]
         if looked_again:
             reason = f"{self.name}: {agent}'s second look"
         elif can_ask:
             reason = f"{self.name}: asking {agent} to look again"
         else:
             reason = f"{self.name}: no second look from {agent}; its first look"
-        return Assessment(
-            policy=self.name,
+        return self._decided(
+            answers,
+            decided,
             round=round,
-            scores=scores,
-            label=label,
-            confidence=scores[label],
             trusted=not can_ask,
-            reevaluate=[agent] if can_ask else [],
-            prediction_set=prediction_set(scores, 0.95),
             reason=reason,
+            reevaluate=[agent] if can_ask else [],
         )
 
 
