@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from openai_server import chat_reply, error_reply, huge_reply, openai_server
 
-from agents.openai_compat import ChatError, OpenAIChatClient
+from agents.openai_compat import ChatError, EndpointLimits, OpenAIChatClient
 from agents.openai_compat.direct import DirectTransport, SdkTransport, make_transport
 from agents.openai_compat.errors import ReplyTooLargeError
+from agents.openai_compat.http1 import ConnectionPools
 from core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,20 +100,26 @@ def test_an_unreachable_server_is_a_retried_connection_error() -> None:
 
 
 def test_calls_in_turn_share_one_kept_alive_connection_per_endpoint() -> None:
+    """Clients given one table of endpoints (a run's) share their connections; a client with a
+    table of its own keeps its own."""
     with openai_server([VALID]) as server:
+        shared = EndpointLimits()
         clients = [
-            OpenAIChatClient(model=name, base_url=server.base_url, api_key="sk-x")
+            OpenAIChatClient(model=name, base_url=server.base_url, api_key="sk-x", limits=shared)
             for name in ("a", "b")
         ]
+        apart = OpenAIChatClient(model="c", base_url=server.base_url, api_key="sk-x")
 
         async def go() -> None:
             for _ in range(3):
                 for client in clients:
                     await client.complete([{"role": "user", "content": "hi"}])
+            await apart.complete([{"role": "user", "content": "hi"}])
 
         asyncio.run(go())
-    assert len(server.requests) == 6
-    assert len({r.peer for r in server.requests}) == 1
+    assert len(server.requests) == 7
+    assert len({r.peer for r in server.requests[:6]}) == 1
+    assert server.requests[6].peer != server.requests[0].peer
 
 
 def test_calls_at_once_each_get_a_connection() -> None:
@@ -176,7 +183,7 @@ print("openai" in sys.modules, "httpx2" in sys.modules)
 
 
 def test_a_proxy_for_the_url_takes_the_openai_packages_path(monkeypatch) -> None:
-    options = {"max_reply_bytes": 1000, "timeout_s": 1.0}
+    options = {"pools": ConnectionPools(), "max_reply_bytes": 1000, "timeout_s": 1.0}
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
     direct = make_transport("direct", "http://10.1.2.3:8000/v1", "k", **options)
@@ -197,6 +204,6 @@ def test_an_unknown_http_client_is_an_input_error() -> None:
 
 
 def test_a_url_the_direct_path_cannot_take_goes_to_the_openai_package() -> None:
-    options = {"max_reply_bytes": 1000, "timeout_s": 1.0}
+    options = {"pools": ConnectionPools(), "max_reply_bytes": 1000, "timeout_s": 1.0}
     assert isinstance(make_transport("direct", "ftp://host/v1", "k", **options), SdkTransport)
     assert isinstance(make_transport("direct", None, "k", **options), DirectTransport)

@@ -192,6 +192,7 @@ class OpenAIChatClient:
                 self.http_client,
                 self.base_url,
                 self._key.reveal(),
+                pools=self.limits.connections,
                 max_reply_bytes=self.max_reply_bytes,
                 timeout_s=self.timeout_s,
             )

@@ -21,10 +21,10 @@ from urllib.parse import unquote, urlsplit
 
 from agents.openai_compat.errors import ReplyTooLargeError
 from agents.openai_compat.http1 import (
+    ConnectionPools,
     HttpProtocolError,
     HttpReply,
     Origin,
-    pool_for,
     reaches_directly,
 )
 from agents.openai_compat.modes import OPENAI_API_URL
@@ -46,14 +46,22 @@ class CompletionTransport(Protocol):
 
 
 class DirectTransport:
-    """POST ``{base_url}/chat/completions`` over the running loop's pool to its origin."""
+    """POST ``{base_url}/chat/completions`` over the running loop's pool to its origin, out of
+    ``pools`` (shared with the other clients of a run)."""
 
     def __init__(
-        self, base_url: str | None, api_key: str, *, max_reply_bytes: int, timeout_s: float
+        self,
+        base_url: str | None,
+        api_key: str,
+        *,
+        pools: ConnectionPools,
+        max_reply_bytes: int,
+        timeout_s: float,
     ) -> None:
         self.url = (base_url or OPENAI_API_URL).rstrip("/") + "/chat/completions"
         parts = urlsplit(self.url)
         self.origin = Origin.of(self.url)
+        self._pools = pools
         self.target = parts.path + (f"?{parts.query}" if parts.query else "")
         if parts.username or parts.password:
             # What httpx does, under the openai package too: URL credentials are Basic auth.
@@ -72,7 +80,7 @@ class DirectTransport:
     async def create(self, body: dict[str, Any], timeout_s: float) -> Any:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         try:
-            reply = await pool_for(self.origin).post(
+            reply = await self._pools.get(self.origin).post(
                 self.target,
                 self._headers,
                 data,
@@ -101,7 +109,7 @@ class DirectTransport:
             return None
 
     async def aclose(self) -> None:
-        pool_for(self.origin).close()
+        self._pools.get(self.origin).close()
 
 
 def _http_library() -> Any:
@@ -201,15 +209,17 @@ def make_transport(
     base_url: str | None,
     api_key: str,
     *,
+    pools: ConnectionPools,
     max_reply_bytes: int,
     timeout_s: float,
 ) -> CompletionTransport:
-    """``kind``'s transport; the ``openai`` package's where a proxy is set for the URL, or
-    where it is no http(s) URL with a host (the package then says what is wrong with it)."""
+    """``kind``'s transport (``pools``: the direct one's connections); the ``openai``
+    package's where a proxy is set for the URL, or where it is no http(s) URL with a host (the
+    package then says what is wrong with it)."""
     options = {"max_reply_bytes": max_reply_bytes, "timeout_s": timeout_s}
     if kind == "direct" and reaches_directly(base_url or OPENAI_API_URL):
         try:
-            return DirectTransport(base_url, api_key, **options)
+            return DirectTransport(base_url, api_key, pools=pools, **options)
         except ValueError:
             pass
     return SdkTransport(base_url, api_key, **options)

@@ -291,15 +291,19 @@ async def _read_chunked(reader: asyncio.StreamReader, cap: int) -> bytes:
             raise HttpProtocolError("a chunk without its line break")
 
 
-_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Origin, ConnectionPool]] = (
-    weakref.WeakKeyDictionary()
-)
+class ConnectionPools:
+    """One ``ConnectionPool`` per origin and event loop (connections belong to the loop that
+    opened them), for the clients given this table to share."""
 
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[Origin, ConnectionPool]
+        ] = weakref.WeakKeyDictionary()
 
-def pool_for(origin: Origin) -> ConnectionPool:
-    """The running event loop's pool to ``origin``, shared by every caller on that loop."""
-    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
-    pool = pools.get(origin)
-    if pool is None:
-        pool = pools[origin] = ConnectionPool(origin)
-    return pool
+    def get(self, origin: Origin) -> ConnectionPool:
+        """The running event loop's pool to ``origin``."""
+        pools = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        pool = pools.get(origin)
+        if pool is None:
+            pool = pools[origin] = ConnectionPool(origin)
+        return pool

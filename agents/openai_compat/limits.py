@@ -35,14 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from agents.openai_compat.http1 import ConnectionPools
 from agents.openai_compat.modes import OPENAI_API_URL
+from agents.openai_compat.window import AimdWindow
 from core.errors import InputError
 from core.redact import redact_url
 
 DEFAULT_PER_CLIENT = 4
 """What one client brings to its endpoint's maximum when nothing else is said (the old
 per-client default: a lone client keeps four calls in flight)."""
-OVERLOAD_STATUS = frozenset({429, 503})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -113,42 +114,36 @@ class EndpointLimit:
         if maximum < 1:
             raise InputError(f"the concurrency of {endpoint} must be at least 1, got {maximum}")
         self.endpoint = endpoint
-        self._maximum = maximum
-        self._window = float(maximum)
+        self._window = AimdWindow(maximum)
         self._in_flight = 0
         self._peak = 0
-        self._epoch = 0
-        self._pauses = 0
-        self._paused_until = 0.0
         self._waiters: deque[tuple[asyncio.Future[None], float]] = deque()
 
     @property
     def maximum(self) -> int:
-        return self._maximum
+        return self._window.maximum
 
     @property
     def limit(self) -> int:
         """Calls that may be in flight now (the window, whole)."""
-        return max(1, min(self._maximum, int(self._window)))
+        return self._window.limit
 
     def state(self) -> LimitState:
         return LimitState(
             endpoint=self.endpoint,
             limit=self.limit,
-            maximum=self._maximum,
+            maximum=self.maximum,
             in_flight=self._in_flight,
             peak_in_flight=self._peak,
-            decreases=self._epoch,
-            pauses=self._pauses,
+            decreases=self._window.decreases,
+            pauses=self._window.pauses,
         )
 
     def set_maximum(self, maximum: int) -> None:
         """A new maximum (before calls start: a new client joined); the window follows it up."""
         if maximum < 1:
             raise InputError(f"the concurrency of {self.endpoint} must be at least 1")
-        grew = maximum > self._maximum
-        self._maximum = maximum
-        self._window = float(maximum) if grew and self._epoch == 0 else min(self._window, maximum)
+        self._window.set_maximum(maximum)
 
     async def acquire(self, deadline: float = math.inf) -> Slot:
         """A slot, once the endpoint is not paused and its window has room; callers wait in
@@ -156,7 +151,7 @@ class EndpointLimit:
         when the endpoint is paused until after ``deadline`` (event-loop time). Cancelled
         while waiting: no slot is kept."""
         loop = asyncio.get_running_loop()
-        if self._paused_until >= deadline:
+        if self._window.paused_until >= deadline:
             raise PausedPastDeadline(self.endpoint)
         if not self._waiters and self._can_start(loop):
             return self._take()
@@ -173,14 +168,14 @@ class EndpointLimit:
             else:
                 self._discard(entry)
             raise
-        return Slot(self, self._epoch)
+        return Slot(self, self._window.decreases)
 
     def _can_start(self, loop: asyncio.AbstractEventLoop) -> bool:
-        return self._in_flight < self.limit and loop.time() >= self._paused_until
+        return self._in_flight < self.limit and loop.time() >= self._window.paused_until
 
     def _take(self) -> Slot:
         self._count_start()
-        return Slot(self, self._epoch)
+        return Slot(self, self._window.decreases)
 
     def _count_start(self) -> None:
         self._in_flight += 1
@@ -195,21 +190,17 @@ class EndpointLimit:
     ) -> None:
         self._in_flight -= 1
         if overloaded:
-            if epoch == self._epoch:  # one decrease per window, not one per call in it
-                self._window = max(1.0, self._window / 2)
-                self._epoch += 1
+            self._window.overloaded(epoch)
             if pause_s is not None and pause_s > 0:
                 self._pause(pause_s)
         elif answered:
-            self._window = min(float(self._maximum), self._window + 1.0 / self._window)
+            self._window.answered()
         self._wake()
 
     def _pause(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
-        if until > self._paused_until:
-            self._paused_until = until
-            self._pauses += 1
+        if self._window.pause_until(until):
             loop.call_at(until, self._wake)
             for waiter, deadline in list(self._waiters):
                 if deadline <= until and not waiter.done():
@@ -233,7 +224,8 @@ class EndpointLimit:
 
 class EndpointLimits:
     """The concurrency limits of a run's endpoints, one per normalised base URL, shared by the
-    clients given this table (a run's agents and its ``llm`` policy).
+    clients given this table (a run's agents and its ``llm`` policy), and the keep-alive
+    connections of their direct transports (``connections``).
 
     ``concurrency``: every endpoint's maximum (None: the sum of what its clients bring);
     ``per_client``: what a client without a ``max_concurrency`` of its own brings;
@@ -255,6 +247,7 @@ class EndpointLimits:
         self.concurrency = concurrency
         self.per_client = per_client
         self._make_limit = make_limit or EndpointLimit
+        self.connections = ConnectionPools()
         self._limits: dict[str, EndpointLimit] = {}
         self._brought: dict[str, int] = {}
 

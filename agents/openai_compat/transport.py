@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.openai_compat.errors import ReplyTooLargeError
-from agents.openai_compat.limits import OVERLOAD_STATUS
 from core.redact import redact_text
+
+OVERLOAD_STATUS = frozenset({429, 503})
+"""The statuses that say the server is over its load (see ``limits``)."""
 
 _RETRY_STATUS = {408, 409, 429}
 DIRECT_HTTP_LOGGER = "agents.openai_compat.http"

@@ -77,8 +77,8 @@ class LeasedEndpointLimit(EndpointLimit):
             maximum=self.maximum * self._scale,
             in_flight=self._in_flight,
             peak_in_flight=self._peak,
-            decreases=self._epoch,
-            pauses=self._pauses,
+            decreases=self._window.decreases,
+            pauses=self._window.pauses,
         )
 
     async def acquire(self, deadline: float = math.inf) -> Any:
@@ -97,9 +97,8 @@ class LeasedEndpointLimit(EndpointLimit):
         self._in_flight -= 1
         if overloaded:
             self._overloads.append((epoch, pause_s))
-            if epoch == self._epoch:  # at once here; the cluster's window follows the report
+            if self._window.overloaded(epoch):  # at once here; the cluster's follows the report
                 self._share = max(1, self._share // 2)
-                self._epoch += 1
             if pause_s is not None and pause_s > 0:
                 self._pause(pause_s)
             self._poke()
@@ -149,7 +148,7 @@ class LeasedEndpointLimit(EndpointLimit):
         self._held = max(0, grant.held - self._returning)
         self._share = grant.share
         self._cluster_limit = grant.limit
-        self._epoch = max(self._epoch, grant.epoch)
+        self._window.decreases = max(self._window.decreases, grant.epoch)
         self._contact = time.monotonic()
         self._idle_low = min(self._idle_low, self._held - self._in_flight)
         if grant.pause_left_s > 0:

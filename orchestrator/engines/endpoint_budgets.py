@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.openai_compat.window import AimdWindow
+
 LEASE_S = 0.25
 """How often a worker holding permits reports to the actor, and how long a lease request
 waits at the actor before it is sent again with fresh news."""
@@ -47,11 +49,7 @@ class Grant:
 
 @dataclass
 class _Budget:
-    maximum: int
-    window: float = 0.0
-    epoch: int = 0
-    pauses: int = 0
-    paused_until: float = 0.0
+    window: AimdWindow
     held: dict[str, int] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
     waiting: list[str] = field(default_factory=list)
@@ -62,12 +60,9 @@ class _Budget:
     leases: int = 0
     messages: int = 0
 
-    def __post_init__(self) -> None:
-        self.window = float(self.maximum)
-
     @property
     def limit(self) -> int:
-        return max(1, min(self.maximum, int(self.window)))
+        return self.window.limit
 
     def share(self) -> int:
         """The window over the workers holding or asking for permits: rounded up, unless a
@@ -83,26 +78,18 @@ class _Budget:
         self.messages += 1
         now = time.monotonic()
         self.seen[worker] = now
-        if report.maximum != self.maximum:
-            grew = report.maximum > self.maximum
-            self.maximum = report.maximum
-            if grew and self.epoch == 0:
-                self.window = float(self.maximum)
-            self.window = min(self.window, float(self.maximum))
+        if report.maximum != self.window.maximum:
+            self.window.set_maximum(report.maximum)
         # a worker not known (this actor restarted) keeps what it holds; one whose permits
         # were taken back holds none
         known = worker in self.held or worker in self.reclaimed
         held = self.held.get(worker, 0) if known else report.holding
         self.held[worker] = max(0, held - report.returning)
-        for _ in range(report.answered):
-            self.window = min(float(self.maximum), self.window + 1.0 / self.window)
+        self.window.answered(report.answered)
         for epoch, pause_s in report.overloads:
-            if epoch == self.epoch:
-                self.window = max(1.0, self.window / 2)
-                self.epoch += 1
-            if pause_s is not None and pause_s > 0 and now + pause_s > self.paused_until:
-                self.paused_until = now + pause_s
-                self.pauses += 1
+            self.window.overloaded(epoch)
+            if pause_s is not None and pause_s > 0:
+                self.window.pause_until(now + pause_s)
         for other, last in list(self.seen.items()):
             if now - last > STALE_S:
                 self.held.pop(other, None)
@@ -114,7 +101,7 @@ class _Budget:
     def grantable(self, worker: str, want: int) -> int:
         """Permits ``worker`` may take now: none while paused, nor while a worker holding none
         waits before it (or at all, when ``worker`` holds some)."""
-        if time.monotonic() < self.paused_until:
+        if time.monotonic() < self.window.paused_until:
             return 0
         mine = self.held.get(worker, 0)
         ahead = self.waiting if mine else self.waiting[: self.waiting.index(worker)]
@@ -129,19 +116,19 @@ class _Budget:
             held=self.held.get(worker, 0),
             share=self.share(),
             limit=self.limit,
-            epoch=self.epoch,
-            pause_left_s=max(0.0, self.paused_until - time.monotonic()),
+            epoch=self.window.decreases,
+            pause_left_s=max(0.0, self.window.paused_until - time.monotonic()),
         )
 
     def state(self, endpoint: str) -> dict[str, Any]:
         return {
             "endpoint": endpoint,
-            "maximum": self.maximum,
+            "maximum": self.window.maximum,
             "limit": self.limit,
             "leased": sum(self.held.values()),
             "peak_leased": self.peak_leased,
-            "decreases": self.epoch,
-            "pauses": self.pauses,
+            "decreases": self.window.decreases,
+            "pauses": self.window.pauses,
             "leases": self.leases,
             "messages": self.messages,
         }
@@ -158,7 +145,7 @@ class EndpointBudgets:
     def _budget(self, endpoint: str, maximum: int) -> _Budget:
         found = self._budgets.get(endpoint)
         if found is None:
-            found = self._budgets[endpoint] = _Budget(maximum=maximum)
+            found = self._budgets[endpoint] = _Budget(AimdWindow(maximum))
         return found
 
     async def sync(self, endpoint: str, worker: str, report: Report) -> Grant:
