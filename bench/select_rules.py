@@ -224,6 +224,8 @@ def record_fits(
     for r in records.records:
         if r.round == 0 and r.agent != ORCHESTRATOR_SOURCE:
             sources.setdefault(r.agent, {})[r.id] = r.pred
+    second_looks = any(c.reeval for c in setup.columns)
+    families = [f for f in FAMILIES if f != "second-look" or second_looks]
     out = []
     for seed in seeds:
         for k, held in enumerate(replay_folds(setup.images, 5, seed)):
@@ -241,7 +243,7 @@ def record_fits(
                     train,
                     trust,
                     answers,
-                    families=FAMILIES,
+                    families=families,
                     repeats=repeats,
                     folds=folds,
                 )
@@ -254,7 +256,7 @@ def record_fits(
             held_ids = [li.extra["id"] for li in images]
             for agent, answers_of in sources.items():
                 baseline_right[agent] = [answers_of.get(i) == truth_of[i] for i in held_ids]
-            for family in FAMILIES:
+            for family in families:
                 policy = (
                     trust
                     if family == "trust"
@@ -268,13 +270,14 @@ def record_fits(
                     "seed": seed,
                     "fold": k,
                     "labels": labels,
-                    "second_looks": any(c.reeval for c in setup.columns),
-                    "inner_right": {f: inner.right[f].tolist() for f in FAMILIES},
+                    "second_looks": second_looks,
+                    "families": families,
+                    "inner_right": {f: inner.right[f].tolist() for f in families},
                     "inner_logp": {
                         f: np.log(np.maximum(inner.probabilities[f][:, rows, inner.truth], 1e-12))
                         .round(6)
                         .tolist()
-                        for f in FAMILIES
+                        for f in families
                     },
                     "held_right": held_right,
                     "baseline_right": baseline_right,
@@ -290,6 +293,12 @@ def record_fits(
 
 Rule = Callable[[dict[str, Any]], str]
 FUSIONS = ("trust", "dawid-skene", "stacking")
+CHAIN = ("best-single", *FUSIONS)
+"""The first-look families, in ``select``'s order of preference on first looks."""
+
+
+def families_of(fit: dict[str, Any]) -> list[str]:
+    return list(fit.get("families", FAMILIES))
 
 
 def inner_right(fit: dict[str, Any], family: str, splits: int) -> np.ndarray:
@@ -310,8 +319,8 @@ def chain(margins: Sequence[float], splits: int = 1) -> Rule:
     own margin in standard errors (``margins[i]`` for the (i+1)-th family)."""
 
     def rule(fit: dict[str, Any]) -> str:
-        kept = FAMILIES[0]
-        for family, z in zip(FAMILIES[1:], margins, strict=True):
+        kept = CHAIN[0]
+        for family, z in zip(CHAIN[1:], margins, strict=True):
             if paired_beats(inner_right(fit, family, splits), inner_right(fit, kept, splits), z):
                 kept = family
         return kept
@@ -320,22 +329,23 @@ def chain(margins: Sequence[float], splits: int = 1) -> Rule:
 
 
 def always(family: str) -> Rule:
-    return lambda fit: family
+    """``family``, or the trust policy on a set where ``family`` was not fitted."""
+    return lambda fit: family if family in families_of(fit) else "trust"
 
 
 def best_accuracy(splits: int = 1) -> Rule:
-    return lambda fit: max(FAMILIES, key=lambda f: inner_right(fit, f, splits).mean())
+    return lambda fit: max(families_of(fit), key=lambda f: inner_right(fit, f, splits).mean())
 
 
 def best_loglik(splits: int = 1) -> Rule:
-    return lambda fit: max(FAMILIES, key=lambda f: inner_loglik(fit, f, splits))
+    return lambda fit: max(families_of(fit), key=lambda f: inner_loglik(fit, f, splits))
 
 
 def one_se(prior: str, z: float, splits: int = 1) -> Rule:
     """The best inner accuracy, but ``prior`` unless the best beats it by ``z`` paired SEs."""
 
     def rule(fit: dict[str, Any]) -> str:
-        best = max(FAMILIES, key=lambda f: inner_right(fit, f, splits).mean())
+        best = max(families_of(fit), key=lambda f: inner_right(fit, f, splits).mean())
         won = paired_beats(inner_right(fit, best, splits), inner_right(fit, prior, splits), z)
         return best if won else prior
 
@@ -350,7 +360,44 @@ def loglik_fusion_then_source(z: float, splits: int = 1) -> Rule:
     def rule(fit: dict[str, Any]) -> str:
         fusion = max(FUSIONS, key=lambda f: inner_loglik(fit, f, splits))
         source = inner_right(fit, "best-single", splits)
-        return fusion if paired_beats(inner_right(fit, fusion, splits), source, z) else FAMILIES[0]
+        return fusion if paired_beats(inner_right(fit, fusion, splits), source, z) else CHAIN[0]
+
+    return rule
+
+
+def pooled_fusions(z: float, by: str = "accuracy") -> Rule:
+    """On first looks: the fusions' mean per-row correctness (less noisy than any one's) must
+    beat the best single source by ``z`` paired SEs; then the fusion of best inner
+    ``accuracy`` (or ``log-lik``). With second looks as ``select``."""
+
+    def rule(fit: dict[str, Any]) -> str:
+        if fit["second_looks"]:
+            return select_rule(fit)
+        fused = np.mean([inner_right(fit, f, 1) for f in FUSIONS], axis=0)
+        if not paired_beats(fused, inner_right(fit, CHAIN[0], 1), z):
+            return CHAIN[0]
+        if by == "log-lik":
+            return max(FUSIONS, key=lambda f: inner_loglik(fit, f, 1))
+        return max(FUSIONS, key=lambda f: inner_right(fit, f, 1).mean())
+
+    return rule
+
+
+def accuracy_and_loglik(z: float) -> Rule:
+    """On first looks: ``select``'s chain with ``z`` for the trust policy and Dawid-Skene
+    (stacking at ``STACKING_MARGIN_Z``), where a challenger must also have an inner
+    log-likelihood no lower than the kept family's. With second looks as ``select``."""
+    margins = (z, z, STACKING_MARGIN_Z)
+
+    def rule(fit: dict[str, Any]) -> str:
+        if fit["second_looks"]:
+            return select_rule(fit)
+        kept = CHAIN[0]
+        for family, margin in zip(CHAIN[1:], margins, strict=True):
+            won = paired_beats(inner_right(fit, family, 1), inner_right(fit, kept, 1), margin)
+            if won and inner_loglik(fit, family, 1) >= inner_loglik(fit, kept, 1):
+                kept = family
+        return kept
 
     return rule
 
@@ -359,16 +406,18 @@ def select_rule(fit: dict[str, Any]) -> str:
     """The select policy's own rule (``preference``, ``challenge_margins`` and
     ``choose_family``) on one split."""
     second = bool(fit["second_looks"])
-    scores: dict[str, dict[str, float]] = {f: {} for f in preference(FAMILIES, second_looks=second)}
-    right = {f: inner_right(fit, f, 1) for f in FAMILIES}
-    return choose_family(scores, right, z=challenge_margins(FAMILIES, second_looks=second))
+    families = families_of(fit)
+    scores: dict[str, dict[str, float]] = {f: {} for f in preference(families, second_looks=second)}
+    right = {f: inner_right(fit, f, 1) for f in families}
+    return choose_family(scores, right, z=challenge_margins(families, second_looks=second))
 
 
 def previous_select_rule(fit: dict[str, Any]) -> str:
     """The rule before this one: on first looks, z = 0.5 for every challenger, stacking too."""
     second = bool(fit["second_looks"])
-    scores: dict[str, dict[str, float]] = {f: {} for f in preference(FAMILIES, second_looks=second)}
-    right = {f: inner_right(fit, f, 1) for f in FAMILIES}
+    families = families_of(fit)
+    scores: dict[str, dict[str, float]] = {f: {} for f in preference(families, second_looks=second)}
+    right = {f: inner_right(fit, f, 1) for f in families}
     return choose_family(scores, right, z=SECOND_LOOK_MARGIN_Z if second else MARGIN_Z)
 
 
@@ -402,13 +451,17 @@ RULES: dict[str, Rule] = {
     "chain trust z=0, others 1.645, 5 sp": chain([0.0, 1.645, 1.645], 5),
     "log-lik fusion, z=0 vs source": loglik_fusion_then_source(0.0),
     "log-lik fusion, z=0.5 vs source": loglik_fusion_then_source(0.5),
+    **{f"pooled fusions z={z} vs source": pooled_fusions(z) for z in (0.0, 0.25, 0.5)},
+    "pooled fusions z=0, best log-lik": pooled_fusions(0.0, by="log-lik"),
+    "as select z=0.1, no log-lik loss": accuracy_and_loglik(0.1),
+    "as select z=0.25, no log-lik loss": accuracy_and_loglik(0.25),
 }
 
 
 def baseline_accuracies(fits: list[dict[str, Any]]) -> dict[str, float]:
     """Mean held-out accuracy over seeds of every baseline of a set: each source alone, the
     majority vote, and the fitted baseline families (best-single, dawid-skene, stacking)."""
-    names = [*fits[0]["baseline_right"], *(f for f in FAMILIES if f != "trust")]
+    names = [*fits[0]["baseline_right"], *(f for f in families_of(fits[0]) if f != "trust")]
     out = {}
     for name in names:
         per_seed: dict[int, list[bool]] = {}
