@@ -47,6 +47,7 @@ from orchestrator.engines.shards import (
     ShardJob,
     ShardResult,
     merge_committed,
+    preload,
     run_shard,
 )
 
@@ -69,6 +70,7 @@ class ShardWorker:
             self.parts = build_parts(recipe)
         except TrustorchError as e:
             self.error = str(e)
+        preload()
 
     def ready(self) -> list[str]:
         """The build's notes; RayEngineError when the parts could not be built."""
