@@ -152,6 +152,19 @@ def noisy_copy(column: str) -> Callable[[str, list[str], np.random.Generator, di
     return answer
 
 
+def rare_class(label: str, keep: int) -> Callable[..., Any]:
+    """An edit keeping ``keep`` rows (seeded choice) of the rows whose truth is ``label``: a
+    class that is rare among the labelled rows, as in most field data."""
+
+    def edit(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
+        rng = np.random.default_rng(2024)
+        of_label = [i for i, r in enumerate(rows) if r["category"] == label]
+        kept = set(rng.choice(of_label, size=keep, replace=False).tolist())
+        return [r for i, r in enumerate(rows) if r["category"] != label or i in kept], fields
+
+    return edit
+
+
 def then(*edits: Callable[..., Any]) -> Callable[..., Any]:
     def edit(rows: list[dict[str, str]], fields: list[str]) -> tuple[list, list[str]]:
         for one in edits:
@@ -201,6 +214,11 @@ AGENT_SETS: dict[str, tuple[Path, Callable[..., Any] | None]] = {
         CASE3,
         then(first_looks_only, extra_agent("rag2", noisy_copy("rag_pred"))),
     ),
+    "case3-rare-black-rot": (CASE3, rare_class("black-rot", 4)),
+    "case3-rare-scab": (CASE3, rare_class("scab", 8)),
+    "case3-first-rare-healthy": (CASE3, then(first_looks_only, rare_class("healthy", 6))),
+    "case1-rare-black-rot": (CASE1, rare_class("black-rot", 4)),
+    "case1-rare-rust": (CASE1, rare_class("rust", 8)),
 }
 
 

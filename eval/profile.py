@@ -251,7 +251,10 @@ class TrustProfile(_ProfileMetrics):
         top = self.calibrated_confidence(prediction)
         k = len(self.labels)
         matrix = np.asarray(self.confusion, dtype=float).reshape(k, -1)
-        column = matrix[:, index] + 1.0
+        # the rest of the mass follows the answer's confusion column, smoothed towards the
+        # class prior: a flat pseudo-count would lift a class rare in the data above its prior
+        prior = self.class_prior()
+        column = matrix[:, index] + k * np.array([prior[lb] for lb in self.labels])
         column[index] = 0.0
         rest = (1.0 - top) * column / column.sum()
         rest[index] = top

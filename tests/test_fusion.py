@@ -135,3 +135,22 @@ def test_unfitted_source_profiles_say_so():
 
     with pytest.raises(NotFittedError, match="not fitted"):
         SourceProfiles(columns=[SourceColumns(agent="a", first="a")]).transform(None, [])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("agent_model", ["confusion", "joint", "calibrated"])
+def test_a_label_absent_from_the_training_truths_gains_no_evidence(agent_model: str):
+    # no training row is black-rot: a smoothed posterior flat over labels would give it the
+    # same share as any unseen pairing, far above its prior, and every answer would vote for it
+    pairs = [("healthy", "healthy")] * 30 + [("rust", "rust")] * 30 + [("scab", "scab")] * 25
+    pairs += [("scab", "rust")] * 5 + [("rust", "scab")] * 5
+    records = [
+        Record(id=str(i), agent="a", truth=t, pred=p, confidence=0.9)
+        for i, (t, p) in enumerate(pairs)
+    ]
+    profile = fit_trust_profile("a", records, LABELS, bootstrap=0, cv_folds=0)
+    for answer in ("scab", "rust", "healthy"):
+        ratio = log_ratio(
+            profile, Prediction(agent="a", label=answer, confidence=0.9), agent_model=agent_model
+        )
+        assert ratio["black-rot"] < 0.0
+        assert ratio[answer] == max(ratio.values())

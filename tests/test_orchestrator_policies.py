@@ -62,15 +62,18 @@ def test_fuse_is_weighted_log_linear_pooling():
 
 def test_confusion_scores_read_the_answered_column(scab_sayer):
     q = confusion_scores(scab_sayer, Prediction(agent="vlm", label="scab", confidence=0.9))
-    # column 'scab': black-rot 0, healthy 0, rust 2, scab 6; Laplace +1 -> 1, 1, 3, 7 over 12
+    # column 'scab': black-rot 0, healthy 0, rust 2, scab 6, plus 4 pseudo-answers spread by
+    # the prior [9, 9, 9, 7] / 34 (Laplace rows): [36, 36, 104, 232] / 34 over 12
     assert q == pytest.approx(
-        {"black-rot": 1 / 12, "healthy": 1 / 12, "rust": 3 / 12, "scab": 7 / 12}
+        {y: n / 34 / 12 for y, n in zip(LABELS, (36, 36, 104, 232), strict=True)}
     )
     ratio = log_ratio(
         scab_sayer, Prediction(agent="vlm", label="scab", confidence=0.9), agent_model="confusion"
     )
     prior = scab_sayer.class_prior()
-    assert ratio["rust"] == pytest.approx(math.log(3 / 12) - math.log(prior["rust"]))
+    assert ratio["rust"] == pytest.approx(math.log(104 / 34 / 12) - math.log(prior["rust"]))
+    # a label never behind this answer reads as evidence against it, whatever its prior
+    assert ratio["black-rot"] == pytest.approx(math.log(1 / 3))
 
 
 def test_prediction_set_and_stage_and_keys():
@@ -104,9 +107,10 @@ def test_trust_policy_trusts_fuses_and_asks_again(scab_sayer):
             max_rounds=2,
         )
     )
-    # column 'healthy' + 1: [1, 9, 1, 1] / 12, over the prior [9, 9, 9, 7] / 34 (Laplace rows)
+    # column 'healthy' [0, 8, 0, 0] + 4 x prior: [36, 308, 36, 28] / 34 / 12, over the prior
+    # [9, 9, 9, 7] / 34: ratios [1, 77 / 9, 1, 1] / 3
     assert healthy.label == "healthy"
-    assert healthy.confidence == pytest.approx(1 / (1 + 2 / 9 + 1 / 7))
+    assert healthy.confidence == pytest.approx(1 / (1 + 27 / 77))
     assert not healthy.trusted and healthy.reevaluate == ["vlm"]
     assert "< threshold 0.800" in healthy.reason
     scab = run(
@@ -136,8 +140,8 @@ def test_trust_policy_final_round_abstains_below_threshold(scab_sayer):
             max_rounds=2,
         )
     )
-    # column 'scab' + 1: [1, 1, 3, 7] / 12 over the prior [9, 9, 9, 7] / 34
-    assert a.label is None and a.confidence == pytest.approx(1 / (1 + 5 / 9))
+    # column 'scab' + 4 x prior: [36, 36, 104, 232] / 34 / 12 over the prior [9, 9, 9, 7] / 34
+    assert a.label is None and a.confidence == pytest.approx(1 / (1 + 154 / 261))
     assert a.prediction_set[:2] == ["scab", "rust"]
     assert "abstains" in a.reason
     failed = run(

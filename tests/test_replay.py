@@ -146,7 +146,7 @@ def test_save_policy_writes_the_policy_fitted_on_all_rows(case3: Path, tmp_path:
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["saved_policy"] == str(saved)
-    assert (report["accuracy"], report["reeval_rate"]) == (0.96875, 0.05625)
+    assert (report["accuracy"], report["reeval_rate"]) == (0.96875, 0.0625)
     records = read_records(case3)
     columns, retrieval = replay_columns(records)
     expected = TrustPolicy(retrieval_source=retrieval).fit(records, columns).to_dict()
@@ -196,3 +196,46 @@ def test_parse_seeds_refuses_bad_lists(text: str):
 
     with pytest.raises(InputError, match="--seeds must be a range"):
         parse_seeds(text)
+
+
+def _case3_rows_without(case3: Path, target: Path, label: str, keep: int) -> Path:
+    lines = case3.read_text().splitlines(keepends=True)
+    kept = [line for line in lines[1:] if f",{label}-" not in line]
+    kept += [line for line in lines[1:] if f",{label}-" in line][:keep]
+    target.write_text(lines[0] + "".join(kept))
+    return target
+
+
+def test_a_class_rarer_than_the_folds_is_replayed_and_not_voted_for(case3: Path, tmp_path: Path):
+    # two black-rot rows for five folds: most training folds hold at most one of them
+    rare = _case3_rows_without(case3, tmp_path / "rare.csv", "black-rot", 2)
+    report = run_replay(rare, folds=5, seed=0)
+    assert report["n"] == 122
+    assert report["accuracy"] >= report["baselines"]["rag"]["accuracy"]
+    # none at all: the task still names black-rot, which no training truth is
+    absent = _case3_rows_without(case3, tmp_path / "absent.csv", "black-rot", 0)
+    decided: list[str | None] = []
+    report = run_replay(
+        absent,
+        folds=5,
+        seed=0,
+        policy="trust",
+        task=load_task("apple-leaf"),
+        on_decision=lambda d: decided.append(d.label),
+    )
+    assert report["accuracy"] >= report["baselines"]["rag"]["accuracy"]
+    assert decided.count("black-rot") <= 2
+    with pytest.raises(InputError, match=r"--folds must be in \[2, 40\]"):
+        run_replay(rare, folds=41, seed=0)
+
+
+def test_answers_outside_the_labels_are_reported(case3: Path, tmp_path: Path, capsys):
+    lines = case3.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace(",rust,scab,", ",rust,mildew,", 1)  # qwen's first look
+    odd = tmp_path / "odd.csv"
+    odd.write_text("".join(lines))
+    assert main(["eval", "replay", str(odd), "--folds", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert sum(report["invalid_predictions"].values()) == 1
+    assert "prediction(s) empty or outside the label set, scored as wrong" in err

@@ -202,7 +202,7 @@ def replay(
     the_task = load_task(task) if task else None
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     records = read_records(file, task=the_task)
-    for note in records.label_notes:
+    for note in [*records.label_notes, *records.notes]:
         print(f"note: {note}", file=sys.stderr)
     n_rows = len(records.ids())
     reports = []
@@ -227,6 +227,8 @@ def replay(
                 )
             )
     report = reports[0] if len(reports) == 1 else seeds_report(reports)
+    report["notes"] = [*records.label_notes, *records.notes]
+    report["invalid_predictions"] = dict(records.invalid_predictions)
     if trace is not None:
         report["trace"] = _write_trace(trace, traced)
     if save_policy is not None:

@@ -132,12 +132,18 @@ def refuse_decisions_file(path: str | Path) -> None:
 
 
 def replay_folds(images: Sequence[LabelledImage], folds: int, seed: int) -> list[list[int]]:
-    """Held-out row indices of each fold (``eval.folds.stratified_folds`` by true label)."""
+    """Held-out row indices of each fold (``eval.folds.stratified_folds`` by true label).
+
+    A class with fewer rows than folds is missing from some folds, so some training folds
+    hold none of it: the policies are fitted all the same (a rare class is common in field
+    data), and only more folds than the largest class has rows is refused.
+    """
     truth = [li.truth for li in images]
     counts = {t: truth.count(t) for t in set(truth)}
-    if folds < 2 or folds > min(counts.values()):
+    if folds < 2 or folds > max(counts.values()):
         raise InputError(
-            f"--folds must be in [2, {min(counts.values())}] (the smallest class size), got {folds}"
+            f"--folds must be in [2, {max(counts.values())}] (the largest class's row count), "
+            f"got {folds}"
         )
     return [held.tolist() for held in held_out_rows(stratified_folds(truth, folds, seed))]
 
