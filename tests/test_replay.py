@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -239,3 +240,64 @@ def test_answers_outside_the_labels_are_reported(case3: Path, tmp_path: Path, ca
     report = json.loads(out)
     assert sum(report["invalid_predictions"].values()) == 1
     assert "prediction(s) empty or outside the label set, scored as wrong" in err
+
+
+def _case3_as_long(case3: Path, target: Path) -> Path:
+    with case3.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with target.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=["id", "agent", "truth", "pred", "confidence", "round"])
+        out.writeheader()
+        for r in rows:
+            for agent in ("qwen", "gpt"):
+                for rnd, col in ((0, f"{agent}_initial"), (1, agent)):
+                    out.writerow(
+                        {
+                            "id": r["id"],
+                            "agent": agent,
+                            "truth": r["category"],
+                            "pred": r[f"{col}_pred"],
+                            "confidence": r[f"{col}_conf"],
+                            "round": rnd,
+                        }
+                    )
+    return target
+
+
+def test_a_long_file_replays_its_later_rounds_as_second_looks(case3: Path, tmp_path: Path):
+    long = _case3_as_long(case3, tmp_path / "long.csv")
+    wide = tmp_path / "wide.csv"  # the same answers, wide, without the retrieval vote
+    with case3.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    looks = [
+        f"{a}{s}_{x}" for a in ("qwen", "gpt") for s in ("_initial", "") for x in ("pred", "conf")
+    ]
+    with wide.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=["id", "category", *looks], extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+    from_long = run_replay(long, folds=5, seed=0, policy="select")
+    from_wide = run_replay(wide, folds=5, seed=0, policy="select")
+    assert from_long["agents_replayed"] == {
+        "qwen": {"first": "qwen", "reeval": "qwen@reeval"},
+        "gpt": {"first": "gpt", "reeval": "gpt@reeval"},
+    }
+    assert from_long["accuracy"] == from_wide["accuracy"] == pytest.approx(0.875)
+    assert from_long["reeval_rate"] == from_wide["reeval_rate"] > 0
+
+
+def test_long_files_with_conflicting_truths_or_orphan_rounds_are_refused(
+    case3: Path, tmp_path: Path
+):
+    long = _case3_as_long(case3, tmp_path / "long.csv")
+    header, first, *rest = long.read_text().splitlines(keepends=True)
+    conflict = tmp_path / "conflict.csv"
+    changed = rest[0].replace(",rust,", ",scab,", 1)  # qwen's second look of row 1790
+    assert changed != rest[0]
+    conflict.write_text(header + first + changed + "".join(rest[1:]))
+    with pytest.raises(InputError, match=r"conflict.csv:3: column 'truth': id '1790' has true"):
+        run_replay(conflict, folds=2, seed=0)
+    orphan = tmp_path / "orphan.csv"
+    orphan.write_text(header + "".join(rest))  # qwen's first look of row 1790 is gone
+    with pytest.raises(InputError, match="round 1 answer for id '1790' but no round-0 answer"):
+        run_replay(orphan, folds=2, seed=0)

@@ -16,7 +16,7 @@ Error policy (the README repeats it):
 - fatal, one line naming file, line and column: an empty file, a missing truth or id column,
   a column named twice in the header, no agent columns, an unparseable or out-of-range
   confidence, invalid scores JSON, a truth label outside the task's labels, a duplicated
-  (id, agent, round);
+  (id, agent, round), a true label that differs between the rows of one id (long files);
 - counted and reported, never fatal: an empty prediction or a predicted label outside the
   task's labels (the agent failed to answer in the label set: kept as ``pred=None``, scored as
   wrong).
@@ -30,11 +30,11 @@ Labels (truths, predictions, score keys) are read through one normaliser: the ta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agents.types import Prediction
+from agents.types import REEVAL_SUFFIX, Prediction
 from core import reading
 from core.errors import InputError
 from core.study import resolve_data_path
@@ -112,6 +112,32 @@ class RecordSet:
         for r in self.records:
             seen.setdefault(r.id, None)
         return list(seen)
+
+
+def second_looks_as_sources(records: RecordSet) -> RecordSet:
+    """``records`` with each agent's last second look (the highest round >= 1 of an id) as a
+    round-0 record of ``<agent>@reeval`` and the earlier second looks left out: the shape
+    decisions files are read into, in which the trust policy and the replay find an agent's
+    re-evaluations. A record set without rounds >= 1 is returned as it is."""
+    later = [r for r in records.records if r.round > 0]
+    if not later:
+        return records
+    first_looks = {(r.agent, r.id) for r in records.records if r.round == 0}
+    last: dict[tuple[str, str], Record] = {}
+    for r in later:
+        if (r.agent, r.id) not in first_looks:
+            raise InputError(
+                f"agent {r.agent!r} has a round {r.round} answer for id {r.id!r} but no "
+                "round-0 answer (its first look)",
+                path=records.path,
+                line=r.line or None,
+            )
+        kept = last.get((r.agent, r.id))
+        if kept is None or r.round >= kept.round:
+            last[(r.agent, r.id)] = r
+    rows = [r for r in records.records if r.round == 0]
+    rows += [replace(r, agent=f"{r.agent}{REEVAL_SUFFIX}", round=0) for r in last.values()]
+    return replace(records, records=rows)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -213,6 +239,7 @@ def read_records(
     records: list[Record] = []
     if is_long:
         seen: set[tuple[str, str, int]] = set()
+        truth_line: dict[str, tuple[str, int]] = {}
         for n, row in raw_rows:
             agent = str(row.get("agent") or "").strip()
             if not agent:
@@ -228,6 +255,16 @@ def read_records(
                     line=n,
                 )
             seen.add((rid, agent, rnd))
+            truth = truth_of(n, row)
+            first_truth = truth_line.setdefault(rid, (truth, n))
+            if first_truth[0] != truth:
+                raise InputError(
+                    f"id {rid!r} has true label {truth!r} here but {first_truth[0]!r} on line "
+                    f"{first_truth[1]}",
+                    path=str(p),
+                    line=n,
+                    field=truth_col,
+                )
             pred = pred_of(agent, row.get("pred"))
             conf = (
                 parse_confidence(row.get("confidence"), path=str(p), line=n, column="confidence")
@@ -238,7 +275,7 @@ def read_records(
                 Record(
                     id=rid,
                     agent=agent,
-                    truth=truth_of(n, row),
+                    truth=truth,
                     pred=pred,
                     confidence=conf,
                     scores=parse_scores(

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from agents.types import EvidenceView, Prediction
+from agents.types import REEVAL_SUFFIX, EvidenceView, Prediction
 from core.errors import InputError
 from core.images import ImageRef, LabelledImage
 from core.task import Task
@@ -81,10 +81,12 @@ class ReplayAgent:
     def from_records(
         cls, records: RecordSet, agent: str, *, name: str | None = None
     ) -> ReplayAgent:
-        """Agent ``agent`` of a record set: wide files use ``<agent>_initial`` for round 0."""
+        """Agent ``agent`` of a record set: wide files use ``<agent>_initial`` for round 0;
+        ``<agent>@reeval`` records (``second_looks_as_sources``) are its round 1."""
         name = name or agent
         found = records.agents
         initial = f"{agent}{INITIAL_SUFFIX}"
+        second = f"{agent}{REEVAL_SUFFIX}"
         answers: dict[str, dict[int, Prediction]] = {}
         if agent not in found and initial not in found:
             raise InputError(
@@ -99,6 +101,8 @@ class ReplayAgent:
                     by_round[r.round] = r.to_prediction(name, r.round)
             elif r.agent == initial:
                 answers.setdefault(r.id, {})[0] = r.to_prediction(name, 0)
+            elif r.agent == second:
+                answers.setdefault(r.id, {})[1] = r.to_prediction(name, 1)
         keys: dict[str, str] = {}
         for r in records.records:
             keys[recorded_image_sha256(records.sha256, r.id)] = r.id

@@ -185,7 +185,7 @@ def replay(
     last quarter with it (the first --alpha is the saved default).
     """
     from core.task import load_task
-    from eval.recorded.records import read_records
+    from eval.recorded.records import read_records, second_looks_as_sources
     from orchestrator.replay.run import is_decisions_file, policy_fitter, run_replay
 
     if save_policy is not None and policy not in ("trust", "select"):
@@ -201,7 +201,7 @@ def replay(
         return
     the_task = load_task(task) if task else None
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
-    records = read_records(file, task=the_task)
+    records = second_looks_as_sources(read_records(file, task=the_task))
     for note in [*records.label_notes, *records.notes]:
         print(f"note: {note}", file=sys.stderr)
     n_rows = len(records.ids())

@@ -40,7 +40,7 @@ from eval.folds import held_out_rows, stratified_folds
 from eval.metric_table import Report, calibration_metrics
 from eval.metrics import DEFAULT_BINS, classification_metrics
 from eval.recorded.decisions import is_decisions_header
-from eval.recorded.records import RecordSet, read_records
+from eval.recorded.records import RecordSet, read_records, second_looks_as_sources
 from orchestrator.decision import Decision
 from orchestrator.policies.base import FusionPolicy
 from orchestrator.policies.families import ARRAY_FAMILIES, fit_family_policy
@@ -390,7 +390,9 @@ def run_replay(
     if engine not in ENGINE_CHOICES:
         raise InputError(f"engine must be one of {ENGINE_CHOICES}, got {engine!r}")
     refuse_decisions_file(path)
-    records = records if records is not None else read_records(path, task=task)
+    records = second_looks_as_sources(
+        records if records is not None else read_records(path, task=task)
+    )
     setup = ReplaySetup.of(path, records, task)
     columns, retrieval, images = setup.columns, setup.retrieval, setup.images
     fit = fit_policy or policy_fitter(policy)
