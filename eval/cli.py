@@ -23,7 +23,12 @@ from core.cli import (
     stdout_console,
 )
 from core.errors import InputError
-from eval.recorded.records import DEFAULT_TRUTH_COLUMN, RecordSet, read_records
+from eval.recorded.records import (
+    DEFAULT_TRUTH_COLUMN,
+    RecordSet,
+    read_records,
+    second_looks_as_sources,
+)
 from eval.retrieval_cli import retrieval
 from eval.run_report.cli import report
 
@@ -124,7 +129,9 @@ def _load(
 
         task_obj = load_task(task)
     wanted = _agent_list(agents) if agents is not None else None
-    records = read_records(file, task=task_obj, truth_column=truth_column, agents=wanted)
+    records = second_looks_as_sources(
+        read_records(file, task=task_obj, truth_column=truth_column, agents=wanted)
+    )
     for note in records.label_notes:
         print(f"note: {note}", file=sys.stderr)
     if not records.records:

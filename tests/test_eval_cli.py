@@ -110,6 +110,20 @@ def test_invalid_predictions_are_counted_and_noted(tmp_path, capsys):
     assert a["accuracy"] == 0.5 and a["intervals"] == {}
 
 
+def test_later_rounds_of_a_long_file_are_measured_apart(tmp_path, capsys):
+    f = tmp_path / "long.csv"
+    rows = ["id,agent,truth,pred,confidence,round"]
+    for i, (truth, first, second) in enumerate([("cat", "dog", "cat"), ("dog", "dog", "dog")] * 3):
+        rows += [f"{i},a,{truth},{first},0.6,0", f"{i},a,{truth},{second},0.9,1"]
+    f.write_text("\n".join(rows) + "\n")
+    code, out, err = run(capsys, "eval", "calibration", str(f), "--json", "--bootstrap", "0")
+    assert code == 0, err
+    agents = json.loads(out)["agents"]
+    assert set(agents) == {"a", "a@reeval"}
+    assert agents["a"]["n"] == agents["a@reeval"]["n"] == 6
+    assert agents["a"]["accuracy"] == 0.5 and agents["a@reeval"]["accuracy"] == 1.0
+
+
 def test_trust_writes_loadable_profiles(paper_dir: Path, tmp_path, capsys):
     out_file = tmp_path / "profiles.json"
     code, out, err = run(

@@ -97,6 +97,27 @@ def test_pred_outside_labels_is_counted_not_fatal(tmp_path, apple_task):
     assert [r.pred for r in rs.records] == ["rust", None, None]
 
 
+def test_label_only_agents_are_read_not_dropped(tmp_path, apple_task):
+    wide = tmp_path / "w.csv"
+    wide.write_text(
+        "id,category,a_pred,a_conf,b_pred\n1,rust,rust,0.9,scab\n2,scab,scab,,scab\n3,rust,,,\n"
+    )
+    rs = read_records(wide, task=apple_task)
+    assert rs.agents == ["a", "b"]
+    by = {(r.agent, r.id): (r.pred, r.confidence) for r in rs.records}
+    assert by[("a", "1")] == ("rust", 0.9) and by[("a", "2")] == ("scab", 1.0)
+    assert by[("b", "1")] == ("scab", 1.0) and by[("b", "3")] == (None, 0.0)
+    assert "a: 1 answer(s) without a confidence, read as labels only (confidence 1)" in rs.notes
+    assert "b: 2 answer(s) without a confidence, read as labels only (confidence 1)" in rs.notes
+    long = tmp_path / "l.csv"
+    long.write_text("id,agent,truth,pred\n1,a,rust,rust\n1,b,rust,scab\n")
+    rs = read_records(long, task=apple_task)
+    assert [(r.agent, r.pred, r.confidence) for r in rs.records] == [
+        ("a", "rust", 1.0),
+        ("b", "scab", 1.0),
+    ]
+
+
 def test_read_long_jsonl(tmp_path, apple_task):
     f = tmp_path / "l.jsonl"
     rows = [

@@ -2,11 +2,11 @@
 trust fitting and the replay agent read.
 
 wide CSV: one row per image; an id column (``id``, else ``image``), a truth column
-(``category`` by default) and per agent ``<agent>_pred``, ``<agent>_conf``, optional
+(``category`` by default) and per agent ``<agent>_pred``, optional ``<agent>_conf``,
 ``<agent>_reason`` and ``<agent>_scores_json``. Agents are discovered from the columns.
 
-long CSV or JSONL: one row per image and agent: ``id, agent, truth, pred, confidence``,
-optional ``scores`` (JSON object label -> probability, or the study's list of
+long CSV or JSONL: one row per image and agent: ``id, agent, truth, pred``, optional
+``confidence``, ``scores`` (JSON object label -> probability, or the study's list of
 ``{"category", "confidence"}``), ``reason`` and ``round``.
 
 decisions JSONL: the output of ``trustorch run`` (one Decision per line), flattened into long
@@ -19,7 +19,8 @@ Error policy (the README repeats it):
   (id, agent, round), a true label that differs between the rows of one id (long files);
 - counted and reported, never fatal: an empty prediction or a predicted label outside the
   task's labels (the agent failed to answer in the label set: kept as ``pred=None``, scored as
-  wrong).
+  wrong); an answer without a confidence (no confidence column, or an empty cell): a label-only
+  answer, ``LABEL_ONLY_CONFIDENCE``.
 
 Labels (truths, predictions, score keys) are read through one normaliser: the task's
 ``normalise_label`` (its synonyms, case, ``-``/``_``/space), or without a task
@@ -44,6 +45,9 @@ from eval.recorded.decisions import decision_rows, is_decisions_header, named_pr
 from eval.recorded.fields import parse_confidence, parse_round, parse_scores
 
 DEFAULT_TRUTH_COLUMN = "category"
+LABEL_ONLY_CONFIDENCE = 1.0
+"""The confidence of an answer that states none (a label-only agent): the policies that read
+confidences recalibrate it to the agent's measured accuracy, the others ignore it."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def discover_wide_agents(header: Sequence[str]) -> list[str]:
-    cols = set(header)
-    return [c[: -len("_pred")] for c in header if c.endswith("_pred") and f"{c[:-5]}_conf" in cols]
+    """The agents of a wide header: every ``<agent>_pred`` column (``<agent>_conf`` optional:
+    without it the agent answers labels only)."""
+    return [c[: -len("_pred")] for c in header if c.endswith("_pred") and len(c) > len("_pred")]
 
 
 def read_records(
@@ -183,7 +188,7 @@ def read_records(
         header = list(flat[0][1])
         if task is None:
             extra_labels = score_labels(flat)
-    is_long = {"agent", "pred", "confidence"} <= set(header)
+    is_long = {"agent", "pred"} <= set(header)
     if not raw_rows:
         raise InputError("file has a header but no rows", path=str(p))
     truth_col = (
@@ -229,12 +234,21 @@ def read_records(
         return label
 
     invalid: dict[str, int] = {}
+    label_only: dict[str, int] = {}
 
     def pred_of(agent: str, raw: Any) -> str | None:
         label = normalise(str(raw or ""))
         if label is None:
             invalid[agent] = invalid.get(agent, 0) + 1
         return label
+
+    def confidence_of(agent: str, pred: str | None, raw: Any, n: int, column: str) -> float:
+        if not pred:
+            return 0.0
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            label_only[agent] = label_only.get(agent, 0) + 1
+            return LABEL_ONLY_CONFIDENCE
+        return parse_confidence(raw, path=str(p), line=n, column=column)
 
     records: list[Record] = []
     if is_long:
@@ -266,11 +280,7 @@ def read_records(
                     field=truth_col,
                 )
             pred = pred_of(agent, row.get("pred"))
-            conf = (
-                parse_confidence(row.get("confidence"), path=str(p), line=n, column="confidence")
-                if pred
-                else 0.0
-            )
+            conf = confidence_of(agent, pred, row.get("confidence"), n, "confidence")
             records.append(
                 Record(
                     id=rid,
@@ -296,7 +306,8 @@ def read_records(
         found = discover_wide_agents(header)
         if not found:
             raise InputError(
-                "no agent columns found (expected <agent>_pred and <agent>_conf)", path=str(p)
+                "no agent columns found (expected <agent>_pred, optionally <agent>_conf)",
+                path=str(p),
             )
         if agents is not None:
             missing = [a for a in agents if a not in found]
@@ -313,11 +324,7 @@ def read_records(
             for agent in found:
                 pred = pred_of(agent, row.get(f"{agent}_pred"))
                 conf_col = f"{agent}_conf"
-                conf = (
-                    parse_confidence(row.get(conf_col), path=str(p), line=n, column=conf_col)
-                    if pred
-                    else 0.0
-                )
+                conf = confidence_of(agent, pred, row.get(conf_col), n, conf_col)
                 scores_col = f"{agent}_scores_json"
                 records.append(
                     Record(
@@ -342,6 +349,11 @@ def read_records(
     notes += [
         f"{agent}: {count} prediction(s) empty or outside the label set, scored as wrong"
         for agent, count in invalid.items()
+    ]
+    notes += [
+        f"{agent}: {count} answer(s) without a confidence, read as labels only (confidence "
+        f"{LABEL_ONLY_CONFIDENCE:g})"
+        for agent, count in label_only.items()
     ]
 
     return RecordSet(
