@@ -88,7 +88,11 @@ def parse_scores(
         label = normalise(str(key)) if normalise is not None else key
         if label not in scores:
             raise InputError(
-                f"scores name unknown label {key!r}", path=path, line=line, field=column
+                f"scores name unknown label {key!r} (labels: {', '.join(task_labels)}; "
+                "without --task they are the file's true labels)",
+                path=path,
+                line=line,
+                field=column,
             )
         scores[label] = parse_confidence(value, path=path, line=line, column=column)
     total = sum(scores.values())
