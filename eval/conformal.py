@@ -205,13 +205,28 @@ def prediction_sets(
     return sets
 
 
-def defer_unless_singleton(sets: Any) -> np.ndarray:
+def defer_unless_singleton(sets: Any, probabilities: Any | None = None) -> np.ndarray:
     """The conformal abstention rule: each row's label index when its set holds exactly one
-    label, else -1 (defer: the set is empty or holds several labels)."""
+    label, else -1 (defer: the set is empty or holds several labels).
+
+    With ``probabilities`` (the rows the sets were made from), a singleton answers only when
+    its label is also the row's most probable one. LAC and APS sets always hold the most
+    probable labels first, so this changes nothing there; a Mondrian set need not, and a class
+    with few calibration rows is in nearly every set whatever its probability, so a row whose
+    best label fell out would be answered with that class.
+    """
     s = np.asarray(sets, dtype=bool)
     if s.ndim != 2:
         raise InputError(f"sets must be a rows x labels matrix, got shape {s.shape}")
-    return np.where(s.sum(axis=1) == 1, s.argmax(axis=1), -1)
+    single = s.sum(axis=1) == 1
+    label = s.argmax(axis=1)
+    if probabilities is not None:
+        p = _probability_matrix(probabilities)
+        if p.shape != s.shape:
+            raise InputError(f"need probabilities of the sets' shape {s.shape}, got {p.shape}")
+        rows = np.arange(s.shape[0])
+        single &= p[rows, label] >= p.max(axis=1) - TOLERANCE
+    return np.where(single, label, -1)
 
 
 class SplitConformal:
@@ -301,7 +316,7 @@ class SplitConformal:
 
     def decide(self, probabilities: Any, tie_break: Any | None = None) -> np.ndarray:
         """Label index per row where its set is a singleton, -1 where it defers."""
-        return defer_unless_singleton(self.transform(probabilities, tie_break))
+        return defer_unless_singleton(self.transform(probabilities, tie_break), probabilities)
 
     def to_dict(self) -> dict[str, Any]:
         """Settings and calibration scores (enough to rebuild it at any alpha)."""
@@ -368,8 +383,15 @@ class SetMetrics:
         }
 
 
-def set_metrics(sets: Any, labels: Any, *, label_names: Sequence[str] | None = None) -> SetMetrics:
-    """Coverage (overall and per class), mean set size and the singleton rule's figures."""
+def set_metrics(
+    sets: Any,
+    labels: Any,
+    *,
+    label_names: Sequence[str] | None = None,
+    probabilities: Any | None = None,
+) -> SetMetrics:
+    """Coverage (overall and per class), mean set size and the singleton rule's figures
+    (``defer_unless_singleton``, with ``probabilities`` when given)."""
     s = np.asarray(sets, dtype=bool)
     if s.ndim != 2 or s.shape[0] == 0:
         raise InputError(f"sets must be a non-empty rows x labels matrix, got shape {s.shape}")
@@ -379,7 +401,7 @@ def set_metrics(sets: Any, labels: Any, *, label_names: Sequence[str] | None = N
         raise InputError(f"need {s.shape[1]} label names, got {len(names)}")
     covered = s[np.arange(y.size), y]
     sizes = s.sum(axis=1)
-    single = sizes == 1
+    single = defer_unless_singleton(s, probabilities) >= 0
     return SetMetrics(
         n=int(y.size),
         coverage=float(covered.mean()),

@@ -204,6 +204,21 @@ def test_mondrian_covers_each_class_where_marginal_sets_do_not():
     assert (mondrian_cov >= 1 - alpha - 0.01).all() and (mondrian_cov <= 1 - alpha + 0.045).all()
 
 
+def test_a_mondrian_singleton_that_is_not_the_best_label_defers():
+    # class 2 has no calibration row: its label is in every set, even where it is unlikely
+    cal_p = np.array([[0.9, 0.05, 0.05]] * 10 + [[0.05, 0.9, 0.05]] * 10)
+    cal_y = np.array([0] * 10 + [1] * 10)
+    rule = SplitConformal(alpha=0.1, mondrian=True, randomized=False).fit(cal_p, cal_y)
+    test_p = np.array([[0.5, 0.45, 0.05], [0.05, 0.05, 0.9], [0.9, 0.05, 0.05]])
+    sets = rule.transform(test_p)
+    assert sets.tolist() == [[False, False, True], [False, False, True], [True, False, True]]
+    assert defer_unless_singleton(sets).tolist() == [2, 2, -1]
+    assert rule.decide(test_p).tolist() == [-1, 2, -1]
+    metrics = set_metrics(sets, [0, 2, 0], probabilities=test_p)
+    assert metrics.singleton_rate == pytest.approx(1 / 3) and metrics.singleton_accuracy == 1.0
+    assert set_metrics(sets, [0, 2, 0]).singleton_accuracy == 0.5
+
+
 @pytest.mark.heavy
 def test_sets_match_mapie():
     mapie = pytest.importorskip("mapie.classification")
@@ -436,3 +451,35 @@ def test_seeds_mean_of_the_conformal_blocks():
     assert mean["coverage"] == pytest.approx(0.9) and mean["mean_set_size"] == pytest.approx(1.8)
     assert mean["singleton_accuracy"] == 0.9  # the seeds that answered anything
     assert mean["coverage_per_class"] == {"rust": pytest.approx(0.9), "scab": 0.5}
+
+
+def test_the_graph_policy_defers_a_singleton_that_is_not_its_best_label(apple_task):
+    import asyncio
+
+    from agents.types import Prediction
+    from orchestrator.policies.conformal import ConformalPolicy, ConformalRule
+    from orchestrator.policies.trust import TrustPolicy
+
+    labels = apple_task.labels
+    trust = TrustPolicy.from_profiles({})
+    answers = [Prediction(agent="a", label=labels[0], confidence=0.8)]
+
+    async def assess(policy):
+        return await policy.assess(
+            task=apple_task, predictions=answers, evidence=None, round=0, max_rounds=1
+        )
+
+    fused = asyncio.run(assess(trust)).scores
+    assert max(fused, key=fused.__getitem__) == labels[0]
+    # Mondrian calibration where labels[0]'s rows were all sure of it and the last label has
+    # no row: the fused row drops labels[0] and keeps the last label alone
+    sure = np.eye(len(labels))[: len(labels) - 1] * 0.97 + 0.01
+    calibration = np.repeat(sure, 20, axis=0)
+    truth = np.repeat(np.arange(len(labels) - 1), 20)
+    rule = ConformalRule(
+        sets=SplitConformal(alpha=0.1, mondrian=True, randomized=False).fit(calibration, truth),
+        labels=tuple(labels),
+    )
+    decided = asyncio.run(assess(ConformalPolicy(trust, rule)))
+    assert decided.prediction_set == [labels[-1]]
+    assert decided.label is None and "defers" in decided.reason

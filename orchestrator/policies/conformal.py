@@ -4,11 +4,13 @@
 re-evaluation) stays the wrapped policy's; on the assessment that decides (trusted, or the last
 round) the prediction set is the split-conformal set of the fused distribution
 (``eval.conformal.SplitConformal``) and the label is its single member, or None (the image is
-deferred) when the set is empty or holds several labels. The wrapped policy's own abstention
-(``abstain_below``) is replaced by this rule. A policy sees answers, not images, so the tie
-break of a randomized rule comes from a hash of the answers it fused (labels, confidences,
-scores, reasons, the retrieval vote: ``answers_key``): the same answers always get the same set,
-and answers from real models, with their own wording, differ from image to image.
+deferred) when the set is empty or holds several labels, or its one label is not the fused
+distribution's best (``eval.conformal.defer_unless_singleton``: a Mondrian set can keep a
+class with few calibration rows alone after the best label fell out). The wrapped policy's
+own abstention (``abstain_below``) is replaced by this rule. A policy sees answers, not images,
+so the tie break of a randomized rule comes from a hash of the answers it fused (labels,
+confidences, scores, reasons, the retrieval vote: ``answers_key``): the same answers always get
+the same set, and answers from real models, with their own wording, differ from image to image.
 
 The calibration travels in the trust policy file, under ``conformal`` (``ConformalBlock``):
 ``trustorch eval replay --save-policy FILE --alpha A`` fits the policy on three quarters of the
@@ -30,7 +32,7 @@ from agents.types import Prediction
 from core.errors import InputError
 from core.task import Task
 from core.validation import Count, FiniteFloat, Name, Probability
-from eval.conformal import DEFAULT_SCORE, SplitConformal, check_alpha, tie_breaks
+from eval.conformal import DEFAULT_SCORE, TOLERANCE, SplitConformal, check_alpha, tie_breaks
 from orchestrator.decision import Assessment
 from orchestrator.policies.base import FusionPolicy
 from rag.evidence import Evidence
@@ -156,6 +158,9 @@ class ConformalPolicy:
             )
         members = self.rule.members(assessment.scores, answers_key(predictions, evidence))
         label = members[0] if len(members) == 1 else None
+        best = max(assessment.scores.values(), default=0.0)
+        if label is not None and assessment.scores.get(label, 0.0) < best - TOLERANCE:
+            label = None
         alpha = self.rule.sets.alpha
         verdict = "answers" if label is not None else "defers"
         return dataclasses.replace(

@@ -170,13 +170,13 @@ def conformal_report(
                 for c, f in zip(fitted, folds, strict=True)
             ]
         )
-        metrics = set_metrics(sets, truth, label_names=labels).to_dict()
+        metrics = set_metrics(sets, truth, label_names=labels, probabilities=test).to_dict()
         levels.append(
             {
                 "alpha": alpha,
                 "target_coverage": 1.0 - alpha,
                 **metrics,
-                "deferred": int((defer_unless_singleton(sets) < 0).sum()),
+                "deferred": int((defer_unless_singleton(sets, test) < 0).sum()),
                 "thresholds": [
                     [None if np.isinf(t) else t for t in c.thresholds_.tolist()] for c in fitted
                 ],
