@@ -301,3 +301,22 @@ def test_long_files_with_conflicting_truths_or_orphan_rounds_are_refused(
     orphan.write_text(header + "".join(rest))  # qwen's first look of row 1790 is gone
     with pytest.raises(InputError, match="round 1 answer for id '1790' but no round-0 answer"):
         run_replay(orphan, folds=2, seed=0)
+
+
+def test_an_agent_that_answered_almost_no_row_is_replayed(case3: Path, tmp_path: Path):
+    # gpt answered one image of 160: the folds without it have no evidence to trust gpt by
+    long = _case3_as_long(case3, tmp_path / "long.csv")
+    header, *lines = long.read_text().splitlines(keepends=True)
+    first_id = lines[0].split(",")[0]
+    kept = [ln for ln in lines if ",gpt," not in ln or ln.startswith(f"{first_id},")]
+    sparse = tmp_path / "sparse.csv"
+    sparse.write_text(header + "".join(kept))
+    reports = {
+        policy: run_replay(sparse, folds=5, seed=0, policy=policy)
+        for policy in ("select", "trust", "dawid-skene", "stacking")
+    }
+    assert {r["n"] for r in reports.values()} == {160}
+    baselines = reports["select"]["baselines"]
+    # a source alone is scored on every row: gpt's one answer is one row of 160
+    assert baselines["gpt"]["accuracy"] <= 1 / 160
+    assert reports["select"]["accuracy"] >= baselines["qwen@reeval"]["accuracy"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from agents.types import REEVAL_SUFFIX, RETRIEVAL_AGENT, Prediction
 from core.errors import InputError, NotFittedError
-from eval.profile import TrustProfile, fit_trust_profile
+from eval.profile import TrustProfile, default_trust_profile, fit_trust_profile
 from eval.recorded.records import Record, RecordSet
 from rag.evidence import Evidence
 
@@ -223,9 +223,11 @@ class SourceProfiles:
             recorded = rows.get(agent, {})
             present = [r for r in (recorded.get(i) for i in ids) if r is not None]
             if not present:
-                raise InputError(
-                    f"no records of '{agent}' among the training rows", path=records.path
-                )
+                # an agent that answered none of these rows (one added late, a sparse long
+                # file): no evidence to trust it by, so the conservative default (near-zero
+                # weight of evidence) rather than a refusal that depends on the fold split
+                profiles[key] = default_trust_profile(key, records.labels)
+                continue
             profiles[key] = fit_trust_profile(
                 key,
                 present,

@@ -224,15 +224,22 @@ def _reeval_flags(path: str) -> dict[str, bool] | None:
 def recorded_baselines(
     records: RecordSet, columns: Sequence[SourceColumns], retrieval: str | None, *, bins: int
 ) -> dict[str, dict[str, Any]]:
-    """Each recorded source alone, and the study's orchestrator, on every row."""
+    """Each recorded source alone, and the study's orchestrator, on every row (a row a source
+    has no answer on counts as a miss, as an empty answer does)."""
     labels = list(records.labels)
     reeval_sources = {c.reeval for c in columns if c.reeval}
+    truth_of: dict[str, str] = {}
+    for r in records.records:
+        truth_of.setdefault(r.id, r.truth)
     out: dict[str, dict[str, Any]] = {}
     for agent in records.agents:
-        recs = [r for r in records.records if r.agent == agent and r.round == 0]
-        truth = [labels.index(r.truth) for r in recs]
-        pred = [labels.index(r.pred) if r.pred is not None else -1 for r in recs]
-        entry = _scores(truth, pred, [r.confidence for r in recs], len(labels), bins)
+        answered = {r.id: r for r in records.records if r.agent == agent and r.round == 0}
+        recs = list(answered.values())
+        rows = [answered.get(i) for i in truth_of]
+        truth = [labels.index(t) for t in truth_of.values()]
+        pred = [labels.index(r.pred) if r is not None and r.pred else -1 for r in rows]
+        confidence = [r.confidence if r is not None else 0.0 for r in rows]
+        entry = _scores(truth, pred, confidence, len(labels), bins)
         if agent == retrieval:
             entry.update(reeval_rate=0.0, vlm_calls_per_image=0.0)
         elif agent == ORCHESTRATOR_SOURCE:
