@@ -239,6 +239,17 @@ class TrustProfile(_ProfileMetrics):
         prior = (rows + 1.0) / (rows.sum() + len(self.labels))
         return {lb: float(p) for lb, p in zip(self.labels, prior, strict=True)}
 
+    def smoothed_column(self, index: int, *, alpha: float = 1.0) -> np.ndarray:
+        """How often each true label lay behind the answer ``labels[index]`` (its confusion
+        column), plus ``alpha`` pseudo-answers per label spread by the class prior (an
+        m-estimate). Smoothing towards the prior, not a flat +alpha, keeps a label rare among
+        the training truths from taking a share far above its prior: with a flat pseudo-count
+        every answer would read as evidence for it."""
+        k = len(self.labels)
+        matrix = np.asarray(self.confusion, dtype=float).reshape(k, -1)
+        prior = self.class_prior()
+        return matrix[:, index] + alpha * k * np.array([prior[lb] for lb in self.labels])
+
     def calibrated_scores(self, prediction: Prediction) -> dict[str, float]:
         """Calibrated distribution over ``labels`` (sums to 1); see the contract in DESIGN."""
         index = self._label_index(prediction)
@@ -249,12 +260,7 @@ class TrustProfile(_ProfileMetrics):
             dist = mapping.transform(self._scores_vector(prediction, index))
             return {lb: float(p) for lb, p in zip(self.labels, dist, strict=True)}
         top = self.calibrated_confidence(prediction)
-        k = len(self.labels)
-        matrix = np.asarray(self.confusion, dtype=float).reshape(k, -1)
-        # the rest of the mass follows the answer's confusion column, smoothed towards the
-        # class prior: a flat pseudo-count would lift a class rare in the data above its prior
-        prior = self.class_prior()
-        column = matrix[:, index] + k * np.array([prior[lb] for lb in self.labels])
+        column = self.smoothed_column(index)  # the rest of the mass follows the answer's column
         column[index] = 0.0
         rest = (1.0 - top) * column / column.sum()
         rest[index] = top

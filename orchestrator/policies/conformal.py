@@ -26,13 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictBool, model_validator
 
 from agents.types import Prediction
 from core.errors import InputError
 from core.task import Task
 from core.validation import Count, FiniteFloat, Name, Probability
-from eval.conformal import DEFAULT_SCORE, TOLERANCE, SplitConformal, check_alpha, tie_breaks
+from eval.conformal import (
+    DEFAULT_SCORE,
+    SplitConformal,
+    check_alpha,
+    defer_unless_singleton,
+    tie_breaks,
+)
 from orchestrator.decision import Assessment
 from orchestrator.policies.base import FusionPolicy
 from rag.evidence import Evidence
@@ -81,9 +88,16 @@ class ConformalRule:
     def members(self, scores: dict[str, float], key: str) -> list[str]:
         """The prediction set of one fused distribution (``Assessment.scores``); ``key`` names
         the row for its tie break."""
-        row = [[scores.get(y, 0.0) for y in self.labels]]
-        inside = self.sets.transform(row, tie_breaks([key], self.sets.seed))[0]
-        return [y for y, keep in zip(self.labels, inside, strict=True) if keep]
+        return self.decide(scores, key)[0]
+
+    def decide(self, scores: dict[str, float], key: str) -> tuple[list[str], str | None]:
+        """The prediction set of one fused distribution and the label it answers with (None:
+        defer), by ``eval.conformal.defer_unless_singleton``."""
+        row = np.array([[scores.get(y, 0.0) for y in self.labels]])
+        inside = self.sets.transform(row, tie_breaks([key], self.sets.seed))
+        answer = int(defer_unless_singleton(inside, row)[0])
+        members = [y for y, keep in zip(self.labels, inside[0], strict=True) if keep]
+        return members, (self.labels[answer] if answer >= 0 else None)
 
     def to_block(self, **calibrated_on: Any) -> dict[str, Any]:
         """The ``conformal`` field of a policy file."""
@@ -156,11 +170,7 @@ class ConformalPolicy:
                 f"the conformal calibration is over the labels {list(self.rule.labels)}, "
                 f"the task has {list(task.labels)}"
             )
-        members = self.rule.members(assessment.scores, answers_key(predictions, evidence))
-        label = members[0] if len(members) == 1 else None
-        best = max(assessment.scores.values(), default=0.0)
-        if label is not None and assessment.scores.get(label, 0.0) < best - TOLERANCE:
-            label = None
+        members, label = self.rule.decide(assessment.scores, answers_key(predictions, evidence))
         alpha = self.rule.sets.alpha
         verdict = "answers" if label is not None else "defers"
         return dataclasses.replace(

@@ -42,22 +42,12 @@ def profile_key(agent: str, round_: int) -> str:
 def confusion_scores(
     profile: TrustProfile, prediction: Prediction, *, alpha: float = 1.0
 ) -> dict[str, float]:
-    """P(truth | answered label) from the profile's confusion column, smoothed towards the
-    class prior with ``alpha`` pseudo-answers per label (an m-estimate).
-
-    Smoothing towards the prior, not towards a flat column, keeps a label that is rare among
-    the training truths from gaining evidence: a flat pseudo-count would give it the same
-    posterior share as any other unseen pairing, far above its tiny prior, so every answer
-    would read as a vote for it.
-    """
-    k = len(profile.labels)
-    prior = profile.class_prior()
-    column = [
-        float(row[profile.labels.index(str(prediction.label))]) + alpha * k * prior[y]
-        for y, row in zip(profile.labels, profile.confusion[:k], strict=True)
-    ]
-    total = sum(column)
-    return {y: c / total for y, c in zip(profile.labels, column, strict=True)}
+    """P(truth | answered label): the profile's confusion column of that label, smoothed
+    towards the class prior with ``alpha`` pseudo-answers per label
+    (``TrustProfile.smoothed_column``)."""
+    column = profile.smoothed_column(profile.labels.index(str(prediction.label)), alpha=alpha)
+    total = float(column.sum())
+    return {y: float(c) / total for y, c in zip(profile.labels, column, strict=True)}
 
 
 def _odds(p: float) -> float:

@@ -228,9 +228,7 @@ def recorded_baselines(
     has no answer on counts as a miss, as an empty answer does)."""
     labels = list(records.labels)
     reeval_sources = {c.reeval for c in columns if c.reeval}
-    truth_of: dict[str, str] = {}
-    for r in records.records:
-        truth_of.setdefault(r.id, r.truth)
+    truth_of = {r.id: r.truth for r in records.records}
     out: dict[str, dict[str, Any]] = {}
     for agent in records.agents:
         answered = {r.id: r for r in records.records if r.agent == agent and r.round == 0}
